@@ -1,0 +1,124 @@
+//! The TOML file as written by operators: every key optional where a safe default
+//! exists, unknown keys refused (a typo must not silently fall back to a default).
+
+use serde::Deserialize;
+
+use crate::routing::policy::{AnonymousPolicy, Policy};
+
+/// `switchyard.toml`, before environment overrides and validation.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileConfig {
+    pub server: ServerFile,
+    pub rollout: RolloutFile,
+    pub identity: IdentityFile,
+    pub services: ServicesFile,
+    pub upstream: UpstreamFile,
+    pub backends: BackendsFile,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerFile {
+    pub listen: String,
+    /// Empty string disables the admin listener.
+    pub admin_listen: String,
+    pub shutdown_grace_seconds: f64,
+    pub header_read_timeout_seconds: f64,
+}
+
+impl Default for ServerFile {
+    fn default() -> Self {
+        ServerFile {
+            listen: "127.0.0.1:8080".into(),
+            admin_listen: "127.0.0.1:9090".into(),
+            shutdown_grace_seconds: 30.0,
+            header_read_timeout_seconds: 10.0,
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RolloutFile {
+    /// Signed so that a negative value is reported as out of range, not as a type error.
+    pub percentage: i64,
+    pub hash_seed: String,
+    /// `v1` or `v2`: send everything there whatever the percentage.
+    pub force_backend: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IdentityFile {
+    pub sources: Vec<String>,
+    pub header: String,
+    pub anonymous: AnonymousPolicy,
+    pub cookie_name: String,
+    pub jwt_leeway_seconds: u64,
+}
+
+impl Default for IdentityFile {
+    fn default() -> Self {
+        IdentityFile {
+            sources: vec!["jwt".into(), "path".into(), "header".into()],
+            header: "x-user-id".into(),
+            anonymous: AnonymousPolicy::Random,
+            cookie_name: "switchyard_cohort".into(),
+            jwt_leeway_seconds: 30,
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServicesFile {
+    pub rest: Option<Policy>,
+    pub functions: Option<Policy>,
+    pub graphql: Option<Policy>,
+    pub auth: Option<Policy>,
+    pub storage: Option<Policy>,
+    pub realtime: Option<Policy>,
+    pub other: Option<Policy>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamFile {
+    pub connect_timeout_seconds: f64,
+    /// Time allowed for the upstream to start answering (status line and headers).
+    pub timeout_seconds: f64,
+    /// Keep below the upstreams' own keep-alive timeout so the proxy never reuses a
+    /// connection the upstream is about to close.
+    pub pool_idle_timeout_seconds: f64,
+    pub pool_max_idle_per_host: usize,
+}
+
+impl Default for UpstreamFile {
+    fn default() -> Self {
+        UpstreamFile {
+            connect_timeout_seconds: 3.0,
+            timeout_seconds: 30.0,
+            pool_idle_timeout_seconds: 50.0,
+            pool_max_idle_per_host: 256,
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BackendsFile {
+    pub v1: Option<BackendFile>,
+    pub v2: Option<BackendFile>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BackendFile {
+    pub url: String,
+    pub anon_key: Option<String>,
+    pub service_role_key: Option<String>,
+    pub jwt_secret: Option<String>,
+    /// The `iss` of user tokens this project signs; defaults to `<url>/auth/v1`.
+    pub issuer: Option<String>,
+}

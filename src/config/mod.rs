@@ -1,0 +1,334 @@
+//! Configuration: the TOML file, environment overrides, and validation into the typed
+//! [`Config`] the rest of the proxy reads. A config is accepted or refused whole; every
+//! refusal names the key (or variable) at fault.
+
+pub mod env;
+pub mod file;
+pub mod secret;
+pub mod url;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use http::HeaderName;
+
+use crate::backend::{BackendId, PerBackend};
+use crate::identity::IdentitySource;
+use crate::routing::policy::{AnonymousPolicy, ServicePolicies};
+use crate::routing::service::Service;
+pub use secret::Secret;
+pub use url::BaseUrl;
+
+/// A refused configuration: which key, and why.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{key}: {message}")]
+pub struct ConfigError {
+    /// Dotted TOML key (`rollout.percentage`) or environment variable name.
+    pub key: String,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+impl ConfigError {
+    pub(crate) fn new(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+        ConfigError { key: key.into(), message: message.into() }
+    }
+}
+
+/// Where the effective rollout percentage came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PercentageSource {
+    /// `rollout.percentage` in the file (or its default, 0).
+    File,
+    /// `V2_ROLLOUT_PERCENTAGE`.
+    Env,
+    /// `PUT /admin/rollout`.
+    Api,
+}
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub rollout: RolloutConfig,
+    pub identity: IdentityConfig,
+    pub services: ServicePolicies,
+    pub upstream: UpstreamConfig,
+    pub backends: PerBackend<BackendConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub admin_listen: Option<SocketAddr>,
+    pub shutdown_grace: Duration,
+    pub header_read_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct RolloutConfig {
+    /// 0–100.
+    pub percentage: u8,
+    pub percentage_source: PercentageSource,
+    /// Prepended to user ids before hashing; empty = compatible with the TypeScript.
+    pub hash_seed: Vec<u8>,
+    /// Everything to one backend (`SUPABASE_ENV`), whatever the percentage.
+    pub force: Option<BackendId>,
+}
+
+#[derive(Debug, Clone)]
+pub struct IdentityConfig {
+    pub sources: Vec<IdentitySource>,
+    pub header: HeaderName,
+    pub anonymous: AnonymousPolicy,
+    pub cookie_name: String,
+    pub jwt_leeway: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    pub connect_timeout: Duration,
+    pub timeout: Duration,
+    pub pool_idle_timeout: Duration,
+    pub pool_max_idle_per_host: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct BackendConfig {
+    pub url: BaseUrl,
+    pub anon_key: Option<Secret>,
+    pub service_role_key: Option<Secret>,
+    pub jwt_secret: Option<Secret>,
+    /// `iss` of the user tokens this project signs.
+    pub issuer: String,
+}
+
+impl Config {
+    /// Reads `path`, applies the process environment and validates.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::new("config", format!("cannot read {}: {e}", path.display())))?;
+        Config::parse(&text, &|k| std::env::var(k).ok())
+    }
+
+    /// Parses TOML text, applies the environment seen through `env`, validates.
+    pub fn parse(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        let de = toml::Deserializer::parse(text).map_err(|e| ConfigError::new("config", e.to_string()))?;
+        let mut raw: file::FileConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            let key = if key == "." { "config".to_string() } else { key };
+            ConfigError::new(key, e.into_inner().message().to_string())
+        })?;
+        let seen = env::apply(&mut raw, env)?;
+        validate(raw, seen)
+    }
+}
+
+fn seconds(key: &str, v: f64) -> Result<Duration, ConfigError> {
+    Duration::try_from_secs_f64(v)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| ConfigError::new(key, format!("expected a positive number of seconds, got {v}")))
+}
+
+fn socket_addr(key: &str, v: &str) -> Result<SocketAddr, ConfigError> {
+    v.parse()
+        .map_err(|_| ConfigError::new(key, format!("expected IP:PORT (e.g. 127.0.0.1:8080), got {v:?}")))
+}
+
+fn validate(raw: file::FileConfig, seen: env::Overridden) -> Result<Config, ConfigError> {
+    let pct_key = if seen.percentage { "V2_ROLLOUT_PERCENTAGE" } else { "rollout.percentage" };
+    let percentage = u8::try_from(raw.rollout.percentage)
+        .ok()
+        .filter(|p| *p <= 100)
+        .ok_or_else(|| ConfigError::new(pct_key, format!("must be 0 to 100, got {}", raw.rollout.percentage)))?;
+    let force = match raw.rollout.force_backend.as_deref() {
+        None => None,
+        Some(s) => Some(BackendId::parse(s).ok_or_else(|| {
+            ConfigError::new("rollout.force_backend", format!("expected \"v1\" or \"v2\", got {s:?}"))
+        })?),
+    };
+
+    let mut sources = Vec::new();
+    for s in &raw.identity.sources {
+        let src = IdentitySource::parse(s).ok_or_else(|| {
+            ConfigError::new("identity.sources", format!("expected \"jwt\", \"path\" or \"header\", got {s:?}"))
+        })?;
+        if !sources.contains(&src) {
+            sources.push(src);
+        }
+    }
+    let header = HeaderName::try_from(raw.identity.header.as_str())
+        .map_err(|_| ConfigError::new("identity.header", format!("not a header name: {:?}", raw.identity.header)))?;
+    let cookie_ok = !raw.identity.cookie_name.is_empty()
+        && raw.identity.cookie_name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+    if !cookie_ok {
+        return Err(ConfigError::new("identity.cookie_name", "use letters, digits, '-', '_' or '.'"));
+    }
+
+    let mut services = ServicePolicies::default();
+    let s = &raw.services;
+    for (service, policy) in [
+        (Service::Rest, s.rest),
+        (Service::Functions, s.functions),
+        (Service::Graphql, s.graphql),
+        (Service::Auth, s.auth),
+        (Service::Storage, s.storage),
+        (Service::Realtime, s.realtime),
+        (Service::Other, s.other),
+    ] {
+        if let Some(p) = policy {
+            services.set(service, p);
+        }
+    }
+
+    let admin_listen = match raw.server.admin_listen.trim() {
+        "" => None,
+        a => Some(socket_addr("server.admin_listen", a)?),
+    };
+    let u = &raw.upstream;
+    let upstream = UpstreamConfig {
+        connect_timeout: seconds("upstream.connect_timeout_seconds", u.connect_timeout_seconds)?,
+        timeout: seconds("upstream.timeout_seconds", u.timeout_seconds)?,
+        pool_idle_timeout: seconds("upstream.pool_idle_timeout_seconds", u.pool_idle_timeout_seconds)?,
+        pool_max_idle_per_host: u.pool_max_idle_per_host,
+    };
+
+    Ok(Config {
+        server: ServerConfig {
+            listen: socket_addr("server.listen", &raw.server.listen)?,
+            admin_listen,
+            shutdown_grace: seconds("server.shutdown_grace_seconds", raw.server.shutdown_grace_seconds)?,
+            header_read_timeout: seconds("server.header_read_timeout_seconds", raw.server.header_read_timeout_seconds)?,
+        },
+        rollout: RolloutConfig {
+            percentage,
+            percentage_source: if seen.percentage { PercentageSource::Env } else { PercentageSource::File },
+            hash_seed: raw.rollout.hash_seed.into_bytes(),
+            force,
+        },
+        identity: IdentityConfig {
+            sources,
+            header,
+            anonymous: raw.identity.anonymous,
+            cookie_name: raw.identity.cookie_name,
+            jwt_leeway: raw.identity.jwt_leeway_seconds,
+        },
+        services,
+        upstream,
+        backends: PerBackend {
+            v1: backend(BackendId::V1, raw.backends.v1)?,
+            v2: backend(BackendId::V2, raw.backends.v2)?,
+        },
+    })
+}
+
+fn backend(id: BackendId, raw: Option<file::BackendFile>) -> Result<BackendConfig, ConfigError> {
+    let key = format!("backends.{id}");
+    let raw = raw.ok_or_else(|| {
+        ConfigError::new(&key, format!("missing: add a [{key}] table with a url (or set SUPABASE_{}_URL)", id.as_str().to_uppercase()))
+    })?;
+    let url = BaseUrl::parse(&raw.url).map_err(|m| ConfigError::new(format!("{key}.url"), m))?;
+    let secret = |field: &str, v: Option<String>| -> Result<Option<Secret>, ConfigError> {
+        match v {
+            Some(v) if v.trim().is_empty() => Err(ConfigError::new(format!("{key}.{field}"), "is empty")),
+            other => Ok(other.map(Secret::new)),
+        }
+    };
+    let issuer = raw.issuer.unwrap_or_else(|| format!("{url}/auth/v1"));
+    Ok(BackendConfig {
+        anon_key: secret("anon_key", raw.anon_key)?,
+        service_role_key: secret("service_role_key", raw.service_role_key)?,
+        jwt_secret: secret("jwt_secret", raw.jwt_secret)?,
+        issuer,
+        url,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+[server]
+listen = "127.0.0.1:8080"
+admin_listen = "127.0.0.1:9090"
+[rollout]
+percentage = 37
+[backends.v1]
+url = "http://127.0.0.1:18001"
+[backends.v2]
+url = "http://127.0.0.1:18002"
+"#;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    #[test]
+    fn minimal_file_is_accepted() {
+        let c = Config::parse(MINIMAL, &no_env).unwrap();
+        assert_eq!(c.rollout.percentage, 37);
+        assert_eq!(c.rollout.percentage_source, PercentageSource::File);
+        assert_eq!(c.server.listen.port(), 8080);
+        assert_eq!(c.server.admin_listen.unwrap().port(), 9090);
+        assert_eq!(c.backends.v2.url.to_string(), "http://127.0.0.1:18002");
+        assert_eq!(c.backends.v1.issuer, "http://127.0.0.1:18001/auth/v1");
+        assert_eq!(c.identity.sources, [IdentitySource::Jwt, IdentitySource::Path, IdentitySource::Header]);
+        assert_eq!(c.identity.anonymous, AnonymousPolicy::Random);
+    }
+
+    fn err(text: &str) -> ConfigError {
+        Config::parse(text, &no_env).unwrap_err()
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        assert_eq!(err(&MINIMAL.replace("= 37", "= 101")).key, "rollout.percentage");
+        assert_eq!(err(&MINIMAL.replace("= 37", "= -1")).key, "rollout.percentage");
+        assert_eq!(err(&MINIMAL.replace("http://127.0.0.1:18002", "not a url")).key, "backends.v2.url");
+        let e = err(&MINIMAL.replace("percentage = 37", "percentage = 37\npercentag = 3"));
+        assert_eq!(e.key, "rollout.percentag", "{e}");
+        assert!(e.message.contains("unknown field"), "{e}");
+        let no_v2 = MINIMAL.split("[backends.v2]").next().unwrap();
+        assert_eq!(err(no_v2).key, "backends.v2");
+        assert_eq!(err(&MINIMAL.replace("\"127.0.0.1:8080\"", "\"nowhere\"")).key, "server.listen");
+        assert_eq!(err("[backends.v3]\nurl = \"http://x\"").key, "backends.v3");
+        assert_eq!(err("[rollout\n").key, "config");
+        assert_eq!(err(&format!("{MINIMAL}\n[services]\nauth = \"v3\"")).key, "services.auth");
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        let env = |k: &str| match k {
+            "V2_ROLLOUT_PERCENTAGE" => Some("80".to_string()),
+            "SUPABASE_V1_URL" => Some("https://old.supabase.co".to_string()),
+            _ => None,
+        };
+        let c = Config::parse(MINIMAL, &env).unwrap();
+        assert_eq!(c.rollout.percentage, 80);
+        assert_eq!(c.rollout.percentage_source, PercentageSource::Env);
+        assert_eq!(c.backends.v1.url.to_string(), "https://old.supabase.co");
+        let bad = |k: &str| (k == "V2_ROLLOUT_PERCENTAGE").then(|| "120".to_string());
+        assert_eq!(Config::parse(MINIMAL, &bad).unwrap_err().key, "V2_ROLLOUT_PERCENTAGE");
+    }
+
+    #[test]
+    fn backends_can_come_from_the_environment_alone() {
+        let env = |k: &str| match k {
+            "SUPABASE_V1_URL" => Some("http://127.0.0.1:1".to_string()),
+            "SUPABASE_V2_URL" => Some("http://127.0.0.1:2".to_string()),
+            _ => None,
+        };
+        assert!(Config::parse("", &env).is_ok());
+    }
+
+    #[test]
+    fn secrets_are_redacted_in_debug() {
+        let text = MINIMAL.replace("url = \"http://127.0.0.1:18002\"", "url = \"http://127.0.0.1:18002\"\njwt_secret = \"super-secret-value\"");
+        let c = Config::parse(&text, &no_env).unwrap();
+        assert!(!format!("{c:?}").contains("super-secret-value"));
+    }
+}

@@ -1,0 +1,228 @@
+//! The proxy's one error type, and the one place errors become responses. Responses
+//! look native to the client: PostgREST's `{"code","message","details","hint"}` for
+//! data services, GoTrue's `{"code","message"}` for auth (design.md §6).
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header};
+use http_body_util::Full;
+
+use crate::backend::BackendId;
+use crate::identity::AuthReason;
+use crate::routing::service::Service;
+
+/// Boxed error source.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// What went wrong.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// The bearer token was refused.
+    Unauthorized(AuthReason),
+    /// The upstream could not be reached (refused, DNS, connect time-out).
+    Connect,
+    /// The upstream did not start answering in time.
+    Timeout,
+    /// The upstream closed or reset the connection before answering.
+    Reset,
+    /// The TLS handshake with the upstream failed.
+    Tls,
+    /// The upstream answered something that is not HTTP.
+    Protocol,
+    /// The request could not be turned into an upstream request.
+    BadRequest,
+}
+
+/// An error on the request path.
+#[derive(Debug)]
+pub struct Error {
+    kind: Kind,
+    backend: BackendId,
+    detail: String,
+}
+
+impl Error {
+    fn new(kind: Kind, backend: BackendId, detail: impl Into<String>) -> Error {
+        Error { kind, backend, detail: detail.into() }
+    }
+
+    /// A refused bearer token, for a request meant for `backend`.
+    pub fn unauthorized(backend: BackendId, reason: AuthReason) -> Error {
+        Error::new(Kind::Unauthorized(reason), backend, "")
+    }
+
+    /// No response headers within `after`.
+    pub fn timeout(backend: BackendId, after: Duration) -> Error {
+        Error::new(Kind::Timeout, backend, format!("no answer within {:.1}s", after.as_secs_f64()))
+    }
+
+    /// A request that cannot be forwarded.
+    pub fn bad_request(backend: BackendId, detail: impl Into<String>) -> Error {
+        Error::new(Kind::BadRequest, backend, detail)
+    }
+
+    /// Classifies a client error from the upstream pool.
+    pub fn upstream(backend: BackendId, err: hyper_util::client::legacy::Error) -> Error {
+        let kind = if err.is_connect() {
+            if chain_has::<rustls::Error>(&err) { Kind::Tls } else { Kind::Connect }
+        } else if chain_has::<rustls::Error>(&err) {
+            Kind::Tls
+        } else if find::<hyper::Error>(&err).is_some_and(|e| e.is_parse()) {
+            Kind::Protocol
+        } else {
+            Kind::Reset
+        };
+        let detail = std::iter::successors(Some(&err as &dyn std::error::Error), |e| e.source())
+            .last()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        Error::new(kind, backend, detail)
+    }
+
+    /// What went wrong.
+    pub fn kind(&self) -> Kind {
+        self.kind
+    }
+
+    /// The backend the request was meant for.
+    pub fn backend(&self) -> BackendId {
+        self.backend
+    }
+
+    /// The upstream did not answer in time.
+    pub fn is_timeout(&self) -> bool {
+        self.kind == Kind::Timeout
+    }
+
+    /// The upstream could not be reached.
+    pub fn is_connect(&self) -> bool {
+        self.kind == Kind::Connect
+    }
+
+    /// The client's credentials were refused.
+    pub fn is_unauthorized(&self) -> bool {
+        matches!(self.kind, Kind::Unauthorized(_))
+    }
+
+    /// The upstream failed (as opposed to the client's request).
+    pub fn is_upstream(&self) -> bool {
+        matches!(self.kind, Kind::Connect | Kind::Timeout | Kind::Reset | Kind::Tls | Kind::Protocol)
+    }
+
+    /// The `kind` label of `switchyard_upstream_errors_total`.
+    pub fn upstream_label(&self) -> &'static str {
+        match self.kind {
+            Kind::Connect => "connect",
+            Kind::Timeout => "timeout",
+            Kind::Reset => "reset",
+            Kind::Tls => "tls",
+            Kind::Protocol => "protocol",
+            Kind::Unauthorized(_) | Kind::BadRequest => "none",
+        }
+    }
+
+    /// The status the client gets.
+    pub fn status(&self) -> StatusCode {
+        match self.kind {
+            Kind::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Kind::Timeout => StatusCode::GATEWAY_TIMEOUT,
+            Kind::BadRequest => StatusCode::BAD_REQUEST,
+            Kind::Connect | Kind::Reset | Kind::Tls | Kind::Protocol => StatusCode::BAD_GATEWAY,
+        }
+    }
+
+    /// (PostgREST-style code, GoTrue-style code, message).
+    fn codes(&self) -> (&'static str, &'static str, String) {
+        let b = self.backend;
+        match self.kind {
+            Kind::Unauthorized(AuthReason::Expired) => ("PGRST303", "bad_jwt", "JWT expired".into()),
+            Kind::Unauthorized(r) => ("PGRST301", "bad_jwt", format!("JWT invalid ({})", r.as_str())),
+            Kind::Connect => ("SWY502", "upstream_unreachable", format!("upstream {b} unreachable")),
+            Kind::Timeout => ("SWY504", "upstream_timeout", format!("upstream {b} timed out")),
+            Kind::Reset => ("SWY502", "upstream_reset", format!("upstream {b} closed the connection")),
+            Kind::Tls => ("SWY502", "upstream_tls", format!("TLS with upstream {b} failed")),
+            Kind::Protocol => ("SWY502", "upstream_protocol", format!("upstream {b} sent an invalid response")),
+            Kind::BadRequest => ("SWY400", "validation_failed", "request cannot be forwarded".into()),
+        }
+    }
+
+    /// The response for this error, in the shape the service's clients expect.
+    /// `versioned` is whether the request carried `X-Supabase-Api-Version`.
+    pub fn into_response(self, service: Service, versioned: bool) -> Response<Full<Bytes>> {
+        let (pgrst, gotrue, message) = self.codes();
+        let details = (!self.detail.is_empty()).then_some(self.detail.as_str());
+        let body = if service.speaks_gotrue() {
+            serde_json::json!({ "code": gotrue, "message": message })
+        } else {
+            serde_json::json!({ "code": pgrst, "message": message, "details": details, "hint": null })
+        };
+        let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
+        *resp.status_mut() = self.status();
+        let h = resp.headers_mut();
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json; charset=utf-8"));
+        if let Kind::Unauthorized(r) = self.kind {
+            let desc = if r == AuthReason::Expired { "JWT expired" } else { "JWT invalid" };
+            let v = format!("Bearer error=\"invalid_token\", error_description=\"{desc}\"");
+            h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_str(&v).expect("ascii"));
+        }
+        if versioned && service.speaks_gotrue() {
+            h.insert("x-sb-error-code", HeaderValue::from_static(gotrue));
+        }
+        resp
+    }
+}
+
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (code, _, message) = self.codes();
+        write!(f, "{code} {message}")?;
+        if !self.detail.is_empty() {
+            write!(f, ": {}", self.detail)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Error {}
+
+fn find<'a, T: std::error::Error + 'static>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a T> {
+    std::iter::successors(Some(err), |e| e.source()).find_map(|e| e.downcast_ref::<T>())
+}
+
+fn chain_has<T: std::error::Error + 'static>(err: &(dyn std::error::Error + 'static)) -> bool {
+    find::<T>(err).is_some()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    async fn body(resp: Response<Full<Bytes>>) -> serde_json::Value {
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    #[tokio::test]
+    async fn postgrest_shape() {
+        let e = Error::timeout(BackendId::V2, Duration::from_millis(1500));
+        assert!(e.is_timeout() && e.is_upstream());
+        let resp = e.into_response(Service::Rest, false);
+        assert_eq!(resp.status(), 504);
+        let v = body(resp).await;
+        assert_eq!(v["code"], "SWY504");
+        assert_eq!(v["message"], "upstream v2 timed out");
+        assert!(v.get("hint").is_some() && v.get("details").is_some());
+    }
+
+    #[tokio::test]
+    async fn gotrue_shape_with_version_header() {
+        let resp = Error::unauthorized(BackendId::V1, AuthReason::Expired).into_response(Service::Auth, true);
+        assert_eq!(resp.status(), 401);
+        assert_eq!(resp.headers()["x-sb-error-code"], "bad_jwt");
+        assert!(resp.headers()[header::WWW_AUTHENTICATE].to_str().unwrap().starts_with("Bearer "));
+        let v = body(resp).await;
+        assert_eq!(v, serde_json::json!({"code": "bad_jwt", "message": "JWT expired"}));
+    }
+}

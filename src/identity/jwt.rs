@@ -1,0 +1,231 @@
+//! Bearer-token checks. A token is one of: a project's own API key (not a user), a
+//! user JWT whose issuing project's secret is configured (verified, HS256 only), or a
+//! user JWT nobody here can verify (decoded for routing only, forwarded untouched, and
+//! still verified by the backend).
+
+use jsonwebtoken::{Algorithm, DecodingKey, Validation, errors::ErrorKind};
+use serde::Deserialize;
+
+use crate::backend::{BackendId, PerBackend};
+use crate::config::BackendConfig;
+
+/// Why a token was refused; also the `reason` label of auth-rejection metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthReason {
+    /// Not a JWT at all (wrong shape, bad base64 or JSON, unknown `alg` such as `none`).
+    Malformed,
+    /// A well-formed JWT signed with something other than HS256.
+    Algorithm,
+    /// No configured secret verifies the signature.
+    Signature,
+    /// Signature valid, but `exp` is past (beyond the leeway) or `nbf` in the future.
+    Expired,
+}
+
+impl AuthReason {
+    /// Metric label.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            AuthReason::Malformed => "malformed",
+            AuthReason::Algorithm => "algorithm",
+            AuthReason::Signature => "signature",
+            AuthReason::Expired => "expired",
+        }
+    }
+}
+
+/// What a bearer token turned out to be.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Token {
+    /// The anon or service_role key of a project: a credential, not an identity.
+    ApiKey(BackendId),
+    /// A user (or other) JWT.
+    Jwt {
+        /// The `sub` claim, when present and non-empty.
+        sub: Option<String>,
+        /// The project that signed it, when known.
+        issuer: Option<BackendId>,
+        /// Whether the signature was checked with that project's secret.
+        verified: bool,
+    },
+}
+
+#[derive(Deserialize)]
+struct Claims {
+    #[serde(default)]
+    sub: Option<String>,
+    #[serde(default)]
+    iss: Option<String>,
+}
+
+struct Project {
+    issuer: String,
+    key: Option<DecodingKey>,
+    api_keys: Vec<String>,
+}
+
+/// Checks bearer tokens against the configured projects; built once per config.
+pub struct Verifier {
+    projects: PerBackend<Project>,
+    validation: Validation,
+    any_secret: bool,
+}
+
+impl Verifier {
+    /// Prepares keys and validation rules from the backends' configuration.
+    pub fn new(backends: &PerBackend<BackendConfig>, leeway_seconds: u64) -> Verifier {
+        let project = |b: &BackendConfig| Project {
+            issuer: b.issuer.clone(),
+            key: b.jwt_secret.as_ref().map(|s| DecodingKey::from_secret(s.expose().as_bytes())),
+            api_keys: [&b.anon_key, &b.service_role_key]
+                .into_iter()
+                .flatten()
+                .map(|k| k.expose().to_string())
+                .collect(),
+        };
+        let projects = PerBackend { v1: project(&backends.v1), v2: project(&backends.v2) };
+        let any_secret = projects.iter().any(|(_, p)| p.key.is_some());
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.leeway = leeway_seconds;
+        validation.validate_nbf = true;
+        // Supabase user tokens carry `aud: authenticated`; the backend checks audience.
+        validation.validate_aud = false;
+        validation.required_spec_claims.clear();
+        Verifier { projects, validation, any_secret }
+    }
+
+    /// Classifies and, where a secret is configured, verifies `token`.
+    pub fn check(&self, token: &str) -> Result<Token, AuthReason> {
+        if let Some((id, _)) = self.projects.iter().find(|(_, p)| p.api_keys.iter().any(|k| k == token)) {
+            return Ok(Token::ApiKey(id));
+        }
+        let claims = match jsonwebtoken::decode_header(token)
+            .and_then(|_| jsonwebtoken::dangerous::insecure_decode_claims::<Claims>(token))
+        {
+            Ok(c) => c,
+            // Nothing here could verify it anyway: let the backend answer.
+            Err(_) if !self.any_secret => return Ok(Token::Jwt { sub: None, issuer: None, verified: false }),
+            Err(_) => return Err(AuthReason::Malformed),
+        };
+        let sub = claims.sub.filter(|s| !s.is_empty());
+        let named = claims
+            .iss
+            .as_deref()
+            .and_then(|iss| self.projects.iter().find(|(_, p)| p.issuer == iss).map(|(id, _)| id));
+        // The issuer's own secret if the token names a known issuer, else any secret.
+        let mut candidates = self
+            .projects
+            .iter()
+            .filter(|(id, p)| p.key.is_some() && named.is_none_or(|n| n == *id))
+            .peekable();
+        if candidates.peek().is_none() {
+            return Ok(Token::Jwt { sub, issuer: named, verified: false });
+        }
+        for (id, project) in candidates {
+            let key = project.key.as_ref().expect("filtered on key");
+            match jsonwebtoken::decode::<serde::de::IgnoredAny>(token, key, &self.validation) {
+                Ok(_) => return Ok(Token::Jwt { sub, issuer: Some(id), verified: true }),
+                Err(e) => match e.kind() {
+                    ErrorKind::InvalidSignature => continue,
+                    ErrorKind::ExpiredSignature | ErrorKind::ImmatureSignature => return Err(AuthReason::Expired),
+                    ErrorKind::InvalidAlgorithm => return Err(AuthReason::Algorithm),
+                    _ => return Err(AuthReason::Malformed),
+                },
+            }
+        }
+        Err(AuthReason::Signature)
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::config::{BaseUrl, Secret};
+    use jsonwebtoken::{EncodingKey, Header, encode};
+    use serde_json::json;
+
+    pub(crate) fn sign(secret: &str, claims: serde_json::Value) -> String {
+        encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(secret.as_bytes())).unwrap()
+    }
+
+    fn now() -> u64 {
+        jsonwebtoken::get_current_timestamp()
+    }
+
+    fn backend(n: u8, secret: Option<&str>) -> BackendConfig {
+        BackendConfig {
+            url: BaseUrl::parse(&format!("http://127.0.0.1:1800{n}")).unwrap(),
+            anon_key: Some(Secret::new(format!("anon-{n}"))),
+            service_role_key: Some(Secret::new(format!("service-{n}"))),
+            jwt_secret: secret.map(Secret::new),
+            issuer: format!("https://ref{n}.supabase.co/auth/v1"),
+        }
+    }
+
+    fn verifier(s1: Option<&str>, s2: Option<&str>) -> Verifier {
+        Verifier::new(&PerBackend { v1: backend(1, s1), v2: backend(2, s2) }, 30)
+    }
+
+    fn user(secret: &str, iss: &str, exp: u64) -> String {
+        sign(secret, json!({"sub": "u-1", "iss": iss, "exp": exp, "aud": "authenticated", "role": "authenticated"}))
+    }
+
+    const ISS1: &str = "https://ref1.supabase.co/auth/v1";
+
+    #[test]
+    fn api_keys_are_not_identities() {
+        let v = verifier(Some("s1"), None);
+        assert_eq!(v.check("anon-1"), Ok(Token::ApiKey(BackendId::V1)));
+        assert_eq!(v.check("service-2"), Ok(Token::ApiKey(BackendId::V2)));
+    }
+
+    #[test]
+    fn verifies_with_the_issuers_secret() {
+        let v = verifier(Some("s1"), Some("s2"));
+        let t = user("s1", ISS1, now() + 600);
+        assert_eq!(v.check(&t), Ok(Token::Jwt { sub: Some("u-1".into()), issuer: Some(BackendId::V1), verified: true }));
+        assert_eq!(v.check(&user("s2", ISS1, now() + 600)), Err(AuthReason::Signature));
+        assert_eq!(v.check(&user("s1", ISS1, now() - 600)), Err(AuthReason::Expired));
+        // Within the leeway.
+        assert!(v.check(&user("s1", ISS1, now() - 10)).is_ok());
+    }
+
+    #[test]
+    fn unknown_issuer_must_match_some_secret() {
+        let v = verifier(Some("s1"), Some("s2"));
+        let t = sign("s2", json!({"sub": "u-2", "iss": "supabase", "exp": now() + 60}));
+        assert_eq!(v.check(&t).unwrap(), Token::Jwt { sub: Some("u-2".into()), issuer: Some(BackendId::V2), verified: true });
+        let forged = sign("nope", json!({"sub": "u-2", "exp": now() + 60}));
+        assert_eq!(v.check(&forged), Err(AuthReason::Signature));
+    }
+
+    #[test]
+    fn refuses_none_confusion_and_garbage() {
+        let v = verifier(Some("s1"), None);
+        let t = user("s1", ISS1, now() + 600);
+        let mut parts = t.split('.');
+        let (_, payload) = (parts.next(), parts.next().unwrap());
+        let none = format!("eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.{payload}.");
+        assert_eq!(v.check(&none), Err(AuthReason::Malformed));
+        let hs512 = encode(&Header::new(Algorithm::HS512), &json!({"sub":"x","iss":ISS1}), &EncodingKey::from_secret(b"s1")).unwrap();
+        assert_eq!(v.check(&hs512), Err(AuthReason::Algorithm));
+        for garbage in ["", "abc", "a.b.c", "....", "eyJ.eyJ.x"] {
+            assert_eq!(v.check(garbage), Err(AuthReason::Malformed), "{garbage:?}");
+        }
+    }
+
+    #[test]
+    fn without_secrets_decodes_for_routing_only() {
+        let v = verifier(None, None);
+        let t = user("whatever", ISS1, now() - 6000);
+        assert_eq!(v.check(&t), Ok(Token::Jwt { sub: Some("u-1".into()), issuer: Some(BackendId::V1), verified: false }));
+        assert_eq!(v.check("garbage"), Ok(Token::Jwt { sub: None, issuer: None, verified: false }));
+    }
+
+    #[test]
+    fn issuer_without_secret_is_not_checked_against_the_other_project() {
+        let v = verifier(Some("s1"), None);
+        let t = user("v2-secret", "https://ref2.supabase.co/auth/v1", now() + 60);
+        assert_eq!(v.check(&t), Ok(Token::Jwt { sub: Some("u-1".into()), issuer: Some(BackendId::V2), verified: false }));
+    }
+}

@@ -1,0 +1,203 @@
+//! Who a request is for: the user id that decides the cohort, read from the bearer
+//! JWT's `sub`, the admin path, or a configured header (design.md §2), plus the cohort
+//! cookie of anonymous browsers. Pure functions over request parts.
+
+pub mod jwt;
+
+use http::{HeaderMap, HeaderName, header};
+
+pub use jwt::{AuthReason, Token, Verifier};
+
+use crate::backend::BackendId;
+
+/// A place a user id can come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdentitySource {
+    /// `Authorization: Bearer <JWT>` → `sub`.
+    Jwt,
+    /// `/auth/v1/admin/users/<uid>`.
+    Path,
+    /// The configured header (default `x-user-id`).
+    Header,
+}
+
+impl IdentitySource {
+    /// Parses a config name.
+    pub fn parse(s: &str) -> Option<IdentitySource> {
+        match s {
+            "jwt" => Some(IdentitySource::Jwt),
+            "path" => Some(IdentitySource::Path),
+            "header" => Some(IdentitySource::Header),
+            _ => None,
+        }
+    }
+
+    /// Label for logs and the `route` command.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            IdentitySource::Jwt => "jwt",
+            IdentitySource::Path => "path",
+            IdentitySource::Header => "header",
+        }
+    }
+}
+
+/// The outcome of identity extraction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// The user id, if any source gave one.
+    pub user: Option<(String, IdentitySource)>,
+    /// What the bearer token was, if there was one.
+    pub token: Option<Token>,
+}
+
+/// The longest user id accepted from a header or path; longer ones are ignored
+/// rather than hashed (they are not Supabase ids).
+const MAX_ID_LEN: usize = 256;
+
+/// The bearer token of an `Authorization` header.
+pub fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim()).filter(|t| !t.is_empty())
+}
+
+/// The user of an admin call: `/auth/v1/admin/users/<uid>[/...]`.
+pub fn admin_path_user(path: &str) -> Option<&str> {
+    let rest = path.strip_prefix("/auth/v1/admin/users/")?;
+    let uid = rest.split('/').next()?;
+    (!uid.is_empty() && uid.len() <= MAX_ID_LEN).then_some(uid)
+}
+
+fn header_user<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<&'a str> {
+    let v = headers.get(name)?.to_str().ok()?.trim();
+    (!v.is_empty() && v.len() <= MAX_ID_LEN).then_some(v)
+}
+
+/// Finds the user id of a request, trying `sources` in order. A bearer token is
+/// always checked when present, whatever the order, so a forged token is refused even
+/// when another source names the user.
+pub fn extract(
+    headers: &HeaderMap,
+    path: &str,
+    sources: &[IdentitySource],
+    header_name: &HeaderName,
+    verifier: &Verifier,
+) -> Result<Identity, AuthReason> {
+    let token = bearer(headers).map(|t| verifier.check(t)).transpose()?;
+    let user = sources.iter().find_map(|src| {
+        let id = match src {
+            IdentitySource::Jwt => match &token {
+                Some(Token::Jwt { sub: Some(sub), .. }) => Some(sub.as_str()),
+                _ => None,
+            },
+            IdentitySource::Path => admin_path_user(path),
+            IdentitySource::Header => header_user(headers, header_name),
+        };
+        id.map(|id| (id.to_string(), *src))
+    });
+    Ok(Identity { user, token })
+}
+
+impl Identity {
+    /// The project that signed the bearer token, when it is a verified user JWT.
+    pub fn verified_issuer(&self) -> Option<BackendId> {
+        match self.token {
+            Some(Token::Jwt { issuer, verified: true, .. }) => issuer,
+            _ => None,
+        }
+    }
+}
+
+/// The cohort percentile an anonymous browser keeps in cookie `name`, if valid.
+pub fn cookie_percentile(headers: &HeaderMap, name: &str) -> Option<u8> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .and_then(|(_, v)| v.parse::<u8>().ok())
+        .filter(|p| *p < 100)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::PerBackend;
+    use crate::config::{BackendConfig, BaseUrl, Secret};
+    use http::HeaderValue;
+    use serde_json::json;
+
+    const ALL: [IdentitySource; 3] = [IdentitySource::Jwt, IdentitySource::Path, IdentitySource::Header];
+
+    fn verifier(secret: Option<&str>) -> Verifier {
+        let b = |n: u8| BackendConfig {
+            url: BaseUrl::parse(&format!("http://127.0.0.1:1800{n}")).unwrap(),
+            anon_key: Some(Secret::new(format!("anon-{n}"))),
+            service_role_key: None,
+            jwt_secret: if n == 1 { secret.map(Secret::new) } else { None },
+            issuer: format!("iss-{n}"),
+        };
+        Verifier::new(&PerBackend { v1: b(1), v2: b(2) }, 0)
+    }
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(HeaderName::try_from(*k).unwrap(), HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    fn user_of(h: &HeaderMap, path: &str, sources: &[IdentitySource], v: &Verifier) -> Option<(String, IdentitySource)> {
+        extract(h, path, sources, &HeaderName::from_static("x-user-id"), v).unwrap().user
+    }
+
+    #[test]
+    fn jwt_sub_wins_over_header() {
+        let t = jwt::tests::sign("s", json!({"sub": "from-jwt", "iss": "iss-1"}));
+        let h = headers(&[("authorization", &format!("Bearer {t}")), ("x-user-id", "from-header")]);
+        let v = verifier(Some("s"));
+        assert_eq!(user_of(&h, "/rest/v1/t", &ALL, &v), Some(("from-jwt".into(), IdentitySource::Jwt)));
+        let order = [IdentitySource::Header, IdentitySource::Jwt];
+        assert_eq!(user_of(&h, "/rest/v1/t", &order, &v), Some(("from-header".into(), IdentitySource::Header)));
+    }
+
+    #[test]
+    fn anon_key_falls_through_to_header_and_path() {
+        let v = verifier(Some("s"));
+        let h = headers(&[("authorization", "Bearer anon-1"), ("x-user-id", " u-9 ")]);
+        assert_eq!(user_of(&h, "/rest/v1/t", &ALL, &v), Some(("u-9".into(), IdentitySource::Header)));
+        let path = "/auth/v1/admin/users/2b6e-uid/factors";
+        assert_eq!(user_of(&h, path, &ALL, &v), Some(("2b6e-uid".into(), IdentitySource::Path)));
+        assert_eq!(user_of(&headers(&[]), "/rest/v1/t", &ALL, &v), None);
+    }
+
+    #[test]
+    fn forged_token_is_refused_even_with_a_header() {
+        let t = jwt::tests::sign("wrong", json!({"sub": "x", "iss": "iss-1"}));
+        let h = headers(&[("authorization", &format!("bearer {t}")), ("x-user-id", "u")]);
+        let r = extract(&h, "/", &ALL, &HeaderName::from_static("x-user-id"), &verifier(Some("s")));
+        assert_eq!(r, Err(AuthReason::Signature));
+    }
+
+    #[test]
+    fn bearer_parsing() {
+        assert_eq!(bearer(&headers(&[("authorization", "Bearer  abc ")])), Some("abc"));
+        assert_eq!(bearer(&headers(&[("authorization", "Basic abc")])), None);
+        assert_eq!(bearer(&headers(&[("authorization", "Bearer ")])), None);
+        assert_eq!(admin_path_user("/auth/v1/admin/users/"), None);
+        assert_eq!(admin_path_user("/auth/v1/admin/users"), None);
+    }
+
+    #[test]
+    fn cookie() {
+        let h = headers(&[("cookie", "a=1; switchyard_cohort=42; b=2")]);
+        assert_eq!(cookie_percentile(&h, "switchyard_cohort"), Some(42));
+        for bad in ["switchyard_cohort=100", "switchyard_cohort=x", "other=5"] {
+            assert_eq!(cookie_percentile(&headers(&[("cookie", bad)]), "switchyard_cohort"), None);
+        }
+    }
+}

@@ -1,0 +1,18 @@
+//! switchyard: a percentage-rollout reverse proxy in front of two Supabase projects.
+//!
+//! The request path, from listener to upstream, is [`server`] → [`proxy::Proxy::handle`]
+//! → [`upstream`]. Decisions ([`identity`], [`routing`], [`proxy::headers`]) are pure
+//! functions; the routing state is one [`state::Snapshot`] behind an `ArcSwap`.
+
+pub mod backend;
+pub mod config;
+pub mod identity;
+pub mod routing;
+pub mod error;
+pub mod metrics;
+pub mod proxy;
+pub mod state;
+pub mod upstream;
+pub mod admin;
+pub mod server;
+pub mod demo;

@@ -1,0 +1,142 @@
+//! The `switchyard` command line: serve, check, route, demo.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use switchyard::backend::BackendId;
+use switchyard::config::Config;
+use switchyard::routing::service::Service;
+use switchyard::{demo, proxy, routing, server, state};
+
+/// Percentage-rollout reverse proxy for moving from one Supabase project to another.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    /// Log as JSON lines instead of text.
+    #[arg(long, global = true)]
+    log_json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy.
+    Serve {
+        #[arg(long, default_value = "config/switchyard.toml")]
+        config: PathBuf,
+    },
+    /// Validate a config (file plus environment) without serving.
+    Check {
+        #[arg(long, default_value = "config/switchyard.toml")]
+        config: PathBuf,
+    },
+    /// Print, as one JSON line, where a user id is routed under a config.
+    Route {
+        #[arg(long, default_value = "config/switchyard.toml")]
+        config: PathBuf,
+        /// Service the request is for: rest, functions, graphql, auth, storage, realtime.
+        #[arg(long, default_value = "rest")]
+        service: String,
+        user_id: String,
+    },
+    /// Run the proxy in front of two embedded upstreams (no Supabase needed).
+    Demo {
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        #[arg(long, default_value = "127.0.0.1:9090")]
+        admin_listen: SocketAddr,
+        #[arg(long, default_value_t = 37, value_parser = clap::value_parser!(u8).range(0..=100))]
+        percentage: u8,
+    },
+}
+
+fn init_logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let fmt = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json {
+        fmt.json().init();
+    } else {
+        fmt.init();
+    }
+}
+
+fn load(path: &std::path::Path) -> Result<Config, ExitCode> {
+    Config::load(path).map_err(|e| {
+        eprintln!("switchyard: invalid configuration: {e}");
+        ExitCode::from(2)
+    })
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_json);
+    // One crypto provider for every TLS use in the process, chosen explicitly.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    match run(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(code) => code,
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime")
+}
+
+fn run(command: Command) -> Result<(), ExitCode> {
+    match command {
+        Command::Serve { config } => {
+            let cfg = load(&config)?;
+            runtime().block_on(server::run(cfg)).map_err(|e| {
+                eprintln!("switchyard: {e}");
+                ExitCode::FAILURE
+            })
+        }
+        Command::Check { config } => {
+            let cfg = load(&config)?;
+            println!(
+                "{}: ok (rollout {}% from {:?}, v1 {}, v2 {})",
+                config.display(),
+                cfg.rollout.percentage,
+                cfg.rollout.percentage_source,
+                cfg.backends.v1.url,
+                cfg.backends.v2.url
+            );
+            Ok(())
+        }
+        Command::Route { config, service, user_id } => {
+            let cfg = load(&config)?;
+            let service = Service::ALL.into_iter().find(|s| s.as_str() == service).ok_or_else(|| {
+                eprintln!("switchyard: unknown service {service:?}");
+                ExitCode::from(2)
+            })?;
+            let percentile = routing::percentile::percentile(&cfg.rollout.hash_seed, &user_id);
+            let snap = state::Snapshot::new(cfg);
+            let d = proxy::route_user(&snap, service, &user_id);
+            let line = serde_json::json!({
+                "user_id": user_id,
+                "percentile": percentile,
+                "backend": d.backend,
+                "reason": d.reason,
+                "service": service,
+                "rollout_percentage": snap.config.rollout.percentage,
+            });
+            println!("{line}");
+            Ok(())
+        }
+        Command::Demo { listen, admin_listen, percentage } => runtime().block_on(async move {
+            let fail = |e: std::io::Error| {
+                eprintln!("switchyard demo: {e}");
+                ExitCode::FAILURE
+            };
+            let v1 = demo::spawn_upstream(BackendId::V1).await.map_err(fail)?;
+            let v2 = demo::spawn_upstream(BackendId::V2).await.map_err(fail)?;
+            let cfg = demo::config(listen, admin_listen, percentage, v1, v2);
+            demo::print_walkthrough(&cfg, listen, Some(admin_listen));
+            server::run(cfg).await.map_err(fail)
+        }),
+    }
+}

@@ -1,0 +1,172 @@
+//! Prometheus metrics, in seconds and `_total` counters, with a `backend` label
+//! everywhere (design.md §7). One explicit [`Registry`] per proxy, so tests and
+//! several proxies in one process never share series.
+
+use std::time::Duration;
+
+use http::{Method, StatusCode};
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+use crate::backend::BackendId;
+use crate::routing::service::Service;
+
+/// Buckets sized for API calls: 1 ms … 10 s.
+const BUCKETS: [f64; 14] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+
+/// Every metric the proxy exports.
+pub struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    duration: HistogramVec,
+    upstream_errors: IntCounterVec,
+    /// Requests being handled now.
+    pub in_flight: IntGauge,
+    /// The effective rollout percentage.
+    pub rollout_percentage: IntGauge,
+    /// Live WebSocket tunnels.
+    pub tunnels: IntGauge,
+    /// Config reloads by `result` (success | failure).
+    pub config_reloads: IntCounterVec,
+    /// 1 when the last reload attempt succeeded.
+    pub config_last_reload_success: IntGauge,
+}
+
+fn method_label(m: &Method) -> &'static str {
+    match *m {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
+        // Bounded cardinality: arbitrary methods share one label.
+        _ => "OTHER",
+    }
+}
+
+fn status_class(s: StatusCode) -> &'static str {
+    match s.as_u16() {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let reg = |c: Box<dyn prometheus::core::Collector>| registry.register(c).expect("unique metric names");
+        let requests = IntCounterVec::new(
+            Opts::new("switchyard_requests_total", "Proxied requests by backend, service, method and status class."),
+            &["backend", "service", "method", "status_class"],
+        )
+        .expect("valid");
+        let duration = HistogramVec::new(
+            HistogramOpts::new(
+                "switchyard_request_duration_seconds",
+                "Time from request received to response headers sent, by backend and service.",
+            )
+            .buckets(BUCKETS.to_vec()),
+            &["backend", "service"],
+        )
+        .expect("valid");
+        let upstream_errors = IntCounterVec::new(
+            Opts::new("switchyard_upstream_errors_total", "Upstream failures by backend and kind."),
+            &["backend", "kind"],
+        )
+        .expect("valid");
+        let in_flight = IntGauge::new("switchyard_requests_in_flight", "Requests being handled.").expect("valid");
+        let rollout_percentage =
+            IntGauge::new("switchyard_rollout_percentage", "Effective V2 rollout percentage.").expect("valid");
+        let tunnels = IntGauge::new("switchyard_websocket_tunnels", "Open WebSocket tunnels.").expect("valid");
+        let config_reloads = IntCounterVec::new(
+            Opts::new("switchyard_config_reloads_total", "Configuration reload attempts by result."),
+            &["result"],
+        )
+        .expect("valid");
+        let config_last_reload_success = IntGauge::new(
+            "switchyard_config_last_reload_success",
+            "1 if the last configuration reload succeeded, else 0.",
+        )
+        .expect("valid");
+        let build_info = IntGaugeVec::new(Opts::new("switchyard_build_info", "Build information."), &["version"])
+            .expect("valid");
+        build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        config_last_reload_success.set(1);
+        for result in ["success", "failure"] {
+            config_reloads.with_label_values(&[result]);
+        }
+        reg(Box::new(requests.clone()));
+        reg(Box::new(duration.clone()));
+        reg(Box::new(upstream_errors.clone()));
+        reg(Box::new(in_flight.clone()));
+        reg(Box::new(rollout_percentage.clone()));
+        reg(Box::new(tunnels.clone()));
+        reg(Box::new(config_reloads.clone()));
+        reg(Box::new(config_last_reload_success.clone()));
+        reg(Box::new(build_info));
+        Metrics {
+            registry,
+            requests,
+            duration,
+            upstream_errors,
+            in_flight,
+            rollout_percentage,
+            tunnels,
+            config_reloads,
+            config_last_reload_success,
+        }
+    }
+
+    /// Counts one finished request.
+    pub fn observe(&self, backend: BackendId, service: Service, method: &Method, status: StatusCode, took: Duration) {
+        let b = backend.as_str();
+        self.requests
+            .with_label_values(&[b, service.as_str(), method_label(method), status_class(status)])
+            .inc();
+        self.duration.with_label_values(&[b, service.as_str()]).observe(took.as_secs_f64());
+    }
+
+    /// Counts one upstream failure.
+    pub fn upstream_error(&self, backend: BackendId, kind: &'static str) {
+        self.upstream_errors.with_label_values(&[backend.as_str(), kind]).inc();
+    }
+
+    /// Prometheus text exposition of everything.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        TextEncoder::new().encode(&self.registry.gather(), &mut buf).expect("text encoding cannot fail");
+        String::from_utf8(buf).expect("utf-8")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_labelled_series() {
+        let m = Metrics::new();
+        m.observe(BackendId::V2, Service::Rest, &Method::GET, StatusCode::OK, Duration::from_millis(3));
+        m.observe(BackendId::V1, Service::Auth, &Method::from_bytes(b"PURGE").unwrap(), StatusCode::BAD_GATEWAY, Duration::ZERO);
+        m.upstream_error(BackendId::V1, "connect");
+        let text = m.render();
+        assert!(text.contains(r#"switchyard_requests_total{backend="v2",method="GET",service="rest",status_class="2xx"} 1"#), "{text}");
+        assert!(text.contains(r#"switchyard_requests_total{backend="v1",method="OTHER",service="auth",status_class="5xx"} 1"#));
+        assert!(text.contains(r#"switchyard_upstream_errors_total{backend="v1",kind="connect"} 1"#));
+        assert!(text.contains("switchyard_request_duration_seconds_bucket"));
+        assert!(text.contains(r#"switchyard_build_info{version=""#));
+    }
+}

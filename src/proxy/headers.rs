@@ -1,0 +1,183 @@
+//! Header rewrites between client and upstream: hop-by-hop headers stripped (kept for
+//! upgrades), `Host` set to the upstream's, `X-Forwarded-*` added, HTTP/2 requests
+//! turned into HTTP/1.1. Pure functions over request and response parts.
+
+use std::net::IpAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Version, request};
+
+use crate::backend::BackendId;
+use crate::config::BaseUrl;
+
+/// The response header naming the backend that answered.
+pub static BACKEND_HEADER: HeaderName = HeaderName::from_static("x-switchyard-backend");
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1, plus the
+/// non-standard ones peers still send).
+static HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// Whether a request asks for a WebSocket upgrade (HTTP/1.1 `Connection: upgrade`).
+pub fn is_upgrade(headers: &HeaderMap) -> bool {
+    has_token(headers, &header::CONNECTION, "upgrade") && has_token(headers, &header::UPGRADE, "websocket")
+}
+
+/// Removes hop-by-hop headers, those named in `Connection` included. For an upgrade
+/// the `Upgrade` header and `Connection: upgrade` are kept: they are the point.
+fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::try_from(t.trim()).ok())
+        .collect();
+    let kept_upgrade = if upgrade { headers.get(header::UPGRADE).cloned() } else { None };
+    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(name);
+    }
+    if let Some(u) = kept_upgrade {
+        headers.insert(header::UPGRADE, u);
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+}
+
+/// Turns a client request head into the upstream request head for `upstream`.
+pub fn prepare_request(
+    parts: &mut request::Parts,
+    upstream: &BaseUrl,
+    peer: IpAddr,
+    upgrade: bool,
+) -> Result<(), http::Error> {
+    let original_host = parts
+        .headers
+        .get(header::HOST)
+        .cloned()
+        .or_else(|| parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
+    strip_hop_by_hop(&mut parts.headers, upgrade);
+    parts.uri = upstream.join(parts.uri.path_and_query())?;
+    parts.version = Version::HTTP_11;
+
+    let h = &mut parts.headers;
+    // The upstream's own host: Supabase (and Realtime's tenant lookup) key on it.
+    h.insert(header::HOST, HeaderValue::from_str(upstream.authority.as_str())?);
+    let xff = match h.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(prev) => HeaderValue::from_str(&format!("{prev}, {peer}"))?,
+        None => HeaderValue::from_str(&peer.to_string())?,
+    };
+    h.insert(X_FORWARDED_FOR.clone(), xff);
+    // A load balancer in front may have terminated TLS: keep what it said.
+    if !h.contains_key(&X_FORWARDED_PROTO) {
+        h.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+    }
+    if let Some(host) = original_host
+        && !h.contains_key(&X_FORWARDED_HOST)
+    {
+        h.insert(X_FORWARDED_HOST.clone(), host);
+    }
+    Ok(())
+}
+
+/// Cleans an upstream response head and labels it with the backend. `switching` is
+/// true for a `101 Switching Protocols` answer to an upgrade.
+pub fn prepare_response(headers: &mut HeaderMap, switching: bool, backend: BackendId) {
+    strip_hop_by_hop(headers, switching);
+    headers.insert(BACKEND_HEADER.clone(), HeaderValue::from_static(backend.as_str()));
+}
+
+/// The `Set-Cookie` value that keeps an anonymous browser in its cohort for a year.
+pub fn cohort_cookie(name: &str, percentile: u8) -> HeaderValue {
+    let v = format!("{name}={percentile}; Path=/; Max-Age=31536000; HttpOnly; SameSite=Lax");
+    HeaderValue::from_str(&v).expect("cookie name validated at config load")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::Request;
+
+    fn parts(uri: &str, headers: &[(&str, &str)]) -> request::Parts {
+        let mut b = Request::builder().uri(uri).version(Version::HTTP_2);
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        b.body(()).unwrap().into_parts().0
+    }
+
+    #[test]
+    fn rewrites_for_the_upstream() {
+        let mut p = parts(
+            "/rest/v1/t?select=*,a(b)&id=eq.%C3%A9",
+            &[
+                ("host", "proxy.example"),
+                ("connection", "keep-alive, x-drop-me"),
+                ("x-drop-me", "1"),
+                ("keep-alive", "timeout=5"),
+                ("te", "trailers"),
+                ("upgrade", "h2c"),
+                ("x-forwarded-for", "10.0.0.1"),
+                ("apikey", "k"),
+            ],
+        );
+        let up = BaseUrl::parse("https://abc.supabase.co").unwrap();
+        prepare_request(&mut p, &up, "127.0.0.1".parse().unwrap(), false).unwrap();
+        assert_eq!(p.uri.to_string(), "https://abc.supabase.co/rest/v1/t?select=*,a(b)&id=eq.%C3%A9");
+        assert_eq!(p.version, Version::HTTP_11);
+        let h = &p.headers;
+        assert_eq!(h["host"], "abc.supabase.co");
+        assert_eq!(h["x-forwarded-for"], "10.0.0.1, 127.0.0.1");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["x-forwarded-host"], "proxy.example");
+        assert_eq!(h["apikey"], "k");
+        for gone in ["connection", "x-drop-me", "keep-alive", "te", "upgrade"] {
+            assert!(!h.contains_key(gone), "{gone} was forwarded");
+        }
+    }
+
+    #[test]
+    fn keeps_upgrade_headers_for_websockets() {
+        let mut p = parts(
+            "http://proxy:8080/realtime/v1/websocket?apikey=a&vsn=2.0.0",
+            &[("connection", "Upgrade"), ("upgrade", "websocket"), ("sec-websocket-key", "x")],
+        );
+        assert!(is_upgrade(&p.headers));
+        let up = BaseUrl::parse("http://127.0.0.1:9").unwrap();
+        prepare_request(&mut p, &up, "::1".parse().unwrap(), true).unwrap();
+        assert_eq!(p.headers["connection"], "upgrade");
+        assert_eq!(p.headers["upgrade"], "websocket");
+        assert_eq!(p.headers["x-forwarded-host"], "proxy:8080");
+        assert_eq!(p.uri.to_string(), "http://127.0.0.1:9/realtime/v1/websocket?apikey=a&vsn=2.0.0");
+    }
+
+    #[test]
+    fn response_is_labelled_and_cleaned() {
+        let mut h = HeaderMap::new();
+        h.insert("transfer-encoding", HeaderValue::from_static("chunked"));
+        h.insert("content-profile", HeaderValue::from_static("public"));
+        prepare_response(&mut h, false, BackendId::V2);
+        assert_eq!(h["x-switchyard-backend"], "v2");
+        assert!(!h.contains_key("transfer-encoding"));
+        assert_eq!(h["content-profile"], "public");
+        assert!(cohort_cookie("c", 7).to_str().unwrap().starts_with("c=7; Path=/"));
+    }
+}

@@ -1,0 +1,79 @@
+//! WebSocket tunnels (Supabase Realtime). Once both sides have switched protocols the
+//! bytes are copied both ways. Graceful shutdown does not see upgraded connections, so
+//! the tunnels are tracked here and drained (then closed) by the server.
+
+use std::time::Duration;
+
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+use prometheus::IntGauge;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// The set of open tunnels.
+pub struct Tunnels {
+    tracker: TaskTracker,
+    close: CancellationToken,
+    open: IntGauge,
+}
+
+struct OpenGuard(IntGauge);
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+impl Tunnels {
+    /// An empty set; `open` counts live tunnels.
+    pub fn new(open: IntGauge) -> Tunnels {
+        Tunnels { tracker: TaskTracker::new(), close: CancellationToken::new(), open }
+    }
+
+    /// Joins the client's and the upstream's upgraded connections once both are ready.
+    pub fn spawn(&self, client: OnUpgrade, upstream: OnUpgrade) {
+        let close = self.close.clone();
+        let open = self.open.clone();
+        self.tracker.spawn(async move {
+            let (client, upstream) = match tokio::try_join!(client, upstream) {
+                Ok(pair) => pair,
+                Err(e) => {
+                    tracing::debug!(error = %e, "websocket upgrade did not complete");
+                    return;
+                }
+            };
+            open.inc();
+            let _guard = OpenGuard(open);
+            let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));
+            tokio::select! {
+                r = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {
+                    if let Err(e) = r {
+                        tracing::debug!(error = %e, "websocket tunnel ended with an error");
+                    }
+                }
+                _ = close.cancelled() => tracing::debug!("websocket tunnel closed by shutdown"),
+            }
+        });
+    }
+
+    /// Number of tunnels still running.
+    pub fn len(&self) -> usize {
+        self.tracker.len()
+    }
+
+    /// Whether no tunnel is running.
+    pub fn is_empty(&self) -> bool {
+        self.tracker.is_empty()
+    }
+
+    /// Lets tunnels end on their own for up to `grace`, then closes the rest.
+    pub async fn drain(&self, grace: Duration) {
+        self.tracker.close();
+        if tokio::time::timeout(grace, self.tracker.wait()).await.is_err() {
+            tracing::info!(open = self.tracker.len(), "closing websocket tunnels still open at the deadline");
+            self.close.cancel();
+            self.tracker.wait().await;
+        }
+    }
+}

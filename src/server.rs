@@ -1,0 +1,146 @@
+//! Listeners and lifecycle: accepts client connections (HTTP/1.1 and h2c prior
+//! knowledge on one port), hands each request to [`Proxy::handle`], and shuts down
+//! gracefully: stop accepting, let in-flight requests and tunnels finish within the
+//! grace period, then close what is left.
+
+use std::convert::Infallible;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::admin;
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::proxy::Proxy;
+use crate::state::State;
+use crate::upstream::Upstream;
+
+/// A running proxy.
+pub struct Running {
+    /// Where the proxy listens.
+    pub addr: SocketAddr,
+    /// Where the admin listener listens, if enabled.
+    pub admin_addr: Option<SocketAddr>,
+    /// The proxy itself (state, metrics).
+    pub proxy: Arc<Proxy>,
+    shutdown: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Running {
+    /// Starts a graceful shutdown; [`Running::wait`] returns when it is complete.
+    pub fn shutdown(&self) {
+        self.shutdown.cancel();
+    }
+
+    /// Waits until the proxy has stopped.
+    pub async fn wait(self) {
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+/// Binds the listeners and starts serving `config`.
+pub async fn start(config: Config) -> io::Result<Running> {
+    let listener = TcpListener::bind(config.server.listen).await?;
+    let admin_listener = match config.server.admin_listen {
+        Some(a) => Some(TcpListener::bind(a).await?),
+        None => None,
+    };
+    let addr = listener.local_addr()?;
+    let admin_addr = admin_listener.as_ref().map(TcpListener::local_addr).transpose()?;
+
+    let metrics = Arc::new(Metrics::new());
+    metrics.rollout_percentage.set(config.rollout.percentage.into());
+    let upstream = Upstream::new(&config.upstream);
+    let server = config.server.clone();
+    let proxy = Arc::new(Proxy::new(Arc::new(State::new(config)), upstream, metrics));
+    let shutdown = CancellationToken::new();
+
+    let mut tasks = vec![tokio::spawn(serve(listener, proxy.clone(), shutdown.clone(), server.clone()))];
+    if let Some(l) = admin_listener {
+        tasks.push(tokio::spawn(admin::serve(l, proxy.clone(), shutdown.clone())));
+    }
+    Ok(Running { addr, admin_addr, proxy, shutdown, tasks })
+}
+
+/// Starts `config` and serves until SIGTERM or SIGINT, then drains.
+pub async fn run(config: Config) -> io::Result<()> {
+    let running = start(config).await?;
+    tracing::info!(listen = %running.addr, admin = ?running.admin_addr, "switchyard serving");
+    shutdown_signal().await;
+    tracing::info!("shutting down: draining in-flight requests");
+    running.shutdown();
+    running.wait().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+fn builder(server: &crate::config::ServerConfig) -> auto::Builder<TokioExecutor> {
+    let mut b = auto::Builder::new(TokioExecutor::new());
+    // Without a timer the header read timeout does nothing (design.md §9).
+    b.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(server.header_read_timeout);
+    b.http2().timer(TokioTimer::new());
+    b
+}
+
+async fn serve(listener: TcpListener, proxy: Arc<Proxy>, shutdown: CancellationToken, server: crate::config::ServerConfig) {
+    let builder = builder(&server);
+    let graceful = GracefulShutdown::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let proxy = proxy.clone();
+        let service = service_fn(move |req| {
+            let proxy = proxy.clone();
+            async move { Ok::<_, Infallible>(proxy.handle(req, peer).await) }
+        });
+        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%peer, error = %e, "client connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    let grace = server.shutdown_grace;
+    let drained = async {
+        tokio::join!(graceful.shutdown(), proxy.tunnels.drain(grace));
+    };
+    if tokio::time::timeout(grace, drained).await.is_err() {
+        tracing::warn!(grace_seconds = grace.as_secs_f64(), "grace period over: closing remaining connections");
+    }
+}
