@@ -21,7 +21,8 @@ use crate::proxy::Proxy;
 fn text(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(body.into()));
     *r.status_mut() = status;
-    r.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static(content_type));
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, header::HeaderValue::from_static(content_type));
     r
 }
 
@@ -33,8 +34,22 @@ fn json(status: StatusCode, value: serde_json::Value) -> Response<Full<Bytes>> {
 async fn reachable(proxy: &Proxy) -> Vec<(BackendId, bool)> {
     let snap = proxy.state.load();
     let checks = snap.config.backends.iter().map(|(id, b)| {
-        let port = b.url.authority.port_u16().unwrap_or(if b.url.scheme == http::uri::Scheme::HTTPS { 443 } else { 80 });
-        let host = b.url.authority.host().trim_start_matches('[').trim_end_matches(']').to_string();
+        let port = b
+            .url
+            .authority
+            .port_u16()
+            .unwrap_or(if b.url.scheme == http::uri::Scheme::HTTPS {
+                443
+            } else {
+                80
+            });
+        let host = b
+            .url
+            .authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
         async move {
             let ok = tokio::time::timeout(Duration::from_secs(1), tokio::net::TcpStream::connect((host, port)))
                 .await
@@ -51,9 +66,15 @@ async fn handle(proxy: &Proxy, req: Request<Incoming>) -> Response<Full<Bytes>> 
         (&Method::GET, "/readyz") => {
             let checks = reachable(proxy).await;
             let ready = checks.iter().all(|(_, ok)| *ok);
-            let body: serde_json::Map<_, _> =
-                checks.iter().map(|(id, ok)| (id.as_str().to_string(), serde_json::Value::Bool(*ok))).collect();
-            let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+            let body: serde_json::Map<_, _> = checks
+                .iter()
+                .map(|(id, ok)| (id.as_str().to_string(), serde_json::Value::Bool(*ok)))
+                .collect();
+            let status = if ready {
+                StatusCode::OK
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
             json(status, serde_json::json!({ "ready": ready, "upstreams": body }))
         }
         (&Method::GET, "/metrics") => text(StatusCode::OK, "text/plain; version=0.0.4", proxy.metrics.render()),
@@ -82,7 +103,9 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, shutdown: Cancellat
                 async move { Ok::<_, Infallible>(handle(&proxy, req).await) }
             });
             let mut builder = hyper::server::conn::http1::Builder::new();
-            builder.timer(TokioTimer::new()).header_read_timeout(Duration::from_secs(10));
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(10));
             let conn = builder.serve_connection(TokioIo::new(stream), service);
             tokio::pin!(conn);
             tokio::select! {

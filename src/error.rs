@@ -44,7 +44,11 @@ pub struct Error {
 
 impl Error {
     fn new(kind: Kind, backend: BackendId, detail: impl Into<String>) -> Error {
-        Error { kind, backend, detail: detail.into() }
+        Error {
+            kind,
+            backend,
+            detail: detail.into(),
+        }
     }
 
     /// A refused bearer token, for a request meant for `backend`.
@@ -54,7 +58,11 @@ impl Error {
 
     /// No response headers within `after`.
     pub fn timeout(backend: BackendId, after: Duration) -> Error {
-        Error::new(Kind::Timeout, backend, format!("no answer within {:.1}s", after.as_secs_f64()))
+        Error::new(
+            Kind::Timeout,
+            backend,
+            format!("no answer within {:.1}s", after.as_secs_f64()),
+        )
     }
 
     /// A request that cannot be forwarded.
@@ -65,7 +73,11 @@ impl Error {
     /// Classifies a client error from the upstream pool.
     pub fn upstream(backend: BackendId, err: hyper_util::client::legacy::Error) -> Error {
         let kind = if err.is_connect() {
-            if chain_has::<rustls::Error>(&err) { Kind::Tls } else { Kind::Connect }
+            if chain_has::<rustls::Error>(&err) {
+                Kind::Tls
+            } else {
+                Kind::Connect
+            }
         } else if chain_has::<rustls::Error>(&err) {
             Kind::Tls
         } else if find::<hyper::Error>(&err).is_some_and(|e| e.is_parse()) {
@@ -107,7 +119,10 @@ impl Error {
 
     /// The upstream failed (as opposed to the client's request).
     pub fn is_upstream(&self) -> bool {
-        matches!(self.kind, Kind::Connect | Kind::Timeout | Kind::Reset | Kind::Tls | Kind::Protocol)
+        matches!(
+            self.kind,
+            Kind::Connect | Kind::Timeout | Kind::Reset | Kind::Tls | Kind::Protocol
+        )
     }
 
     /// The `kind` label of `switchyard_upstream_errors_total`.
@@ -140,9 +155,17 @@ impl Error {
             Kind::Unauthorized(r) => ("PGRST301", "bad_jwt", format!("JWT invalid ({})", r.as_str())),
             Kind::Connect => ("SWY502", "upstream_unreachable", format!("upstream {b} unreachable")),
             Kind::Timeout => ("SWY504", "upstream_timeout", format!("upstream {b} timed out")),
-            Kind::Reset => ("SWY502", "upstream_reset", format!("upstream {b} closed the connection")),
+            Kind::Reset => (
+                "SWY502",
+                "upstream_reset",
+                format!("upstream {b} closed the connection"),
+            ),
             Kind::Tls => ("SWY502", "upstream_tls", format!("TLS with upstream {b} failed")),
-            Kind::Protocol => ("SWY502", "upstream_protocol", format!("upstream {b} sent an invalid response")),
+            Kind::Protocol => (
+                "SWY502",
+                "upstream_protocol",
+                format!("upstream {b} sent an invalid response"),
+            ),
             Kind::BadRequest => ("SWY400", "validation_failed", "request cannot be forwarded".into()),
         }
     }
@@ -160,9 +183,16 @@ impl Error {
         let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
         *resp.status_mut() = self.status();
         let h = resp.headers_mut();
-        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json; charset=utf-8"));
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json; charset=utf-8"),
+        );
         if let Kind::Unauthorized(r) = self.kind {
-            let desc = if r == AuthReason::Expired { "JWT expired" } else { "JWT invalid" };
+            let desc = if r == AuthReason::Expired {
+                "JWT expired"
+            } else {
+                "JWT invalid"
+            };
             let v = format!("Bearer error=\"invalid_token\", error_description=\"{desc}\"");
             h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_str(&v).expect("ascii"));
         }
@@ -221,7 +251,12 @@ mod tests {
         let resp = Error::unauthorized(BackendId::V1, AuthReason::Expired).into_response(Service::Auth, true);
         assert_eq!(resp.status(), 401);
         assert_eq!(resp.headers()["x-sb-error-code"], "bad_jwt");
-        assert!(resp.headers()[header::WWW_AUTHENTICATE].to_str().unwrap().starts_with("Bearer "));
+        assert!(
+            resp.headers()[header::WWW_AUTHENTICATE]
+                .to_str()
+                .unwrap()
+                .starts_with("Bearer ")
+        );
         let v = body(resp).await;
         assert_eq!(v, serde_json::json!({"code": "bad_jwt", "message": "JWT expired"}));
     }

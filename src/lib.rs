@@ -4,15 +4,15 @@
 //! → [`upstream`]. Decisions ([`identity`], [`routing`], [`proxy::headers`]) are pure
 //! functions; the routing state is one [`state::Snapshot`] behind an `ArcSwap`.
 
+pub mod admin;
 pub mod backend;
 pub mod config;
-pub mod identity;
-pub mod routing;
+pub mod demo;
 pub mod error;
+pub mod identity;
 pub mod metrics;
 pub mod proxy;
+pub mod routing;
+pub mod server;
 pub mod state;
 pub mod upstream;
-pub mod admin;
-pub mod server;
-pub mod demo;

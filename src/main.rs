@@ -56,7 +56,10 @@ enum Command {
 fn init_logging(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let fmt = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let fmt = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
     if json {
         fmt.json().init();
     } else {
@@ -83,7 +86,10 @@ fn main() -> ExitCode {
 }
 
 fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime")
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
 }
 
 fn run(command: Command) -> Result<(), ExitCode> {
@@ -107,12 +113,19 @@ fn run(command: Command) -> Result<(), ExitCode> {
             );
             Ok(())
         }
-        Command::Route { config, service, user_id } => {
+        Command::Route {
+            config,
+            service,
+            user_id,
+        } => {
             let cfg = load(&config)?;
-            let service = Service::ALL.into_iter().find(|s| s.as_str() == service).ok_or_else(|| {
-                eprintln!("switchyard: unknown service {service:?}");
-                ExitCode::from(2)
-            })?;
+            let service = Service::ALL
+                .into_iter()
+                .find(|s| s.as_str() == service)
+                .ok_or_else(|| {
+                    eprintln!("switchyard: unknown service {service:?}");
+                    ExitCode::from(2)
+                })?;
             let percentile = routing::percentile::percentile(&cfg.rollout.hash_seed, &user_id);
             let snap = state::Snapshot::new(cfg);
             let d = proxy::route_user(&snap, service, &user_id);
@@ -127,7 +140,11 @@ fn run(command: Command) -> Result<(), ExitCode> {
             println!("{line}");
             Ok(())
         }
-        Command::Demo { listen, admin_listen, percentage } => runtime().block_on(async move {
+        Command::Demo {
+            listen,
+            admin_listen,
+            percentage,
+        } => runtime().block_on(async move {
             let fail = |e: std::io::Error| {
                 eprintln!("switchyard demo: {e}");
                 ExitCode::FAILURE

@@ -13,7 +13,9 @@ use crate::backend::BackendId;
 use crate::routing::service::Service;
 
 /// Buckets sized for API calls: 1 ms … 10 s.
-const BUCKETS: [f64; 14] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+const BUCKETS: [f64; 14] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
 
 /// Every metric the proxy exports.
 pub struct Metrics {
@@ -63,7 +65,10 @@ impl Metrics {
         let registry = Registry::new();
         let reg = |c: Box<dyn prometheus::core::Collector>| registry.register(c).expect("unique metric names");
         let requests = IntCounterVec::new(
-            Opts::new("switchyard_requests_total", "Proxied requests by backend, service, method and status class."),
+            Opts::new(
+                "switchyard_requests_total",
+                "Proxied requests by backend, service, method and status class.",
+            ),
             &["backend", "service", "method", "status_class"],
         )
         .expect("valid");
@@ -77,7 +82,10 @@ impl Metrics {
         )
         .expect("valid");
         let upstream_errors = IntCounterVec::new(
-            Opts::new("switchyard_upstream_errors_total", "Upstream failures by backend and kind."),
+            Opts::new(
+                "switchyard_upstream_errors_total",
+                "Upstream failures by backend and kind.",
+            ),
             &["backend", "kind"],
         )
         .expect("valid");
@@ -86,7 +94,10 @@ impl Metrics {
             IntGauge::new("switchyard_rollout_percentage", "Effective V2 rollout percentage.").expect("valid");
         let tunnels = IntGauge::new("switchyard_websocket_tunnels", "Open WebSocket tunnels.").expect("valid");
         let config_reloads = IntCounterVec::new(
-            Opts::new("switchyard_config_reloads_total", "Configuration reload attempts by result."),
+            Opts::new(
+                "switchyard_config_reloads_total",
+                "Configuration reload attempts by result.",
+            ),
             &["result"],
         )
         .expect("valid");
@@ -95,8 +106,8 @@ impl Metrics {
             "1 if the last configuration reload succeeded, else 0.",
         )
         .expect("valid");
-        let build_info = IntGaugeVec::new(Opts::new("switchyard_build_info", "Build information."), &["version"])
-            .expect("valid");
+        let build_info =
+            IntGaugeVec::new(Opts::new("switchyard_build_info", "Build information."), &["version"]).expect("valid");
         build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
         config_last_reload_success.set(1);
         for result in ["success", "failure"] {
@@ -130,7 +141,9 @@ impl Metrics {
         self.requests
             .with_label_values(&[b, service.as_str(), method_label(method), status_class(status)])
             .inc();
-        self.duration.with_label_values(&[b, service.as_str()]).observe(took.as_secs_f64());
+        self.duration
+            .with_label_values(&[b, service.as_str()])
+            .observe(took.as_secs_f64());
     }
 
     /// Counts one upstream failure.
@@ -141,7 +154,9 @@ impl Metrics {
     /// Prometheus text exposition of everything.
     pub fn render(&self) -> String {
         let mut buf = Vec::new();
-        TextEncoder::new().encode(&self.registry.gather(), &mut buf).expect("text encoding cannot fail");
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buf)
+            .expect("text encoding cannot fail");
         String::from_utf8(buf).expect("utf-8")
     }
 }
@@ -159,12 +174,33 @@ mod tests {
     #[test]
     fn renders_labelled_series() {
         let m = Metrics::new();
-        m.observe(BackendId::V2, Service::Rest, &Method::GET, StatusCode::OK, Duration::from_millis(3));
-        m.observe(BackendId::V1, Service::Auth, &Method::from_bytes(b"PURGE").unwrap(), StatusCode::BAD_GATEWAY, Duration::ZERO);
+        m.observe(
+            BackendId::V2,
+            Service::Rest,
+            &Method::GET,
+            StatusCode::OK,
+            Duration::from_millis(3),
+        );
+        m.observe(
+            BackendId::V1,
+            Service::Auth,
+            &Method::from_bytes(b"PURGE").unwrap(),
+            StatusCode::BAD_GATEWAY,
+            Duration::ZERO,
+        );
         m.upstream_error(BackendId::V1, "connect");
         let text = m.render();
-        assert!(text.contains(r#"switchyard_requests_total{backend="v2",method="GET",service="rest",status_class="2xx"} 1"#), "{text}");
-        assert!(text.contains(r#"switchyard_requests_total{backend="v1",method="OTHER",service="auth",status_class="5xx"} 1"#));
+        assert!(
+            text.contains(
+                r#"switchyard_requests_total{backend="v2",method="GET",service="rest",status_class="2xx"} 1"#
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                r#"switchyard_requests_total{backend="v1",method="OTHER",service="auth",status_class="5xx"} 1"#
+            )
+        );
         assert!(text.contains(r#"switchyard_upstream_errors_total{backend="v1",kind="connect"} 1"#));
         assert!(text.contains("switchyard_request_duration_seconds_bucket"));
         assert!(text.contains(r#"switchyard_build_info{version=""#));

@@ -67,11 +67,22 @@ pub async fn start(config: Config) -> io::Result<Running> {
     let proxy = Arc::new(Proxy::new(Arc::new(State::new(config)), upstream, metrics));
     let shutdown = CancellationToken::new();
 
-    let mut tasks = vec![tokio::spawn(serve(listener, proxy.clone(), shutdown.clone(), server.clone()))];
+    let mut tasks = vec![tokio::spawn(serve(
+        listener,
+        proxy.clone(),
+        shutdown.clone(),
+        server.clone(),
+    ))];
     if let Some(l) = admin_listener {
         tasks.push(tokio::spawn(admin::serve(l, proxy.clone(), shutdown.clone())));
     }
-    Ok(Running { addr, admin_addr, proxy, shutdown, tasks })
+    Ok(Running {
+        addr,
+        admin_addr,
+        proxy,
+        shutdown,
+        tasks,
+    })
 }
 
 /// Starts `config` and serves until SIGTERM or SIGINT, then drains.
@@ -105,7 +116,12 @@ fn builder(server: &crate::config::ServerConfig) -> auto::Builder<TokioExecutor>
     b
 }
 
-async fn serve(listener: TcpListener, proxy: Arc<Proxy>, shutdown: CancellationToken, server: crate::config::ServerConfig) {
+async fn serve(
+    listener: TcpListener,
+    proxy: Arc<Proxy>,
+    shutdown: CancellationToken,
+    server: crate::config::ServerConfig,
+) {
     let builder = builder(&server);
     let graceful = GracefulShutdown::new();
     loop {
@@ -127,7 +143,9 @@ async fn serve(listener: TcpListener, proxy: Arc<Proxy>, shutdown: CancellationT
             let proxy = proxy.clone();
             async move { Ok::<_, Infallible>(proxy.handle(req, peer).await) }
         });
-        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
+        let conn = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+            .into_owned();
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
             if let Err(e) = conn.await {
@@ -141,6 +159,9 @@ async fn serve(listener: TcpListener, proxy: Arc<Proxy>, shutdown: CancellationT
         tokio::join!(graceful.shutdown(), proxy.tunnels.drain(grace));
     };
     if tokio::time::timeout(grace, drained).await.is_err() {
-        tracing::warn!(grace_seconds = grace.as_secs_f64(), "grace period over: closing remaining connections");
+        tracing::warn!(
+            grace_seconds = grace.as_secs_f64(),
+            "grace period over: closing remaining connections"
+        );
     }
 }

@@ -34,7 +34,9 @@ pub struct State {
 impl State {
     /// Starts with `config`.
     pub fn new(config: Config) -> State {
-        State { current: ArcSwap::from_pointee(Snapshot::new(config)) }
+        State {
+            current: ArcSwap::from_pointee(Snapshot::new(config)),
+        }
     }
 
     /// The snapshot in force now.

@@ -16,10 +16,7 @@ pub struct Overridden {
 }
 
 /// Applies the overrides found through `get` (usually `std::env::var`).
-pub fn apply(
-    file: &mut FileConfig,
-    get: &dyn Fn(&str) -> Option<String>,
-) -> Result<Overridden, ConfigError> {
+pub fn apply(file: &mut FileConfig, get: &dyn Fn(&str) -> Option<String>) -> Result<Overridden, ConfigError> {
     let get = |name: &str| get(name).filter(|v| !v.trim().is_empty());
     let mut seen = Overridden::default();
 
@@ -72,8 +69,7 @@ mod tests {
     use std::collections::HashMap;
 
     fn run(vars: &[(&str, &str)]) -> Result<(FileConfig, Overridden), ConfigError> {
-        let map: HashMap<String, String> =
-            vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let map: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         let mut file = FileConfig::default();
         let seen = apply(&mut file, &|k| map.get(k).cloned())?;
         Ok((file, seen))

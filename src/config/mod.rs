@@ -32,7 +32,10 @@ pub struct ConfigError {
 
 impl ConfigError {
     pub(crate) fn new(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
-        ConfigError { key: key.into(), message: message.into() }
+        ConfigError {
+            key: key.into(),
+            message: message.into(),
+        }
     }
 }
 
@@ -139,7 +142,11 @@ fn socket_addr(key: &str, v: &str) -> Result<SocketAddr, ConfigError> {
 }
 
 fn validate(raw: file::FileConfig, seen: env::Overridden) -> Result<Config, ConfigError> {
-    let pct_key = if seen.percentage { "V2_ROLLOUT_PERCENTAGE" } else { "rollout.percentage" };
+    let pct_key = if seen.percentage {
+        "V2_ROLLOUT_PERCENTAGE"
+    } else {
+        "rollout.percentage"
+    };
     let percentage = u8::try_from(raw.rollout.percentage)
         .ok()
         .filter(|p| *p <= 100)
@@ -154,18 +161,32 @@ fn validate(raw: file::FileConfig, seen: env::Overridden) -> Result<Config, Conf
     let mut sources = Vec::new();
     for s in &raw.identity.sources {
         let src = IdentitySource::parse(s).ok_or_else(|| {
-            ConfigError::new("identity.sources", format!("expected \"jwt\", \"path\" or \"header\", got {s:?}"))
+            ConfigError::new(
+                "identity.sources",
+                format!("expected \"jwt\", \"path\" or \"header\", got {s:?}"),
+            )
         })?;
         if !sources.contains(&src) {
             sources.push(src);
         }
     }
-    let header = HeaderName::try_from(raw.identity.header.as_str())
-        .map_err(|_| ConfigError::new("identity.header", format!("not a header name: {:?}", raw.identity.header)))?;
+    let header = HeaderName::try_from(raw.identity.header.as_str()).map_err(|_| {
+        ConfigError::new(
+            "identity.header",
+            format!("not a header name: {:?}", raw.identity.header),
+        )
+    })?;
     let cookie_ok = !raw.identity.cookie_name.is_empty()
-        && raw.identity.cookie_name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+        && raw
+            .identity
+            .cookie_name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
     if !cookie_ok {
-        return Err(ConfigError::new("identity.cookie_name", "use letters, digits, '-', '_' or '.'"));
+        return Err(ConfigError::new(
+            "identity.cookie_name",
+            "use letters, digits, '-', '_' or '.'",
+        ));
     }
 
     let mut services = ServicePolicies::default();
@@ -201,11 +222,18 @@ fn validate(raw: file::FileConfig, seen: env::Overridden) -> Result<Config, Conf
             listen: socket_addr("server.listen", &raw.server.listen)?,
             admin_listen,
             shutdown_grace: seconds("server.shutdown_grace_seconds", raw.server.shutdown_grace_seconds)?,
-            header_read_timeout: seconds("server.header_read_timeout_seconds", raw.server.header_read_timeout_seconds)?,
+            header_read_timeout: seconds(
+                "server.header_read_timeout_seconds",
+                raw.server.header_read_timeout_seconds,
+            )?,
         },
         rollout: RolloutConfig {
             percentage,
-            percentage_source: if seen.percentage { PercentageSource::Env } else { PercentageSource::File },
+            percentage_source: if seen.percentage {
+                PercentageSource::Env
+            } else {
+                PercentageSource::File
+            },
             hash_seed: raw.rollout.hash_seed.into_bytes(),
             force,
         },
@@ -228,7 +256,13 @@ fn validate(raw: file::FileConfig, seen: env::Overridden) -> Result<Config, Conf
 fn backend(id: BackendId, raw: Option<file::BackendFile>) -> Result<BackendConfig, ConfigError> {
     let key = format!("backends.{id}");
     let raw = raw.ok_or_else(|| {
-        ConfigError::new(&key, format!("missing: add a [{key}] table with a url (or set SUPABASE_{}_URL)", id.as_str().to_uppercase()))
+        ConfigError::new(
+            &key,
+            format!(
+                "missing: add a [{key}] table with a url (or set SUPABASE_{}_URL)",
+                id.as_str().to_uppercase()
+            ),
+        )
     })?;
     let url = BaseUrl::parse(&raw.url).map_err(|m| ConfigError::new(format!("{key}.url"), m))?;
     let secret = |field: &str, v: Option<String>| -> Result<Option<Secret>, ConfigError> {
@@ -276,7 +310,10 @@ url = "http://127.0.0.1:18002"
         assert_eq!(c.server.admin_listen.unwrap().port(), 9090);
         assert_eq!(c.backends.v2.url.to_string(), "http://127.0.0.1:18002");
         assert_eq!(c.backends.v1.issuer, "http://127.0.0.1:18001/auth/v1");
-        assert_eq!(c.identity.sources, [IdentitySource::Jwt, IdentitySource::Path, IdentitySource::Header]);
+        assert_eq!(
+            c.identity.sources,
+            [IdentitySource::Jwt, IdentitySource::Path, IdentitySource::Header]
+        );
         assert_eq!(c.identity.anonymous, AnonymousPolicy::Random);
     }
 
@@ -288,16 +325,25 @@ url = "http://127.0.0.1:18002"
     fn errors_name_the_key() {
         assert_eq!(err(&MINIMAL.replace("= 37", "= 101")).key, "rollout.percentage");
         assert_eq!(err(&MINIMAL.replace("= 37", "= -1")).key, "rollout.percentage");
-        assert_eq!(err(&MINIMAL.replace("http://127.0.0.1:18002", "not a url")).key, "backends.v2.url");
+        assert_eq!(
+            err(&MINIMAL.replace("http://127.0.0.1:18002", "not a url")).key,
+            "backends.v2.url"
+        );
         let e = err(&MINIMAL.replace("percentage = 37", "percentage = 37\npercentag = 3"));
         assert_eq!(e.key, "rollout.percentag", "{e}");
         assert!(e.message.contains("unknown field"), "{e}");
         let no_v2 = MINIMAL.split("[backends.v2]").next().unwrap();
         assert_eq!(err(no_v2).key, "backends.v2");
-        assert_eq!(err(&MINIMAL.replace("\"127.0.0.1:8080\"", "\"nowhere\"")).key, "server.listen");
+        assert_eq!(
+            err(&MINIMAL.replace("\"127.0.0.1:8080\"", "\"nowhere\"")).key,
+            "server.listen"
+        );
         assert_eq!(err("[backends.v3]\nurl = \"http://x\"").key, "backends.v3");
         assert_eq!(err("[rollout\n").key, "config");
-        assert_eq!(err(&format!("{MINIMAL}\n[services]\nauth = \"v3\"")).key, "services.auth");
+        assert_eq!(
+            err(&format!("{MINIMAL}\n[services]\nauth = \"v3\"")).key,
+            "services.auth"
+        );
     }
 
     #[test]
@@ -327,7 +373,10 @@ url = "http://127.0.0.1:18002"
 
     #[test]
     fn secrets_are_redacted_in_debug() {
-        let text = MINIMAL.replace("url = \"http://127.0.0.1:18002\"", "url = \"http://127.0.0.1:18002\"\njwt_secret = \"super-secret-value\"");
+        let text = MINIMAL.replace(
+            "url = \"http://127.0.0.1:18002\"",
+            "url = \"http://127.0.0.1:18002\"\njwt_secret = \"super-secret-value\"",
+        );
         let c = Config::parse(&text, &no_env).unwrap();
         assert!(!format!("{c:?}").contains("super-secret-value"));
     }

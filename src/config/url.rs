@@ -17,15 +17,18 @@ pub struct BaseUrl {
 impl BaseUrl {
     /// Parses and checks a backend URL.
     pub fn parse(raw: &str) -> Result<BaseUrl, String> {
-        let uri: Uri = raw
-            .trim()
-            .parse()
-            .map_err(|e| format!("not a URL ({e}): {raw:?}"))?;
-        let scheme = uri.scheme().cloned().ok_or_else(|| format!("missing http:// or https:// in {raw:?}"))?;
+        let uri: Uri = raw.trim().parse().map_err(|e| format!("not a URL ({e}): {raw:?}"))?;
+        let scheme = uri
+            .scheme()
+            .cloned()
+            .ok_or_else(|| format!("missing http:// or https:// in {raw:?}"))?;
         if scheme != Scheme::HTTP && scheme != Scheme::HTTPS {
             return Err(format!("scheme must be http or https in {raw:?}"));
         }
-        let authority = uri.authority().cloned().ok_or_else(|| format!("missing host in {raw:?}"))?;
+        let authority = uri
+            .authority()
+            .cloned()
+            .ok_or_else(|| format!("missing host in {raw:?}"))?;
         if authority.host().is_empty() {
             return Err(format!("missing host in {raw:?}"));
         }
@@ -33,13 +36,19 @@ impl BaseUrl {
             return Err(format!("a backend URL takes no query string: {raw:?}"));
         }
         let prefix = uri.path().trim_end_matches('/').to_string();
-        Ok(BaseUrl { scheme, authority, prefix })
+        Ok(BaseUrl {
+            scheme,
+            authority,
+            prefix,
+        })
     }
 
     /// The upstream URI for a request's path and query, which are kept byte for byte.
     pub fn join(&self, path_and_query: Option<&PathAndQuery>) -> Result<Uri, http::Error> {
         let pq = path_and_query.map_or("/", |pq| pq.as_str());
-        let builder = Uri::builder().scheme(self.scheme.clone()).authority(self.authority.clone());
+        let builder = Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone());
         if self.prefix.is_empty() {
             builder.path_and_query(pq).build()
         } else {

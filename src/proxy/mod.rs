@@ -11,14 +11,14 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::{Request, Response, StatusCode, header};
+use http::{HeaderMap, Request, Response, StatusCode, header};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use prometheus::IntGauge;
 
 use crate::config::Config;
 use crate::error::Error;
-use crate::identity::{self, Identity};
+use crate::identity::{self, AuthReason, Identity};
 use crate::metrics::Metrics;
 use crate::routing::service::Service;
 use crate::routing::{self, Decision, Rollout, Subject};
@@ -43,7 +43,12 @@ impl Proxy {
     /// A proxy over `state`, sending through `upstream`.
     pub fn new(state: Arc<State>, upstream: Upstream, metrics: Arc<Metrics>) -> Proxy {
         let tunnels = tunnel::Tunnels::new(metrics.tunnels.clone());
-        Proxy { state, metrics, tunnels, upstream }
+        Proxy {
+            state,
+            metrics,
+            tunnels,
+            upstream,
+        }
     }
 
     /// Handles one request from `peer`, end to end. Never fails: errors become
@@ -56,9 +61,9 @@ impl Proxy {
         let method = req.method().clone();
         let versioned = req.headers().contains_key("x-supabase-api-version");
 
-        let (decision, refused) = route(&snap, service, &req);
+        let (decision, refused) = route(&snap, service, req.headers(), req.uri().path());
         let result = match refused {
-            Some(err) => Err(err),
+            Some(reason) => Err(Error::unauthorized(decision.backend, reason)),
             None => self.forward(req, &snap, &decision, peer).await,
         };
         let mut resp = match result {
@@ -77,7 +82,8 @@ impl Proxy {
             let cookie = headers::cohort_cookie(&snap.config.identity.cookie_name, p);
             resp.headers_mut().append(header::SET_COOKIE, cookie);
         }
-        self.metrics.observe(decision.backend, service, &method, resp.status(), started.elapsed());
+        self.metrics
+            .observe(decision.backend, service, &method, resp.status(), started.elapsed());
         resp
     }
 
@@ -108,22 +114,32 @@ impl Proxy {
     }
 }
 
-/// Decides where a request goes. A refused bearer token still gets a decision (as an
-/// anonymous request) so the refusal is counted against the backend it was meant for.
-fn route(snap: &Snapshot, service: Service, req: &Request<Incoming>) -> (Decision, Option<Error>) {
-    let cfg = &snap.config;
-    let id = &cfg.identity;
-    let extracted = identity::extract(req.headers(), req.uri().path(), &id.sources, &id.header, &snap.verifier);
-    let (identity, refused) = match extracted {
+/// Decides where a request goes, from its headers and path under `snap`. A refused
+/// bearer token still gets a decision (as an anonymous request) so the refusal is
+/// counted against the backend it was meant for.
+pub fn route(snap: &Snapshot, service: Service, headers: &HeaderMap, path: &str) -> (Decision, Option<AuthReason>) {
+    let id = &snap.config.identity;
+    let (identity, refused) = match identity::extract(headers, path, &id.sources, &id.header, &snap.verifier) {
         Ok(identity) => (identity, None),
-        Err(reason) => (Identity { user: None, token: None }, Some(reason)),
+        Err(reason) => (
+            Identity {
+                user: None,
+                token: None,
+            },
+            Some(reason),
+        ),
     };
     let subject = match &identity.user {
         Some((user, _)) => Subject::User(user),
-        None => Subject::Anonymous { cookie: identity::cookie_percentile(req.headers(), &id.cookie_name) },
+        None => Subject::Anonymous {
+            cookie: identity::cookie_percentile(headers, &id.cookie_name),
+        },
     };
-    let decision = routing::decide(&rollout(cfg), cfg.services.get(service), subject, || fastrand::u8(0..100));
-    (decision, refused.map(|r| Error::unauthorized(decision.backend, r)))
+    let policy = snap.config.services.get(service);
+    (
+        routing::decide(&rollout(&snap.config), policy, subject, || fastrand::u8(0..100)),
+        refused,
+    )
 }
 
 /// The backend a user id goes to under `snap`, as the `route` command reports it.
@@ -157,4 +173,3 @@ impl Drop for InFlight {
         self.0.dec();
     }
 }
-

@@ -29,10 +29,7 @@ mod tests {
     const VECTORS: &str = include_str!("../../tests/data/percentile-vectors.tsv");
 
     fn md5_hex(s: &str) -> String {
-        Md5::digest(s.as_bytes())
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
+        Md5::digest(s.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
     }
 
     #[test]

@@ -1,0 +1,247 @@
+//! Forwarding through real sockets: headers and query strings as supabase-js sends
+//! them, every method, h2c clients, streaming in both directions, WebSocket tunnels.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http::{Request, Response};
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Frame;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use support::*;
+use tokio::sync::{Notify, mpsc};
+use tokio_tungstenite::tungstenite::Message;
+
+const SUPABASE_JS_HEADERS: [(&str, &str); 9] = [
+    ("apikey", "eyJhbGciOiJIUzI1NiJ9.eyJyb2xlIjoiYW5vbiJ9.c2lnbmF0dXJl"),
+    (
+        "authorization",
+        "Bearer eyJhbGciOiJIUzI1NiJ9.eyJyb2xlIjoiYW5vbiJ9.c2lnbmF0dXJl",
+    ),
+    ("accept-profile", "public"),
+    ("content-profile", "public"),
+    ("prefer", "return=representation,count=exact"),
+    ("range", "0-9"),
+    (
+        "x-client-info",
+        "supabase-js/2.109.0; runtime=node; runtime-version=v20.20.2",
+    ),
+    ("x-retry-count", "1"),
+    ("x-supabase-api-version", "2024-01-01"),
+];
+
+#[tokio::test]
+async fn supabase_js_headers_and_query_arrive_unchanged() {
+    let (v1, _v2, sy) = stack(0, "").await;
+    let query = "select=id,name,orders(*)&id=eq.1&or=(a.eq.%20x,b.is.null)&name=ilike.*%C3%A9*&order=id.desc.nullslast";
+    let mut headers = SUPABASE_JS_HEADERS.to_vec();
+    headers.extend([
+        ("connection", "keep-alive, x-hop"),
+        ("x-hop", "must not pass"),
+        ("keep-alive", "timeout=5"),
+        ("proxy-connection", "keep-alive"),
+        ("host", "api.example.com"),
+    ]);
+    let got = send(
+        sy.addr,
+        "POST",
+        &format!("/rest/v1/orders?{query}"),
+        &headers,
+        r#"{"a":1}"#,
+    )
+    .await;
+    assert_eq!(got.status, 200);
+    let seen = got.json();
+    assert_eq!(seen["query"], query, "query string changed");
+    assert_eq!(seen["body"], r#"{"a":1}"#);
+    let h = &seen["headers"];
+    for (name, value) in SUPABASE_JS_HEADERS {
+        assert_eq!(h[name], serde_json::json!([value]), "{name} changed");
+    }
+    assert_eq!(h["host"][0], v1.addr.to_string());
+    assert_eq!(h["x-forwarded-for"][0], "127.0.0.1");
+    assert_eq!(h["x-forwarded-proto"][0], "http");
+    assert_eq!(h["x-forwarded-host"][0], "api.example.com");
+    for hop in ["x-hop", "keep-alive", "proxy-connection"] {
+        assert!(h.get(hop).is_none(), "{hop} was forwarded");
+    }
+}
+
+#[tokio::test]
+async fn every_method_is_forwarded() {
+    let (_v1, _v2, sy) = stack(0, "").await;
+    for method in ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "PURGE"] {
+        let got = send(sy.addr, method, "/rest/v1/t?id=eq.1", &[], "payload").await;
+        assert_eq!(got.status, 200, "{method}");
+        assert_eq!(got.json()["method"], method);
+        assert_eq!(got.json()["body"], "payload", "{method} body");
+    }
+    let head = send(sy.addr, "HEAD", "/rest/v1/t", &[], "").await;
+    assert_eq!(head.status, 200);
+    assert!(head.body.is_empty());
+}
+
+#[tokio::test]
+async fn h2c_prior_knowledge_clients_reach_http1_upstreams() {
+    let (v1, _v2, sy) = stack(0, "").await;
+    let tcp = tokio::net::TcpStream::connect(sy.addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    for i in 0..3 {
+        let req = Request::builder()
+            .method("POST")
+            .uri(format!("http://{}/rest/v1/t?n={i}", sy.addr))
+            .header("x-user-id", "h2-user")
+            .body(full("over h2"))
+            .unwrap();
+        let resp = sender.send_request(req).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.version(), http::Version::HTTP_2);
+        assert_eq!(resp.headers()["x-switchyard-backend"], "v1");
+        let body: serde_json::Value =
+            serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
+        assert_eq!(body["version"], "HTTP/1.1");
+        assert_eq!(body["headers"]["host"][0], v1.addr.to_string());
+        assert_eq!(body["query"], format!("n={i}"));
+        assert_eq!(body["body"], "over h2");
+    }
+}
+
+fn frame_stream(rx: mpsc::Receiver<Bytes>) -> Body {
+    let s = tokio_stream_from(rx).map(|b| Ok::<_, BoxError>(Frame::data(b)));
+    BodyExt::boxed(StreamBody::new(s))
+}
+
+fn tokio_stream_from(mut rx: mpsc::Receiver<Bytes>) -> impl futures_util::Stream<Item = Bytes> + Send + 'static {
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+#[tokio::test]
+async fn response_bodies_stream_without_buffering() {
+    let release = Arc::new(Notify::new());
+    let gate = release.clone();
+    let v1 = upstream(move |_req| {
+        let gate = gate.clone();
+        async move {
+            let (tx, rx) = mpsc::channel(1);
+            tokio::spawn(async move {
+                tx.send(Bytes::from_static(b"first")).await.unwrap();
+                gate.notified().await;
+                tx.send(Bytes::from_static(b"second")).await.unwrap();
+            });
+            Response::new(frame_stream(rx))
+        }
+    })
+    .await;
+    let v2 = echo("v2").await;
+    let sy = start(&config_text(&v1.url(), &v2.url(), 0, "")).await;
+    let req = Request::get(format!("http://{}/rest/v1/big", sy.addr))
+        .body(full(""))
+        .unwrap();
+    let resp = client().request(req).await.unwrap();
+    let mut body = resp.into_body();
+    let first = tokio::time::timeout(Duration::from_secs(5), body.frame())
+        .await
+        .expect("first chunk reached the client before the upstream finished")
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.into_data().unwrap(), "first");
+    release.notify_one();
+    let rest = body.collect().await.unwrap().to_bytes();
+    assert_eq!(rest, "second");
+}
+
+#[tokio::test]
+async fn request_bodies_stream_without_buffering() {
+    let (seen_tx, mut seen_rx) = mpsc::channel::<Bytes>(4);
+    let v1 = upstream(move |req| {
+        let seen_tx = seen_tx.clone();
+        async move {
+            let mut body = req.into_body();
+            let mut total = 0;
+            while let Some(frame) = body.frame().await {
+                if let Ok(data) = frame.unwrap().into_data() {
+                    total += data.len();
+                    let _ = seen_tx.send(data).await;
+                }
+            }
+            Response::new(full(total.to_string()))
+        }
+    })
+    .await;
+    let v2 = echo("v2").await;
+    let sy = start(&config_text(&v1.url(), &v2.url(), 0, "")).await;
+    let (tx, rx) = mpsc::channel(1);
+    let req = Request::post(format!("http://{}/functions/v1/upload", sy.addr))
+        .body(frame_stream(rx))
+        .unwrap();
+    let pending = tokio::spawn(async move { client().request(req).await });
+    tx.send(Bytes::from_static(b"part-one")).await.unwrap();
+    let first = tokio::time::timeout(Duration::from_secs(5), seen_rx.recv())
+        .await
+        .expect("the upstream got the first part while the client still held the rest")
+        .unwrap();
+    assert_eq!(first, "part-one");
+    tx.send(Bytes::from_static(b"part-two")).await.unwrap();
+    drop(tx);
+    let resp = pending.await.unwrap().unwrap();
+    assert_eq!(resp.into_body().collect().await.unwrap().to_bytes(), "16");
+}
+
+#[tokio::test]
+#[allow(clippy::result_large_err)] // tungstenite's callback signature
+async fn websocket_echo_through_the_proxy() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let ws_addr = listener.local_addr().unwrap();
+    let (req_tx, mut req_rx) = mpsc::channel::<(String, String)>(1);
+    tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.unwrap();
+        let callback = |req: &tokio_tungstenite::tungstenite::handshake::server::Request,
+                        resp: tokio_tungstenite::tungstenite::handshake::server::Response| {
+            let host = req.headers()["host"].to_str().unwrap().to_string();
+            req_tx.try_send((req.uri().to_string(), host)).unwrap();
+            Ok(resp)
+        };
+        let mut ws = tokio_tungstenite::accept_hdr_async(stream, callback).await.unwrap();
+        while let Some(Ok(msg)) = ws.next().await {
+            if msg.is_close() {
+                break;
+            }
+            ws.send(msg).await.unwrap();
+        }
+    });
+    let v2 = echo("v2").await;
+    let sy = start(&config_text(&format!("http://{ws_addr}"), &v2.url(), 100, "")).await;
+    let url = format!("ws://{}/realtime/v1/websocket?apikey=anon-key&vsn=2.0.0", sy.addr);
+    let (mut ws, resp) = tokio_tungstenite::connect_async(url)
+        .await
+        .expect("upgrade through the proxy");
+    assert_eq!(resp.headers()["x-switchyard-backend"], "v1", "realtime is pinned to v1");
+    let (uri, host) = req_rx.recv().await.unwrap();
+    assert_eq!(uri, "/realtime/v1/websocket?apikey=anon-key&vsn=2.0.0");
+    assert_eq!(host, ws_addr.to_string());
+    for i in 0..5 {
+        let text = format!(r#"{{"topic":"realtime:public","event":"phx_join","ref":"{i}"}}"#);
+        ws.send(Message::text(text.clone())).await.unwrap();
+        assert_eq!(ws.next().await.unwrap().unwrap(), Message::text(text));
+    }
+    ws.send(Message::binary(vec![0u8, 1, 2, 255])).await.unwrap();
+    assert_eq!(ws.next().await.unwrap().unwrap(), Message::binary(vec![0u8, 1, 2, 255]));
+    ws.close(None).await.unwrap();
+    while let Some(Ok(_)) = ws.next().await {}
+    drop(ws);
+    let gauge = &sy.proxy.metrics.tunnels;
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while gauge.get() != 0 || !sy.proxy.tunnels.is_empty() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the tunnel ended after the close");
+}

@@ -1,0 +1,182 @@
+//! The binary as operators run it: config validation and environment overrides, the
+//! `route` command, constant memory under a 1 GiB upload, graceful shutdown.
+
+mod support;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Frame;
+use support::process::{Serving, run, write_config};
+use support::*;
+
+const MINIMAL: &str = r#"[server]
+listen = "127.0.0.1:8080"
+admin_listen = "127.0.0.1:9090"
+[rollout]
+percentage = 37
+[backends.v1]
+url = "http://127.0.0.1:18001"
+[backends.v2]
+url = "http://127.0.0.1:18002"
+"#;
+
+fn route(path: &std::path::Path, user: &str, env: &[(&str, &str)]) -> serde_json::Value {
+    let out = run(&["route", "--config", path.to_str().unwrap(), user], env);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn the_minimal_file_is_accepted_and_route_prints_json() {
+    let path = write_config("minimal", MINIMAL);
+    let out = run(&["check", "--config", path.to_str().unwrap()], &[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // user-1 is at percentile 19 in the Node vectors.
+    let v = route(&path, "user-1", &[]);
+    assert_eq!(v["user_id"], "user-1");
+    assert_eq!(v["percentile"], 19);
+    assert_eq!(v["backend"], "v2");
+    let v = route(&path, "a", &[]);
+    assert_eq!(
+        (v["percentile"].as_u64(), v["backend"].as_str()),
+        (Some(77), Some("v1"))
+    );
+}
+
+#[test]
+fn environment_overrides_as_the_guide_uses_them() {
+    let path = write_config("env", MINIMAL);
+    assert_eq!(
+        route(&path, "user-1", &[("V2_ROLLOUT_PERCENTAGE", "10")])["backend"],
+        "v1"
+    );
+    assert_eq!(
+        route(&path, "user-1", &[("V2_ROLLOUT_PERCENTAGE", "20")])["backend"],
+        "v2"
+    );
+    assert_eq!(
+        route(&path, "user-1", &[("SUPABASE_ENV", "production")])["backend"],
+        "v1"
+    );
+    assert_eq!(route(&path, "a", &[("SUPABASE_ENV", "v2")])["backend"], "v2");
+    let out = run(
+        &["check", "--config", path.to_str().unwrap()],
+        &[("SUPABASE_V2_URL", "https://new.supabase.co")],
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("https://new.supabase.co"));
+}
+
+#[test]
+fn invalid_configs_exit_non_zero_naming_the_key() {
+    type Case<'a> = (&'a str, String, &'a [(&'a str, &'a str)]);
+    let cases: [Case; 6] = [
+        ("rollout.percentage", MINIMAL.replace("= 37", "= 101"), &[]),
+        (
+            "backends.v2.url",
+            MINIMAL.replace("http://127.0.0.1:18002", "127.0.0.1 18002"),
+            &[],
+        ),
+        (
+            "backends.v2",
+            MINIMAL.split("[backends.v2]").next().unwrap().to_string(),
+            &[],
+        ),
+        (
+            "server.colour",
+            MINIMAL.replace("[server]", "[server]\ncolour = \"blue\""),
+            &[],
+        ),
+        (
+            "V2_ROLLOUT_PERCENTAGE",
+            MINIMAL.to_string(),
+            &[("V2_ROLLOUT_PERCENTAGE", "150")],
+        ),
+        ("SUPABASE_ENV", MINIMAL.to_string(), &[("SUPABASE_ENV", "staging")]),
+    ];
+    for (i, (key, text, env)) in cases.iter().enumerate() {
+        let path = write_config(&format!("bad{i}"), text);
+        for cmd in ["check", "serve"] {
+            let out = run(&[cmd, "--config", path.to_str().unwrap()], env);
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(2), "{cmd} {key}: {stderr}");
+            assert!(stderr.contains(key), "{cmd}: {stderr:?} does not name {key}");
+        }
+    }
+    let out = run(&["check", "--config", "/nonexistent/switchyard.toml"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+fn serve_config(name: &str, v1: &str, v2: &str, extra: &str) -> std::path::PathBuf {
+    write_config(
+        name,
+        &config_text(v1, v2, 100, extra).replace("admin_listen = \"127.0.0.1:0\"", "admin_listen = \"\""),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_1_gib_upload_streams_in_constant_memory() {
+    const CHUNK: usize = 256 * 1024;
+    const TOTAL: usize = 1 << 30;
+    let sink = upstream(|req| async move {
+        let mut body = req.into_body();
+        let mut total = 0usize;
+        while let Some(frame) = body.frame().await {
+            if let Ok(data) = frame.expect("body intact").into_data() {
+                total += data.len();
+            }
+        }
+        Response::new(full(total.to_string()))
+    })
+    .await;
+    let v1 = echo("v1").await;
+    let serving = Serving::start(&serve_config("upload", &v1.url(), &sink.url(), ""));
+    let chunk = Bytes::from(vec![b'x'; CHUNK]);
+    let frames =
+        futures_util::stream::iter((0..TOTAL / CHUNK).map(move |_| Ok::<_, BoxError>(Frame::data(chunk.clone()))));
+    let req = Request::post(format!("http://{}/functions/v1/upload-archive", serving.addr))
+        .header("x-user-id", "uploader")
+        .body(BodyExt::boxed(StreamBody::new(frames)))
+        .unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(300), client().request(req))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let echoed = resp.into_body().collect().await.unwrap().to_bytes();
+    let head = String::from_utf8_lossy(&echoed[..echoed.len().min(80)]).into_owned();
+    assert_eq!(head, TOTAL.to_string(), "the sink did not count the whole upload");
+    let rss = serving.peak_rss();
+    assert!(rss < 64 << 20, "peak RSS {} MiB", rss >> 20);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_in_flight_requests_finish() {
+    let slow = upstream(|_req| async move {
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        Response::new(full("finished"))
+    })
+    .await;
+    let v1 = echo("v1").await;
+    let mut serving = Serving::start(&serve_config("drain", &v1.url(), &slow.url(), ""));
+    let addr = serving.addr;
+    let in_flight = tokio::spawn(async move { get_as(addr, "/rest/v1/slow", "u").await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    serving.signal("TERM");
+    let got = in_flight.await.unwrap();
+    assert_eq!(got.status, 200);
+    assert_eq!(got.body, "finished");
+    let code = tokio::task::spawn_blocking(move || {
+        let code = serving.wait_exit(Duration::from_secs(10));
+        (code, serving)
+    })
+    .await
+    .unwrap();
+    assert_eq!(code.0, Some(0), "exit status after SIGTERM");
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "still accepting after shutdown"
+    );
+}

@@ -1,0 +1,214 @@
+//! Shared helpers for the integration tests: in-process upstreams on 127.0.0.1:0, a
+//! switchyard started in-process or as a child process, and a real HTTP client.
+#![allow(dead_code)]
+
+pub mod process;
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, combinators::BoxBody};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub type Body = BoxBody<Bytes, BoxError>;
+
+/// A body from bytes.
+pub fn full(b: impl Into<Bytes>) -> Body {
+    Full::new(b.into()).map_err(|never| match never {}).boxed()
+}
+
+/// A test upstream: counts requests, answers with `handler`.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub hits: Arc<AtomicUsize>,
+}
+
+impl Upstream {
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+    pub fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+}
+
+/// Starts an HTTP/1.1 upstream on 127.0.0.1:0 answering with `handler`.
+pub async fn upstream<F, Fut>(handler: F) -> Upstream
+where
+    F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Response<Body>> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let hits = Arc::new(AtomicUsize::new(0));
+    let handler = Arc::new(handler);
+    let counter = hits.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let handler = handler.clone();
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req| {
+                    counter.fetch_add(1, Ordering::SeqCst);
+                    let fut = handler(req);
+                    async move { Ok::<_, Infallible>(fut.await) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .with_upgrades()
+                    .await;
+            });
+        }
+    });
+    Upstream { addr, hits }
+}
+
+/// What an echo upstream saw, as JSON: label, method, path, raw query, headers, body.
+pub async fn echo_body(label: &str, req: Request<Incoming>) -> Value {
+    let (parts, body) = req.into_parts();
+    let bytes = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+    let headers: BTreeMap<String, Vec<String>> = parts
+        .headers
+        .keys()
+        .map(|k| {
+            let vals = parts
+                .headers
+                .get_all(k)
+                .iter()
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                .collect();
+            (k.as_str().to_string(), vals)
+        })
+        .collect();
+    json!({
+        "backend": label,
+        "method": parts.method.as_str(),
+        "path": parts.uri.path(),
+        "query": parts.uri.query(),
+        "version": format!("{:?}", parts.version),
+        "headers": headers,
+        "body": String::from_utf8_lossy(&bytes),
+    })
+}
+
+/// An upstream that echoes every request as JSON, labelled `label`.
+pub async fn echo(label: &'static str) -> Upstream {
+    upstream(move |req| async move {
+        let v = echo_body(label, req).await;
+        Response::builder()
+            .header("content-type", "application/json")
+            .body(full(v.to_string()))
+            .unwrap()
+    })
+    .await
+}
+
+/// Config text for two backends plus `extra` TOML (appended, so it may add tables).
+pub fn config_text(v1: &str, v2: &str, percentage: u8, extra: &str) -> String {
+    format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nshutdown_grace_seconds = 5\n\
+         [rollout]\npercentage = {percentage}\n[backends.v1]\nurl = \"{v1}\"\n[backends.v2]\nurl = \"{v2}\"\n{extra}"
+    )
+}
+
+/// Starts switchyard in-process with `text` (no environment overrides).
+pub async fn start(text: &str) -> switchyard::server::Running {
+    let cfg = switchyard::config::Config::parse(text, &|_| None).expect("test config is valid");
+    switchyard::server::start(cfg).await.expect("switchyard starts")
+}
+
+/// Two echo upstreams and a switchyard in front at `percentage`, with `extra` config.
+pub async fn stack(percentage: u8, extra: &str) -> (Upstream, Upstream, switchyard::server::Running) {
+    let v1 = echo("v1").await;
+    let v2 = echo("v2").await;
+    let sy = start(&config_text(&v1.url(), &v2.url(), percentage, extra)).await;
+    (v1, v2, sy)
+}
+
+/// A real HTTP/1.1 client with a keep-alive pool.
+pub fn client() -> Client<HttpConnector, Body> {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// A response read whole.
+pub struct Got {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Got {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
+    }
+    pub fn backend(&self) -> &str {
+        self.headers
+            .get("x-switchyard-backend")
+            .map(|v| v.to_str().unwrap())
+            .unwrap_or("")
+    }
+}
+
+/// Sends `method path` with `headers` and `body` to `addr`, reads the whole answer.
+pub async fn send(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Got {
+    let mut b = Request::builder().method(method).uri(format!("http://{addr}{path}"));
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    let resp = client()
+        .request(b.body(full(body.to_string())).unwrap())
+        .await
+        .expect("request sent");
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.expect("whole body").to_bytes();
+    Got {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    }
+}
+
+/// GET with `x-user-id: user`.
+pub async fn get_as(addr: SocketAddr, path: &str, user: &str) -> Got {
+    send(addr, "GET", path, &[("x-user-id", user)], "").await
+}
+
+/// The percentile the TypeScript would give `user` (computed independently of the
+/// crate: md5 → first 4 bytes big-endian → % 100).
+pub fn percentile(user: &str) -> u8 {
+    use md5::{Digest, Md5};
+    let d = Md5::digest(user.as_bytes());
+    (u32::from_be_bytes([d[0], d[1], d[2], d[3]]) % 100) as u8
+}
+
+/// HS256 token with `claims`, signed with `secret`.
+pub fn jwt(secret: &str, claims: Value) -> String {
+    use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
+    encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap()
+}
+
+/// Seconds since the epoch.
+pub fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
