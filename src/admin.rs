@@ -1,6 +1,7 @@
-//! The admin listener: liveness, readiness and Prometheus metrics. It runs on its own
-//! port so that probes and scrapes never compete with, or get routed like, client
-//! traffic.
+//! The admin listener: liveness, readiness, Prometheus metrics and the rollout API.
+//! It runs on its own port so that probes, scrapes and operators never compete with,
+//! or get routed like, client traffic. Writes need `SWITCHYARD_ADMIN_TOKEN` as a
+//! bearer token (compared in constant time); with no token configured they are refused.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -8,7 +9,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -16,7 +17,16 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::backend::BackendId;
+use crate::control::Control;
 use crate::proxy::Proxy;
+
+/// What the admin endpoints act on.
+pub struct Admin {
+    /// The proxy (state and metrics).
+    pub proxy: Arc<Proxy>,
+    /// Live changes.
+    pub control: Arc<Control>,
+}
 
 fn text(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(body.into()));
@@ -60,7 +70,65 @@ async fn reachable(proxy: &Proxy) -> Vec<(BackendId, bool)> {
     futures_util::future::join_all(checks).await
 }
 
-async fn handle(proxy: &Proxy, req: Request<Incoming>) -> Response<Full<Bytes>> {
+fn error(status: StatusCode, message: &str) -> Response<Full<Bytes>> {
+    json(status, serde_json::json!({ "error": message }))
+}
+
+/// Why a write is refused, if it is.
+fn refuse_write(admin: &Admin, headers: &http::HeaderMap) -> Option<Response<Full<Bytes>>> {
+    let snap = admin.proxy.state.load();
+    let Some(expected) = &snap.config.server.admin_token else {
+        return Some(error(
+            StatusCode::FORBIDDEN,
+            "admin writes are disabled: set SWITCHYARD_ADMIN_TOKEN",
+        ));
+    };
+    let given = crate::identity::bearer(headers).unwrap_or("");
+    let same: bool = subtle::ConstantTimeEq::ct_eq(given.as_bytes(), expected.expose().as_bytes()).into();
+    if same {
+        None
+    } else {
+        let mut r = error(StatusCode::UNAUTHORIZED, "missing or wrong admin token");
+        r.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+        Some(r)
+    }
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SetRollout {
+    percentage: i64,
+}
+
+async fn put_rollout(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    if let Some(refused) = refuse_write(admin, req.headers()) {
+        return refused;
+    }
+    let body = match http_body_util::Limited::new(req.into_body(), 4096).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => return error(StatusCode::PAYLOAD_TOO_LARGE, "body over 4 KiB"),
+    };
+    let wanted = match serde_json::from_slice::<SetRollout>(&body) {
+        Ok(w) => w.percentage,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                &format!("expected {{\"percentage\": 0-100}}: {e}"),
+            );
+        }
+    };
+    match u8::try_from(wanted).ok().filter(|p| *p <= 100) {
+        Some(p) => json(StatusCode::OK, serde_json::json!(admin.control.set_percentage(p))),
+        None => error(
+            StatusCode::BAD_REQUEST,
+            &format!("percentage must be 0 to 100, got {wanted}"),
+        ),
+    }
+}
+
+async fn handle(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let proxy = &admin.proxy;
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/healthz") => text(StatusCode::OK, "text/plain", "ok\n"),
         (&Method::GET, "/readyz") => {
@@ -78,12 +146,15 @@ async fn handle(proxy: &Proxy, req: Request<Incoming>) -> Response<Full<Bytes>> 
             json(status, serde_json::json!({ "ready": ready, "upstreams": body }))
         }
         (&Method::GET, "/metrics") => text(StatusCode::OK, "text/plain; version=0.0.4", proxy.metrics.render()),
-        _ => json(StatusCode::NOT_FOUND, serde_json::json!({ "error": "not found" })),
+        (&Method::GET, "/admin/rollout") => json(StatusCode::OK, serde_json::json!(admin.control.status())),
+        (&Method::PUT, "/admin/rollout") => put_rollout(admin, req).await,
+        (_, "/admin/rollout") => error(StatusCode::METHOD_NOT_ALLOWED, "use GET or PUT"),
+        _ => error(StatusCode::NOT_FOUND, "not found"),
     }
 }
 
 /// Serves the admin endpoints until `shutdown`.
-pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, shutdown: CancellationToken) {
+pub async fn serve(listener: TcpListener, admin: Arc<Admin>, shutdown: CancellationToken) {
     loop {
         let stream = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -95,12 +166,12 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, shutdown: Cancellat
                 }
             },
         };
-        let proxy = proxy.clone();
+        let admin = admin.clone();
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
             let service = service_fn(|req| {
-                let proxy = proxy.clone();
-                async move { Ok::<_, Infallible>(handle(&proxy, req).await) }
+                let admin = admin.clone();
+                async move { Ok::<_, Infallible>(handle(&admin, req).await) }
             });
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder

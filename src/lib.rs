@@ -7,6 +7,7 @@
 pub mod admin;
 pub mod backend;
 pub mod config;
+pub mod control;
 pub mod demo;
 pub mod error;
 pub mod identity;
@@ -16,3 +17,4 @@ pub mod routing;
 pub mod server;
 pub mod state;
 pub mod upstream;
+pub mod watch;

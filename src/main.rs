@@ -96,7 +96,7 @@ fn run(command: Command) -> Result<(), ExitCode> {
     match command {
         Command::Serve { config } => {
             let cfg = load(&config)?;
-            runtime().block_on(server::run(cfg)).map_err(|e| {
+            runtime().block_on(server::run(cfg, Some(config))).map_err(|e| {
                 eprintln!("switchyard: {e}");
                 ExitCode::FAILURE
             })
@@ -153,7 +153,7 @@ fn run(command: Command) -> Result<(), ExitCode> {
             let v2 = demo::spawn_upstream(BackendId::V2).await.map_err(fail)?;
             let cfg = demo::config(listen, admin_listen, percentage, v1, v2);
             demo::print_walkthrough(&cfg, listen, Some(admin_listen));
-            server::run(cfg).await.map_err(fail)
+            server::run(cfg, None).await.map_err(fail)
         }),
     }
 }

@@ -6,6 +6,7 @@
 use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,10 +20,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::admin;
 use crate::config::Config;
+use crate::control::Control;
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
 use crate::state::State;
 use crate::upstream::Upstream;
+use crate::watch;
 
 /// A running proxy.
 pub struct Running {
@@ -32,6 +35,8 @@ pub struct Running {
     pub admin_addr: Option<SocketAddr>,
     /// The proxy itself (state, metrics).
     pub proxy: Arc<Proxy>,
+    /// Live changes (reloads, admin writes).
+    pub control: Arc<Control>,
     shutdown: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -50,8 +55,9 @@ impl Running {
     }
 }
 
-/// Binds the listeners and starts serving `config`.
-pub async fn start(config: Config) -> io::Result<Running> {
+/// Binds the listeners and starts serving `config`, read from `path` if given (which
+/// reloads then re-read, and which is watched when `server.watch_config` is on).
+pub async fn start(config: Config, path: Option<PathBuf>) -> io::Result<Running> {
     let listener = TcpListener::bind(config.server.listen).await?;
     let admin_listener = match config.server.admin_listen {
         Some(a) => Some(TcpListener::bind(a).await?),
@@ -61,34 +67,40 @@ pub async fn start(config: Config) -> io::Result<Running> {
     let admin_addr = admin_listener.as_ref().map(TcpListener::local_addr).transpose()?;
 
     let metrics = Arc::new(Metrics::new());
-    metrics.rollout_percentage.set(config.rollout.percentage.into());
     let upstream = Upstream::new(&config.upstream);
     let server = config.server.clone();
-    let proxy = Arc::new(Proxy::new(Arc::new(State::new(config)), upstream, metrics));
+    let state = Arc::new(State::new(config));
+    let control = Arc::new(Control::new(state.clone(), metrics.clone(), path.clone()));
+    let proxy = Arc::new(Proxy::new(state, upstream, metrics));
     let shutdown = CancellationToken::new();
+    if let (Some(path), true) = (&path, server.watch_config) {
+        watch::watch_file(path, control.clone(), shutdown.clone()).map_err(io::Error::other)?;
+    }
 
-    let mut tasks = vec![tokio::spawn(serve(
-        listener,
-        proxy.clone(),
-        shutdown.clone(),
-        server.clone(),
-    ))];
+    let mut tasks = vec![tokio::spawn(serve(listener, proxy.clone(), shutdown.clone(), server))];
     if let Some(l) = admin_listener {
-        tasks.push(tokio::spawn(admin::serve(l, proxy.clone(), shutdown.clone())));
+        let admin = admin::Admin {
+            proxy: proxy.clone(),
+            control: control.clone(),
+        };
+        tasks.push(tokio::spawn(admin::serve(l, Arc::new(admin), shutdown.clone())));
     }
     Ok(Running {
         addr,
         admin_addr,
         proxy,
+        control,
         shutdown,
         tasks,
     })
 }
 
-/// Starts `config` and serves until SIGTERM or SIGINT, then drains.
-pub async fn run(config: Config) -> io::Result<()> {
-    let running = start(config).await?;
-    tracing::info!(listen = %running.addr, admin = ?running.admin_addr, "switchyard serving");
+/// Starts `config` and serves until SIGTERM or SIGINT, then drains. SIGHUP reloads.
+pub async fn run(config: Config, path: Option<PathBuf>) -> io::Result<()> {
+    let running = start(config, path).await?;
+    watch::on_sighup(running.control.clone(), running.shutdown.clone())?;
+    let admin = running.admin_addr.map_or_else(|| "off".to_string(), |a| a.to_string());
+    tracing::info!(listen = %running.addr, admin = %admin, "switchyard serving");
     shutdown_signal().await;
     tracing::info!("shutting down: draining in-flight requests");
     running.shutdown();

@@ -25,6 +25,11 @@ pub struct ServerFile {
     pub admin_listen: String,
     pub shutdown_grace_seconds: f64,
     pub header_read_timeout_seconds: f64,
+    /// Reload when the file (or anything in its directory) changes.
+    pub watch_config: bool,
+    /// Only from `SWITCHYARD_ADMIN_TOKEN`: a token does not belong in a file.
+    #[serde(skip)]
+    pub admin_token: Option<String>,
 }
 
 impl Default for ServerFile {
@@ -34,6 +39,8 @@ impl Default for ServerFile {
             admin_listen: "127.0.0.1:9090".into(),
             shutdown_grace_seconds: 30.0,
             header_read_timeout_seconds: 10.0,
+            watch_config: true,
+            admin_token: None,
         }
     }
 }

@@ -62,12 +62,17 @@ pub struct Config {
     pub backends: PerBackend<BackendConfig>,
 }
 
-#[derive(Debug, Clone)]
+/// Listener settings: read at start; a reload that changes them is logged and
+/// ignored until the next restart (sockets are not rebound live).
+#[derive(Debug, Clone, PartialEq)]
 pub struct ServerConfig {
     pub listen: SocketAddr,
     pub admin_listen: Option<SocketAddr>,
     pub shutdown_grace: Duration,
     pub header_read_timeout: Duration,
+    pub watch_config: bool,
+    /// Bearer token for admin writes (`SWITCHYARD_ADMIN_TOKEN`); none = writes refused.
+    pub admin_token: Option<Secret>,
 }
 
 #[derive(Debug, Clone)]
@@ -90,7 +95,8 @@ pub struct IdentityConfig {
     pub jwt_leeway: u64,
 }
 
-#[derive(Debug, Clone)]
+/// Upstream client settings, fixed at start except `timeout`, which reloads apply.
+#[derive(Debug, Clone, PartialEq)]
 pub struct UpstreamConfig {
     pub connect_timeout: Duration,
     pub timeout: Duration,
@@ -226,6 +232,8 @@ fn validate(raw: file::FileConfig, seen: env::Overridden) -> Result<Config, Conf
                 "server.header_read_timeout_seconds",
                 raw.server.header_read_timeout_seconds,
             )?,
+            watch_config: raw.server.watch_config,
+            admin_token: raw.server.admin_token.map(Secret::new),
         },
         rollout: RolloutConfig {
             percentage,

@@ -2,6 +2,7 @@
 //! switchyard started in-process or as a child process, and a real HTTP client.
 #![allow(dead_code)]
 
+pub mod load;
 pub mod process;
 
 use std::collections::BTreeMap;
@@ -126,8 +127,30 @@ pub fn config_text(v1: &str, v2: &str, percentage: u8, extra: &str) -> String {
 
 /// Starts switchyard in-process with `text` (no environment overrides).
 pub async fn start(text: &str) -> switchyard::server::Running {
-    let cfg = switchyard::config::Config::parse(text, &|_| None).expect("test config is valid");
-    switchyard::server::start(cfg).await.expect("switchyard starts")
+    start_with(text, &[], None).await
+}
+
+/// Starts switchyard in-process with `text`, environment `env`, reloading from `path`.
+pub async fn start_with(
+    text: &str,
+    env: &[(&str, &str)],
+    path: Option<std::path::PathBuf>,
+) -> switchyard::server::Running {
+    let lookup = |k: &str| env.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string());
+    let cfg = switchyard::config::Config::parse(text, &lookup).expect("test config is valid");
+    switchyard::server::start(cfg, path).await.expect("switchyard starts")
+}
+
+/// GET /admin/rollout on `admin`.
+pub async fn rollout_status(admin: SocketAddr) -> Value {
+    send(admin, "GET", "/admin/rollout", &[], "").await.json()
+}
+
+/// PUT /admin/rollout with `token`.
+pub async fn put_rollout(admin: SocketAddr, token: Option<&str>, body: &str) -> Got {
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let headers: Vec<(&str, &str)> = auth.iter().map(|a| ("authorization", a.as_str())).collect();
+    send(admin, "PUT", "/admin/rollout", &headers, body).await
 }
 
 /// Two echo upstreams and a switchyard in front at `percentage`, with `extra` config.

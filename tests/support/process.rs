@@ -39,6 +39,7 @@ pub fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
 pub struct Serving {
     pub child: Child,
     pub addr: SocketAddr,
+    pub admin: Option<SocketAddr>,
 }
 
 impl Serving {
@@ -56,18 +57,24 @@ impl Serving {
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(rest) = line.split("listen=").nth(1) {
-                    let addr = rest.split_whitespace().next().unwrap().to_string();
-                    let _ = tx.send(addr);
+                let field = |name: &str| {
+                    line.split(name)
+                        .nth(1)
+                        .map(|r| r.split_whitespace().next().unwrap().to_string())
+                };
+                if let Some(addr) = field(" listen=") {
+                    let _ = tx.send((addr, field(" admin=")));
                 }
             }
         });
-        let addr = rx
+        let (addr, admin) = rx
             .recv_timeout(Duration::from_secs(20))
             .expect("switchyard said where it listens");
+        let admin = admin.and_then(|a| a.parse().ok());
         Serving {
             child,
             addr: addr.parse().unwrap(),
+            admin,
         }
     }
 
