@@ -1,13 +1,45 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it. Self-sufficient on a fresh machine: it installs
-# what the tests need and is not already there.
+# what the tests need and is not already there (Debian's prometheus for promtool and a
+# real Prometheus server).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 export CARGO_TERM_COLOR=never
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
 
+apt_install() {
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then
+  echo "installing prometheus (promtool + server) for the metrics tests"
+  apt_install prometheus
+fi
+# Prometheus' Debian service must not hold the ports the tests use.
+pkill -x prometheus 2>/dev/null || true
+export SWITCHYARD_REQUIRE_PROMETHEUS=1
+
 cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings
-cargo test --all-targets
-cargo test --doc
+
+# Deployment files: Prometheus config and rules, YAML and JSON syntax.
+promtool check config deploy/prometheus/prometheus.yml
+promtool check rules deploy/prometheus/rules.yml
+python3 -c 'import yaml' 2>/dev/null || python3 -m pip install -q pyyaml
+python3 - <<'PY'
+import json, pathlib, yaml
+for p in pathlib.Path("deploy").rglob("*"):
+    if p.suffix in (".yml", ".yaml"):
+        list(yaml.safe_load_all(p.read_text()))
+    elif p.suffix == ".json":
+        json.loads(p.read_text())
+print("deploy/: YAML and JSON parse")
+PY
+
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+cargo test --all-targets 2>&1 | tee "$log"
+# One closing line for the whole run, summed over every test binary.
+awk '/^test result:/ { p += $4; f += $6 } END { printf "tests: %d passed, %d failed\n", p, f }' "$log"

@@ -42,6 +42,11 @@ enum Command {
         service: String,
         user_id: String,
     },
+    /// GET a URL and exit 0 on a 2xx answer (container health checks, no curl needed).
+    Probe {
+        #[arg(default_value = "http://127.0.0.1:9090/healthz")]
+        url: String,
+    },
     /// Run the proxy in front of two embedded upstreams (no Supabase needed).
     Demo {
         #[arg(long, default_value = "127.0.0.1:8080")]
@@ -140,6 +145,7 @@ fn run(command: Command) -> Result<(), ExitCode> {
             println!("{line}");
             Ok(())
         }
+        Command::Probe { url } => runtime().block_on(probe(&url)),
         Command::Demo {
             listen,
             admin_listen,
@@ -155,5 +161,30 @@ fn run(command: Command) -> Result<(), ExitCode> {
             demo::print_walkthrough(&cfg, listen, Some(admin_listen));
             server::run(cfg, None).await.map_err(fail)
         }),
+    }
+}
+
+async fn probe(url: &str) -> Result<(), ExitCode> {
+    use http_body_util::Empty;
+    use hyper_util::client::legacy::Client;
+    let uri: http::Uri = url.parse().map_err(|e| {
+        eprintln!("switchyard probe: bad URL {url:?}: {e}");
+        ExitCode::from(2)
+    })?;
+    let client = Client::builder(hyper_util::rt::TokioExecutor::new()).build_http::<Empty<bytes::Bytes>>();
+    match tokio::time::timeout(std::time::Duration::from_secs(3), client.get(uri)).await {
+        Ok(Ok(resp)) if resp.status().is_success() => Ok(()),
+        Ok(Ok(resp)) => {
+            eprintln!("switchyard probe: {url} answered {}", resp.status());
+            Err(ExitCode::FAILURE)
+        }
+        Ok(Err(e)) => {
+            eprintln!("switchyard probe: {url}: {e}");
+            Err(ExitCode::FAILURE)
+        }
+        Err(_) => {
+            eprintln!("switchyard probe: {url}: no answer within 3 s");
+            Err(ExitCode::FAILURE)
+        }
     }
 }

@@ -1,0 +1,304 @@
+//! A real Prometheus scrapes two switchyard replicas under traffic to both backends,
+//! loads `deploy/prometheus/rules.yml`, and every PromQL expression of the Grafana
+//! dashboard and of the rules is evaluated through its HTTP API. The scenario makes
+//! each alert's condition true: v2 slow behind replica A, v2 down behind replica B,
+//! replicas at different percentages, a refused reload on B.
+//!
+//! Needs Debian's `prometheus` package (scripts/test.sh installs it and sets
+//! SWITCHYARD_REQUIRE_PROMETHEUS=1, so CI cannot skip this silently).
+
+mod support;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use http::Response;
+use serde_json::Value;
+use support::process::write_config;
+use support::*;
+
+struct Prometheus {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn start_prometheus(targets: &[SocketAddr]) -> Option<Prometheus> {
+    if Command::new("prometheus").arg("--version").output().is_err() {
+        assert!(
+            std::env::var_os("SWITCHYARD_REQUIRE_PROMETHEUS").is_none(),
+            "prometheus is not installed (scripts/test.sh installs it)"
+        );
+        eprintln!("skipping: prometheus not installed; run scripts/test.sh");
+        return None;
+    }
+    let rules = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/prometheus/rules.yml");
+    let targets: Vec<String> = targets.iter().map(|t| format!("\"{t}\"")).collect();
+    let config = format!(
+        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {}\n\
+         scrape_configs:\n  - job_name: switchyard\n    static_configs:\n      - targets: [{}]\n",
+        rules.display(),
+        targets.join(", ")
+    );
+    let path = write_config("prometheus", &config).with_file_name("prometheus.yml");
+    std::fs::write(&path, config).unwrap();
+    // Rule groups declare their own interval; the test evaluates faster.
+    let rules_text = std::fs::read_to_string(&rules)
+        .unwrap()
+        .replace("interval: 15s", "interval: 1s");
+    let fast_rules = path.with_file_name("rules.yml");
+    std::fs::write(&fast_rules, rules_text).unwrap();
+    let config = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace(&rules.display().to_string(), &fast_rules.display().to_string());
+    std::fs::write(&path, config).unwrap();
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let data = path.with_file_name("tsdb");
+    let _ = std::fs::remove_dir_all(&data);
+    let child = Command::new("prometheus")
+        .arg(format!("--config.file={}", path.display()))
+        .arg(format!("--storage.tsdb.path={}", data.display()))
+        .arg(format!("--web.listen-address={addr}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("prometheus starts");
+    Some(Prometheus { child, addr })
+}
+
+fn encode(q: &str) -> String {
+    q.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+async fn query(prom: SocketAddr, expr: &str) -> Value {
+    let got = send(prom, "GET", &format!("/api/v1/query?query={}", encode(expr)), &[], "").await;
+    let v = got.json();
+    assert_eq!(v["status"], "success", "{expr}: {v}");
+    v["data"]["result"].clone()
+}
+
+/// Grafana's template variables, as an operator viewing "All" would have them.
+fn concrete(expr: &str) -> String {
+    expr.replace("$__rate_interval", "1m").replace("$service", ".*")
+}
+
+fn dashboard_exprs() -> Vec<String> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/grafana/switchyard-dashboard.json");
+    let dash: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let mut out = Vec::new();
+    fn walk(v: &Value, out: &mut Vec<String>) {
+        match v {
+            Value::Object(m) => {
+                if let Some(Value::String(e)) = m.get("expr") {
+                    out.push(e.clone());
+                }
+                m.values().for_each(|x| walk(x, out));
+            }
+            Value::Array(a) => a.iter().for_each(|x| walk(x, out)),
+            _ => {}
+        }
+    }
+    walk(&dash, &mut out);
+    out
+}
+
+/// Both backends among the series, when the series are per backend at all.
+fn covers_both_backends(result: &Value) -> bool {
+    let series = result.as_array().unwrap();
+    let backends: Vec<&str> = series.iter().filter_map(|s| s["metric"]["backend"].as_str()).collect();
+    !series.is_empty() && (backends.is_empty() || (backends.contains(&"v1") && backends.contains(&"v2")))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_and_alert_queries_work_on_real_prometheus() {
+    let v1 = echo("v1").await;
+    let slow_v2 = upstream(|_req| async move {
+        tokio::time::sleep(Duration::from_millis(40)).await;
+        Response::new(full("[]"))
+    })
+    .await;
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", l.local_addr().unwrap())
+    };
+    let token = [("SWITCHYARD_ADMIN_TOKEN", "t")];
+    let a = start_with(&config_text(&v1.url(), &slow_v2.url(), 30, ""), &token, None).await;
+    let b_text = config_text(&v1.url(), &closed, 60, "");
+    let b_path = write_config("prom-replica-b", &b_text);
+    let b = start_with(&b_text, &[], Some(b_path.clone())).await;
+    let Some(prom) = start_prometheus(&[a.admin_addr.unwrap(), b.admin_addr.unwrap()]) else {
+        return;
+    };
+
+    // Counters must start before the traffic, or Prometheus sees no increase.
+    let ready = Instant::now();
+    loop {
+        let url = format!("http://{}/api/v1/query?query=up", prom.addr);
+        let up = client().request(http::Request::get(url).body(full("")).unwrap()).await;
+        let scraped = match up {
+            Ok(resp) => {
+                let body = http_body_util::BodyExt::collect(resp.into_body())
+                    .await
+                    .unwrap()
+                    .to_bytes();
+                let v: Value = serde_json::from_slice(&body).unwrap_or_default();
+                v["data"]["result"].as_array().is_some_and(|r| r.len() == 2)
+            }
+            Err(_) => false,
+        };
+        if scraped {
+            break;
+        }
+        assert!(
+            ready.elapsed() < Duration::from_secs(30),
+            "prometheus never scraped both replicas"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Upstream failures behind B, fast and bounded, enough for a rate over 5 minutes.
+    let b_addr = b.addr;
+    let failing = tokio::spawn(async move {
+        for n in 0..3000 {
+            let user = (0..)
+                .map(|k| format!("down-{n}-{k}"))
+                .find(|u| percentile(u) < 60)
+                .unwrap();
+            assert_eq!(get_as(b_addr, "/rest/v1/items", &user).await.status, 502);
+        }
+    });
+    // Traffic to both backends through both replicas, bounded in count and time.
+    let started = Instant::now();
+    let mut changed = false;
+    let mut n = 0;
+    while started.elapsed() < Duration::from_secs(8) && n < 4000 {
+        let user = format!("user-{n}");
+        for (sy, path) in [(&a, "/rest/v1/items"), (&b, "/rest/v1/items"), (&a, "/auth/v1/user")] {
+            get_as(sy.addr, path, &user).await;
+        }
+        if !changed && started.elapsed() > Duration::from_secs(4) {
+            // Once Prometheus has samples: a rollout change (the dashboard's
+            // annotation) and a refused reload (an alert).
+            assert_eq!(
+                put_rollout(a.admin_addr.unwrap(), Some("t"), r#"{"percentage": 40}"#)
+                    .await
+                    .status,
+                200
+            );
+            std::fs::write(&b_path, b_text.replace("percentage = 60", "percentage = 600")).unwrap();
+            assert!(b.control.reload("test").is_err());
+            changed = true;
+        }
+        n += 1;
+    }
+    failing.await.unwrap();
+
+    let mut exprs: Vec<(String, bool)> = dashboard_exprs().iter().map(|e| (concrete(e), true)).collect();
+    assert!(exprs.len() >= 10, "dashboard has only {} queries", exprs.len());
+    let rules = send(prom.addr, "GET", "/api/v1/rules", &[], "").await.json();
+    let mut alerts = 0;
+    for group in rules["data"]["groups"].as_array().expect("rules loaded") {
+        for rule in group["rules"].as_array().unwrap() {
+            let is_alert = rule["type"] == "alerting";
+            alerts += usize::from(is_alert);
+            // Recording rules must cover both backends; an alert's condition must hold.
+            exprs.push((rule["query"].as_str().unwrap().to_string(), !is_alert));
+        }
+    }
+    assert!(alerts >= 4, "only {alerts} alerts loaded");
+
+    let started = Instant::now();
+    let mut pending = exprs;
+    while !pending.is_empty() {
+        let mut still = Vec::new();
+        for (expr, per_backend) in pending {
+            let result = query(prom.addr, &expr).await;
+            let ok = if per_backend {
+                covers_both_backends(&result)
+            } else {
+                !result.as_array().unwrap().is_empty()
+            };
+            if !ok {
+                still.push((expr, per_backend));
+            }
+        }
+        pending = still;
+        if !pending.is_empty() {
+            let waiting: Vec<&String> = pending.iter().map(|(e, _)| e).collect();
+            assert!(started.elapsed() < Duration::from_secs(40), "no data for: {waiting:#?}");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+}
+
+#[tokio::test]
+async fn metrics_pass_promtool_check() {
+    if Command::new("promtool").arg("--version").output().is_err() {
+        assert!(
+            std::env::var_os("SWITCHYARD_REQUIRE_PROMETHEUS").is_none(),
+            "promtool is not installed"
+        );
+        eprintln!("skipping: promtool not installed; run scripts/test.sh");
+        return;
+    }
+    let v1 = echo("v1").await;
+    let sy = start(&config_text(&v1.url(), "http://127.0.0.1:1", 50, "")).await;
+    for n in 0..40 {
+        get_as(sy.addr, "/rest/v1/t", &format!("u{n}")).await;
+        send(
+            sy.addr,
+            "POST",
+            "/auth/v1/token",
+            &[("authorization", "Bearer x")],
+            "{}",
+        )
+        .await;
+    }
+    let text = send(sy.admin_addr.unwrap(), "GET", "/metrics", &[], "").await.body;
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), &text).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success() && said.trim().is_empty(), "promtool: {said}");
+    let body = String::from_utf8_lossy(&text);
+    for name in [
+        "switchyard_requests_total",
+        "switchyard_request_duration_seconds_bucket",
+    ] {
+        for b in ["v1", "v2"] {
+            assert!(body.contains(&format!("{name}{{backend=\"{b}\"")), "{name} lacks {b}");
+        }
+    }
+    assert!(body.contains("switchyard_upstream_errors_total{backend=\"v2\",kind=\"connect\"}"));
+}
