@@ -72,14 +72,10 @@ impl Error {
 
     /// Classifies a client error from the upstream pool.
     pub fn upstream(backend: BackendId, err: hyper_util::client::legacy::Error) -> Error {
-        let kind = if err.is_connect() {
-            if chain_has::<rustls::Error>(&err) {
-                Kind::Tls
-            } else {
-                Kind::Connect
-            }
-        } else if chain_has::<rustls::Error>(&err) {
+        let kind = if is_tls(&err) {
             Kind::Tls
+        } else if err.is_connect() {
+            Kind::Connect
         } else if find::<hyper::Error>(&err).is_some_and(|e| e.is_parse()) {
             Kind::Protocol
         } else {
@@ -220,8 +216,21 @@ fn find<'a, T: std::error::Error + 'static>(err: &'a (dyn std::error::Error + 's
     std::iter::successors(Some(err), |e| e.source()).find_map(|e| e.downcast_ref::<T>())
 }
 
-fn chain_has<T: std::error::Error + 'static>(err: &(dyn std::error::Error + 'static)) -> bool {
-    find::<T>(err).is_some()
+/// A TLS failure, also when wrapped in an `io::Error` (whose `source()` skips the
+/// wrapped error itself).
+fn is_tls(err: &(dyn std::error::Error + 'static)) -> bool {
+    std::iter::successors(Some(err), |e| e.source()).any(|e| {
+        let mut cur: &(dyn std::error::Error + 'static) = e;
+        loop {
+            if cur.is::<rustls::Error>() {
+                return true;
+            }
+            match cur.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref()) {
+                Some(inner) => cur = inner,
+                None => return false,
+            }
+        }
+    })
 }
 
 #[cfg(test)]

@@ -102,6 +102,8 @@ pub struct UpstreamConfig {
     pub timeout: Duration,
     pub pool_idle_timeout: Duration,
     pub pool_max_idle_per_host: usize,
+    /// Trusted for https upstreams besides the webpki roots.
+    pub extra_roots: Vec<rustls_pki_types::CertificateDer<'static>>,
 }
 
 #[derive(Debug, Clone)]
@@ -140,6 +142,18 @@ fn seconds(key: &str, v: f64) -> Result<Duration, ConfigError> {
         .ok()
         .filter(|d| !d.is_zero())
         .ok_or_else(|| ConfigError::new(key, format!("expected a positive number of seconds, got {v}")))
+}
+
+fn ca_certificates(path: &str) -> Result<Vec<rustls_pki_types::CertificateDer<'static>>, ConfigError> {
+    use rustls_pki_types::pem::PemObject;
+    let key = "upstream.ca_file";
+    let certs = rustls_pki_types::CertificateDer::pem_file_iter(path)
+        .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| ConfigError::new(key, format!("cannot read certificates from {path:?}: {e}")))?;
+    if certs.is_empty() {
+        return Err(ConfigError::new(key, format!("no certificate in {path:?}")));
+    }
+    Ok(certs)
 }
 
 fn socket_addr(key: &str, v: &str) -> Result<SocketAddr, ConfigError> {
@@ -221,6 +235,10 @@ fn validate(raw: file::FileConfig, seen: env::Overridden) -> Result<Config, Conf
         timeout: seconds("upstream.timeout_seconds", u.timeout_seconds)?,
         pool_idle_timeout: seconds("upstream.pool_idle_timeout_seconds", u.pool_idle_timeout_seconds)?,
         pool_max_idle_per_host: u.pool_max_idle_per_host,
+        extra_roots: match &u.ca_file {
+            None => Vec::new(),
+            Some(path) => ca_certificates(path)?,
+        },
     };
 
     Ok(Config {
