@@ -29,45 +29,30 @@ fn token() -> String {
         "aud": "authenticated", "role": "authenticated", "exp": 4_000_000_000u64,
         "email": "someone@example.com", "session_id": "0b7e1f5c-3a2d-4c8e-9f1a-6d5b4c3a2e10",
     });
-    encode(
-        &Header::new(Algorithm::HS256),
-        &claims,
-        &EncodingKey::from_secret(b"bench-secret"),
-    )
-    .unwrap()
+    encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(b"bench-secret")).unwrap()
 }
 
-fn decide(snap: &Snapshot, headers: &HeaderMap, path: &str) -> routing::Decision {
-    let (decision, refused) = proxy::route(snap, Service::from_path(path), headers, path);
-    assert!(refused.is_none());
-    decision
+fn decide(snap: &Snapshot, headers: &HeaderMap, uri: &http::Uri) -> routing::Decision {
+    let route = proxy::route(snap, Service::from_path(uri.path()), headers, uri);
+    assert!(route.refused.is_none());
+    route.decision
 }
 
 fn benches(c: &mut Criterion) {
-    c.bench_function("percentile", |b| {
-        b.iter(|| percentile(b"", black_box("8c1f9d2e-5b7a-4e3c-9a1d-2f6b8e4c7a90")))
-    });
+    c.bench_function("percentile", |b| b.iter(|| percentile(b"", black_box("8c1f9d2e-5b7a-4e3c-9a1d-2f6b8e4c7a90"))));
 
     let plain = snapshot(false);
+    let uri: http::Uri = "/rest/v1/profiles?select=*".parse().unwrap();
     let mut by_header = HeaderMap::new();
-    by_header.insert(
-        HeaderName::from_static("x-user-id"),
-        HeaderValue::from_static("user-42"),
-    );
-    c.bench_function("route/header identity", |b| {
-        b.iter(|| decide(&plain, black_box(&by_header), "/rest/v1/profiles"))
-    });
+    by_header.insert(HeaderName::from_static("x-user-id"), HeaderValue::from_static("user-42"));
+    c.bench_function("route/header identity", |b| b.iter(|| decide(&plain, black_box(&by_header), &uri)));
 
     let bearer = HeaderValue::from_str(&format!("Bearer {}", token())).unwrap();
     let mut by_jwt = HeaderMap::new();
     by_jwt.insert(http::header::AUTHORIZATION, bearer);
-    c.bench_function("route/jwt decoded, no secret", |b| {
-        b.iter(|| decide(&plain, black_box(&by_jwt), "/rest/v1/profiles"))
-    });
+    c.bench_function("route/jwt decoded, no secret", |b| b.iter(|| decide(&plain, black_box(&by_jwt), &uri)));
     let verifying = snapshot(true);
-    c.bench_function("route/jwt HS256 verified", |b| {
-        b.iter(|| decide(&verifying, black_box(&by_jwt), "/rest/v1/profiles"))
-    });
+    c.bench_function("route/jwt HS256 verified", |b| b.iter(|| decide(&verifying, black_box(&by_jwt), &uri)));
 
     let upstream = &plain.config.backends.v2.url;
     let template = Request::post("http://proxy.example/rest/v1/orders?select=*&id=eq.1")

@@ -31,8 +31,7 @@ pub struct Admin {
 fn text(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(body.into()));
     *r.status_mut() = status;
-    r.headers_mut()
-        .insert(header::CONTENT_TYPE, header::HeaderValue::from_static(content_type));
+    r.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static(content_type));
     r
 }
 
@@ -44,22 +43,9 @@ fn json(status: StatusCode, value: serde_json::Value) -> Response<Full<Bytes>> {
 async fn reachable(proxy: &Proxy) -> Vec<(BackendId, bool)> {
     let snap = proxy.state.load();
     let checks = snap.config.backends.iter().map(|(id, b)| {
-        let port = b
-            .url
-            .authority
-            .port_u16()
-            .unwrap_or(if b.url.scheme == http::uri::Scheme::HTTPS {
-                443
-            } else {
-                80
-            });
-        let host = b
-            .url
-            .authority
-            .host()
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_string();
+        let port =
+            b.url.authority.port_u16().unwrap_or(if b.url.scheme == http::uri::Scheme::HTTPS { 443 } else { 80 });
+        let host = b.url.authority.host().trim_start_matches('[').trim_end_matches(']').to_string();
         async move {
             let ok = tokio::time::timeout(Duration::from_secs(1), tokio::net::TcpStream::connect((host, port)))
                 .await
@@ -78,10 +64,7 @@ fn error(status: StatusCode, message: &str) -> Response<Full<Bytes>> {
 fn refuse_write(admin: &Admin, headers: &http::HeaderMap) -> Option<Response<Full<Bytes>>> {
     let snap = admin.proxy.state.load();
     let Some(expected) = &snap.config.server.admin_token else {
-        return Some(error(
-            StatusCode::FORBIDDEN,
-            "admin writes are disabled: set SWITCHYARD_ADMIN_TOKEN",
-        ));
+        return Some(error(StatusCode::FORBIDDEN, "admin writes are disabled: set SWITCHYARD_ADMIN_TOKEN"));
     };
     let given = crate::identity::bearer(headers).unwrap_or("");
     let same: bool = subtle::ConstantTimeEq::ct_eq(given.as_bytes(), expected.expose().as_bytes()).into();
@@ -89,8 +72,7 @@ fn refuse_write(admin: &Admin, headers: &http::HeaderMap) -> Option<Response<Ful
         None
     } else {
         let mut r = error(StatusCode::UNAUTHORIZED, "missing or wrong admin token");
-        r.headers_mut()
-            .insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+        r.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
         Some(r)
     }
 }
@@ -112,18 +94,12 @@ async fn put_rollout(admin: &Admin, req: Request<Incoming>) -> Response<Full<Byt
     let wanted = match serde_json::from_slice::<SetRollout>(&body) {
         Ok(w) => w.percentage,
         Err(e) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                &format!("expected {{\"percentage\": 0-100}}: {e}"),
-            );
+            return error(StatusCode::BAD_REQUEST, &format!("expected {{\"percentage\": 0-100}}: {e}"));
         }
     };
     match u8::try_from(wanted).ok().filter(|p| *p <= 100) {
         Some(p) => json(StatusCode::OK, serde_json::json!(admin.control.set_percentage(p))),
-        None => error(
-            StatusCode::BAD_REQUEST,
-            &format!("percentage must be 0 to 100, got {wanted}"),
-        ),
+        None => error(StatusCode::BAD_REQUEST, &format!("percentage must be 0 to 100, got {wanted}")),
     }
 }
 
@@ -134,15 +110,9 @@ async fn handle(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> 
         (&Method::GET, "/readyz") => {
             let checks = reachable(proxy).await;
             let ready = checks.iter().all(|(_, ok)| *ok);
-            let body: serde_json::Map<_, _> = checks
-                .iter()
-                .map(|(id, ok)| (id.as_str().to_string(), serde_json::Value::Bool(*ok)))
-                .collect();
-            let status = if ready {
-                StatusCode::OK
-            } else {
-                StatusCode::SERVICE_UNAVAILABLE
-            };
+            let body: serde_json::Map<_, _> =
+                checks.iter().map(|(id, ok)| (id.as_str().to_string(), serde_json::Value::Bool(*ok))).collect();
+            let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
             json(status, serde_json::json!({ "ready": ready, "upstreams": body }))
         }
         (&Method::GET, "/metrics") => text(StatusCode::OK, "text/plain; version=0.0.4", proxy.metrics.render()),
@@ -174,9 +144,7 @@ pub async fn serve(listener: TcpListener, admin: Arc<Admin>, shutdown: Cancellat
                 async move { Ok::<_, Infallible>(handle(&admin, req).await) }
             });
             let mut builder = hyper::server::conn::http1::Builder::new();
-            builder
-                .timer(TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(10));
+            builder.timer(TokioTimer::new()).header_read_timeout(Duration::from_secs(10));
             let conn = builder.serve_connection(TokioIo::new(stream), service);
             tokio::pin!(conn);
             tokio::select! {

@@ -52,18 +52,8 @@ impl Control {
     pub fn new(state: Arc<State>, metrics: Arc<Metrics>, path: Option<PathBuf>) -> Control {
         let file_percentage = state.load().config.rollout.percentage;
         metrics.rollout_percentage.set(file_percentage.into());
-        let ledger = Ledger {
-            file_percentage,
-            generation: 0,
-            last_error: None,
-            changed_at: SystemTime::now(),
-        };
-        Control {
-            state,
-            metrics,
-            path,
-            ledger: Mutex::new(ledger),
-        }
+        let ledger = Ledger { file_percentage, generation: 0, last_error: None, changed_at: SystemTime::now() };
+        Control { state, metrics, path, ledger: Mutex::new(ledger) }
     }
 
     /// The config file this control reloads, if any.
@@ -97,10 +87,7 @@ impl Control {
         if current.config.server != config.server
             || current.config.upstream.connect_timeout != config.upstream.connect_timeout
         {
-            tracing::warn!(
-                trigger,
-                "listener and connection settings changed: they apply at the next restart"
-            );
+            tracing::warn!(trigger, "listener and connection settings changed: they apply at the next restart");
         }
         let file_percentage = config.rollout.percentage;
         let api_in_force = current.config.rollout.percentage_source == PercentageSource::Api;
@@ -146,10 +133,7 @@ impl Control {
             force_backend: snap.config.rollout.force,
             generation: ledger.generation,
             last_reload_error: ledger.last_error.clone(),
-            changed_at: ledger
-                .changed_at
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs()),
+            changed_at: ledger.changed_at.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
         }
     }
 
@@ -181,27 +165,17 @@ mod tests {
         assert_eq!(control.set_percentage(40).percentage, 40);
         // Same file percentage: the API change stays.
         control.reload("test").unwrap();
-        assert_eq!(
-            (control.status().percentage, control.status().source),
-            (40, PercentageSource::Api)
-        );
+        assert_eq!((control.status().percentage, control.status().source), (40, PercentageSource::Api));
         // The file changes the percentage: it wins.
         std::fs::write(&path, BASE.replace("= 10", "= 50")).unwrap();
         control.reload("test").unwrap();
-        assert_eq!(
-            (control.status().percentage, control.status().source),
-            (50, PercentageSource::File)
-        );
+        assert_eq!((control.status().percentage, control.status().source), (50, PercentageSource::File));
     }
 
     #[test]
     fn an_invalid_file_is_refused_whole() {
         let (path, control) = setup("invalid");
-        std::fs::write(
-            &path,
-            BASE.replace("= 10", "= 20").replace("http://127.0.0.1:2", "nope"),
-        )
-        .unwrap();
+        std::fs::write(&path, BASE.replace("= 10", "= 20").replace("http://127.0.0.1:2", "nope")).unwrap();
         let err = control.reload("test").unwrap_err();
         assert_eq!(err.key, "backends.v2.url");
         let status = control.status();

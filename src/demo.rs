@@ -26,10 +26,7 @@ fn answer(label: BackendId, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     };
     let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
     let h = resp.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static("application/json; charset=utf-8"),
-    );
+    h.insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json; charset=utf-8"));
     h.insert("content-profile", header::HeaderValue::from_static("public"));
     resp
 }
@@ -42,9 +39,7 @@ pub async fn spawn_upstream(label: BackendId) -> std::io::Result<SocketAddr> {
         while let Ok((stream, _)) = listener.accept().await {
             tokio::spawn(async move {
                 let svc = service_fn(move |req| async move { Ok::<_, Infallible>(answer(label, &req)) });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
+                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
             });
         }
     });
@@ -63,10 +58,7 @@ pub fn config(listen: SocketAddr, admin: SocketAddr, percentage: u8, v1: SocketA
 /// Prints curl commands that show sticky routing for a few users.
 pub fn print_walkthrough(cfg: &Config, addr: SocketAddr, admin: Option<SocketAddr>) {
     let snap = crate::state::Snapshot::new(cfg.clone());
-    println!(
-        "switchyard demo: proxy on http://{addr}, rollout {}% to v2",
-        cfg.rollout.percentage
-    );
+    println!("switchyard demo: proxy on http://{addr}, rollout {}% to v2", cfg.rollout.percentage);
     println!("Each user always lands on the same project (see x-switchyard-backend):\n");
     for user in ["alice", "bob", "carol", "dave", "erin", "frank"] {
         let d = crate::proxy::route_user(&snap, Service::Rest, user);

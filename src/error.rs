@@ -32,6 +32,8 @@ pub enum Kind {
     Protocol,
     /// The request could not be turned into an upstream request.
     BadRequest,
+    /// A `select=` embed that the target project cannot resolve (schemas differ).
+    CrossSchemaEmbed,
 }
 
 /// An error on the request path.
@@ -44,11 +46,7 @@ pub struct Error {
 
 impl Error {
     fn new(kind: Kind, backend: BackendId, detail: impl Into<String>) -> Error {
-        Error {
-            kind,
-            backend,
-            detail: detail.into(),
-        }
+        Error { kind, backend, detail: detail.into() }
     }
 
     /// A refused bearer token, for a request meant for `backend`.
@@ -58,16 +56,21 @@ impl Error {
 
     /// No response headers within `after`.
     pub fn timeout(backend: BackendId, after: Duration) -> Error {
-        Error::new(
-            Kind::Timeout,
-            backend,
-            format!("no answer within {:.1}s", after.as_secs_f64()),
-        )
+        Error::new(Kind::Timeout, backend, format!("no answer within {:.1}s", after.as_secs_f64()))
     }
 
     /// A request that cannot be forwarded.
     pub fn bad_request(backend: BackendId, detail: impl Into<String>) -> Error {
         Error::new(Kind::BadRequest, backend, detail)
+    }
+
+    /// An embed across schemas on the target project.
+    pub fn cross_schema_embed(backend: BackendId, e: &crate::translate::schema::CrossSchemaEmbed) -> Error {
+        let detail = format!(
+            "'{}' is in schema '{}' and '{}' in schema '{}' on {backend}",
+            e.parent.0, e.parent.1, e.child.0, e.child.1
+        );
+        Error::new(Kind::CrossSchemaEmbed, backend, detail)
     }
 
     /// Classifies a client error from the upstream pool.
@@ -115,10 +118,7 @@ impl Error {
 
     /// The upstream failed (as opposed to the client's request).
     pub fn is_upstream(&self) -> bool {
-        matches!(
-            self.kind,
-            Kind::Connect | Kind::Timeout | Kind::Reset | Kind::Tls | Kind::Protocol
-        )
+        matches!(self.kind, Kind::Connect | Kind::Timeout | Kind::Reset | Kind::Tls | Kind::Protocol)
     }
 
     /// The `kind` label of `switchyard_upstream_errors_total`.
@@ -129,7 +129,7 @@ impl Error {
             Kind::Reset => "reset",
             Kind::Tls => "tls",
             Kind::Protocol => "protocol",
-            Kind::Unauthorized(_) | Kind::BadRequest => "none",
+            Kind::Unauthorized(_) | Kind::BadRequest | Kind::CrossSchemaEmbed => "none",
         }
     }
 
@@ -138,7 +138,7 @@ impl Error {
         match self.kind {
             Kind::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Kind::Timeout => StatusCode::GATEWAY_TIMEOUT,
-            Kind::BadRequest => StatusCode::BAD_REQUEST,
+            Kind::BadRequest | Kind::CrossSchemaEmbed => StatusCode::BAD_REQUEST,
             Kind::Connect | Kind::Reset | Kind::Tls | Kind::Protocol => StatusCode::BAD_GATEWAY,
         }
     }
@@ -151,18 +151,15 @@ impl Error {
             Kind::Unauthorized(r) => ("PGRST301", "bad_jwt", format!("JWT invalid ({})", r.as_str())),
             Kind::Connect => ("SWY502", "upstream_unreachable", format!("upstream {b} unreachable")),
             Kind::Timeout => ("SWY504", "upstream_timeout", format!("upstream {b} timed out")),
-            Kind::Reset => (
-                "SWY502",
-                "upstream_reset",
-                format!("upstream {b} closed the connection"),
-            ),
+            Kind::Reset => ("SWY502", "upstream_reset", format!("upstream {b} closed the connection")),
             Kind::Tls => ("SWY502", "upstream_tls", format!("TLS with upstream {b} failed")),
-            Kind::Protocol => (
-                "SWY502",
-                "upstream_protocol",
-                format!("upstream {b} sent an invalid response"),
-            ),
+            Kind::Protocol => ("SWY502", "upstream_protocol", format!("upstream {b} sent an invalid response")),
             Kind::BadRequest => ("SWY400", "validation_failed", "request cannot be forwarded".into()),
+            Kind::CrossSchemaEmbed => (
+                "PGRST200",
+                "validation_failed",
+                "Could not embed across schemas: these tables live in different schemas on the new project".into(),
+            ),
         }
     }
 
@@ -179,16 +176,9 @@ impl Error {
         let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
         *resp.status_mut() = self.status();
         let h = resp.headers_mut();
-        h.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json; charset=utf-8"),
-        );
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json; charset=utf-8"));
         if let Kind::Unauthorized(r) = self.kind {
-            let desc = if r == AuthReason::Expired {
-                "JWT expired"
-            } else {
-                "JWT invalid"
-            };
+            let desc = if r == AuthReason::Expired { "JWT expired" } else { "JWT invalid" };
             let v = format!("Bearer error=\"invalid_token\", error_description=\"{desc}\"");
             h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_str(&v).expect("ascii"));
         }
@@ -260,12 +250,7 @@ mod tests {
         let resp = Error::unauthorized(BackendId::V1, AuthReason::Expired).into_response(Service::Auth, true);
         assert_eq!(resp.status(), 401);
         assert_eq!(resp.headers()["x-sb-error-code"], "bad_jwt");
-        assert!(
-            resp.headers()[header::WWW_AUTHENTICATE]
-                .to_str()
-                .unwrap()
-                .starts_with("Bearer ")
-        );
+        assert!(resp.headers()[header::WWW_AUTHENTICATE].to_str().unwrap().starts_with("Bearer "));
         let v = body(resp).await;
         assert_eq!(v, serde_json::json!({"code": "bad_jwt", "message": "JWT expired"}));
     }

@@ -16,5 +16,6 @@ pub mod proxy;
 pub mod routing;
 pub mod server;
 pub mod state;
+pub mod translate;
 pub mod upstream;
 pub mod watch;

@@ -91,10 +91,7 @@ fn main() -> ExitCode {
 }
 
 fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime")
 }
 
 fn run(command: Command) -> Result<(), ExitCode> {
@@ -118,19 +115,12 @@ fn run(command: Command) -> Result<(), ExitCode> {
             );
             Ok(())
         }
-        Command::Route {
-            config,
-            service,
-            user_id,
-        } => {
+        Command::Route { config, service, user_id } => {
             let cfg = load(&config)?;
-            let service = Service::ALL
-                .into_iter()
-                .find(|s| s.as_str() == service)
-                .ok_or_else(|| {
-                    eprintln!("switchyard: unknown service {service:?}");
-                    ExitCode::from(2)
-                })?;
+            let service = Service::ALL.into_iter().find(|s| s.as_str() == service).ok_or_else(|| {
+                eprintln!("switchyard: unknown service {service:?}");
+                ExitCode::from(2)
+            })?;
             let percentile = routing::percentile::percentile(&cfg.rollout.hash_seed, &user_id);
             let snap = state::Snapshot::new(cfg);
             let d = proxy::route_user(&snap, service, &user_id);
@@ -146,11 +136,7 @@ fn run(command: Command) -> Result<(), ExitCode> {
             Ok(())
         }
         Command::Probe { url } => runtime().block_on(probe(&url)),
-        Command::Demo {
-            listen,
-            admin_listen,
-            percentage,
-        } => runtime().block_on(async move {
+        Command::Demo { listen, admin_listen, percentage } => runtime().block_on(async move {
             let fail = |e: std::io::Error| {
                 eprintln!("switchyard demo: {e}");
                 ExitCode::FAILURE

@@ -13,9 +13,7 @@ use crate::backend::BackendId;
 use crate::routing::service::Service;
 
 /// Buckets sized for API calls: 1 ms … 10 s.
-const BUCKETS: [f64; 14] = [
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-];
+const BUCKETS: [f64; 14] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
 
 /// Every metric the proxy exports.
 pub struct Metrics {
@@ -33,6 +31,8 @@ pub struct Metrics {
     pub config_reloads: IntCounterVec,
     /// 1 when the last reload attempt succeeded.
     pub config_last_reload_success: IntGauge,
+    translations: IntCounterVec,
+    auth_rejections: IntCounterVec,
 }
 
 fn method_label(m: &Method) -> &'static str {
@@ -65,10 +65,7 @@ impl Metrics {
         let registry = Registry::new();
         let reg = |c: Box<dyn prometheus::core::Collector>| registry.register(c).expect("unique metric names");
         let requests = IntCounterVec::new(
-            Opts::new(
-                "switchyard_requests_total",
-                "Proxied requests by backend, service, method and status class.",
-            ),
+            Opts::new("switchyard_requests_total", "Proxied requests by backend, service, method and status class."),
             &["backend", "service", "method", "status_class"],
         )
         .expect("valid");
@@ -82,10 +79,7 @@ impl Metrics {
         )
         .expect("valid");
         let upstream_errors = IntCounterVec::new(
-            Opts::new(
-                "switchyard_upstream_errors_total",
-                "Upstream failures by backend and kind.",
-            ),
+            Opts::new("switchyard_upstream_errors_total", "Upstream failures by backend and kind."),
             &["backend", "kind"],
         )
         .expect("valid");
@@ -94,10 +88,7 @@ impl Metrics {
             IntGauge::new("switchyard_rollout_percentage", "Effective V2 rollout percentage.").expect("valid");
         let tunnels = IntGauge::new("switchyard_websocket_tunnels", "Open WebSocket tunnels.").expect("valid");
         let config_reloads = IntCounterVec::new(
-            Opts::new(
-                "switchyard_config_reloads_total",
-                "Configuration reload attempts by result.",
-            ),
+            Opts::new("switchyard_config_reloads_total", "Configuration reload attempts by result."),
             &["result"],
         )
         .expect("valid");
@@ -122,6 +113,18 @@ impl Metrics {
         reg(Box::new(config_reloads.clone()));
         reg(Box::new(config_last_reload_success.clone()));
         reg(Box::new(build_info));
+        let translations = IntCounterVec::new(
+            Opts::new("switchyard_translations_total", "Requests rewritten for the other project, by kind."),
+            &["kind"],
+        )
+        .expect("valid");
+        let auth_rejections = IntCounterVec::new(
+            Opts::new("switchyard_auth_rejections_total", "Bearer tokens refused with 401, by reason."),
+            &["reason"],
+        )
+        .expect("valid");
+        reg(Box::new(translations.clone()));
+        reg(Box::new(auth_rejections.clone()));
         Metrics {
             registry,
             requests,
@@ -132,18 +135,26 @@ impl Metrics {
             tunnels,
             config_reloads,
             config_last_reload_success,
+            translations,
+            auth_rejections,
         }
+    }
+
+    /// Counts one translation.
+    pub fn translated(&self, kind: crate::translate::Kind) {
+        self.translations.with_label_values(&[kind.as_str()]).inc();
+    }
+
+    /// Counts one refused token.
+    pub fn auth_rejected(&self, reason: crate::identity::AuthReason) {
+        self.auth_rejections.with_label_values(&[reason.as_str()]).inc();
     }
 
     /// Counts one finished request.
     pub fn observe(&self, backend: BackendId, service: Service, method: &Method, status: StatusCode, took: Duration) {
         let b = backend.as_str();
-        self.requests
-            .with_label_values(&[b, service.as_str(), method_label(method), status_class(status)])
-            .inc();
-        self.duration
-            .with_label_values(&[b, service.as_str()])
-            .observe(took.as_secs_f64());
+        self.requests.with_label_values(&[b, service.as_str(), method_label(method), status_class(status)]).inc();
+        self.duration.with_label_values(&[b, service.as_str()]).observe(took.as_secs_f64());
     }
 
     /// Counts one upstream failure.
@@ -154,9 +165,7 @@ impl Metrics {
     /// Prometheus text exposition of everything.
     pub fn render(&self) -> String {
         let mut buf = Vec::new();
-        TextEncoder::new()
-            .encode(&self.registry.gather(), &mut buf)
-            .expect("text encoding cannot fail");
+        TextEncoder::new().encode(&self.registry.gather(), &mut buf).expect("text encoding cannot fail");
         String::from_utf8(buf).expect("utf-8")
     }
 }
@@ -174,13 +183,7 @@ mod tests {
     #[test]
     fn renders_labelled_series() {
         let m = Metrics::new();
-        m.observe(
-            BackendId::V2,
-            Service::Rest,
-            &Method::GET,
-            StatusCode::OK,
-            Duration::from_millis(3),
-        );
+        m.observe(BackendId::V2, Service::Rest, &Method::GET, StatusCode::OK, Duration::from_millis(3));
         m.observe(
             BackendId::V1,
             Service::Auth,

@@ -79,20 +79,10 @@ pub async fn start(config: Config, path: Option<PathBuf>) -> io::Result<Running>
 
     let mut tasks = vec![tokio::spawn(serve(listener, proxy.clone(), shutdown.clone(), server))];
     if let Some(l) = admin_listener {
-        let admin = admin::Admin {
-            proxy: proxy.clone(),
-            control: control.clone(),
-        };
+        let admin = admin::Admin { proxy: proxy.clone(), control: control.clone() };
         tasks.push(tokio::spawn(admin::serve(l, Arc::new(admin), shutdown.clone())));
     }
-    Ok(Running {
-        addr,
-        admin_addr,
-        proxy,
-        control,
-        shutdown,
-        tasks,
-    })
+    Ok(Running { addr, admin_addr, proxy, control, shutdown, tasks })
 }
 
 /// Starts `config` and serves until SIGTERM or SIGINT, then drains. SIGHUP reloads.
@@ -121,9 +111,7 @@ async fn shutdown_signal() {
 fn builder(server: &crate::config::ServerConfig) -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
     // Without a timer the header read timeout does nothing (design.md §9).
-    b.http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(server.header_read_timeout);
+    b.http1().timer(TokioTimer::new()).header_read_timeout(server.header_read_timeout);
     b.http2().timer(TokioTimer::new());
     b
 }
@@ -155,9 +143,7 @@ async fn serve(
             let proxy = proxy.clone();
             async move { Ok::<_, Infallible>(proxy.handle(req, peer).await) }
         });
-        let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-            .into_owned();
+        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
             if let Err(e) = conn.await {
@@ -171,9 +157,6 @@ async fn serve(
         tokio::join!(graceful.shutdown(), proxy.tunnels.drain(grace));
     };
     if tokio::time::timeout(grace, drained).await.is_err() {
-        tracing::warn!(
-            grace_seconds = grace.as_secs_f64(),
-            "grace period over: closing remaining connections"
-        );
+        tracing::warn!(grace_seconds = grace.as_secs_f64(), "grace period over: closing remaining connections");
     }
 }

@@ -9,6 +9,7 @@ use arc_swap::ArcSwap;
 
 use crate::config::Config;
 use crate::identity::Verifier;
+use crate::translate::Translator;
 
 /// Everything a request needs to be routed, prepared once per configuration.
 pub struct Snapshot {
@@ -16,13 +17,16 @@ pub struct Snapshot {
     pub config: Config,
     /// Bearer-token checks built from the backends' keys and secrets.
     pub verifier: Verifier,
+    /// Credential and name translation for the other project.
+    pub translator: Translator,
 }
 
 impl Snapshot {
     /// Prepares a snapshot (keys parsed once here, not per request).
     pub fn new(config: Config) -> Snapshot {
         let verifier = Verifier::new(&config.backends, config.identity.jwt_leeway);
-        Snapshot { config, verifier }
+        let translator = Translator::new(&config);
+        Snapshot { config, verifier, translator }
     }
 }
 
@@ -34,9 +38,7 @@ pub struct State {
 impl State {
     /// Starts with `config`.
     pub fn new(config: Config) -> State {
-        State {
-            current: ArcSwap::from_pointee(Snapshot::new(config)),
-        }
+        State { current: ArcSwap::from_pointee(Snapshot::new(config)) }
     }
 
     /// The snapshot in force now.

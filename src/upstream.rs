@@ -31,9 +31,7 @@ impl Upstream {
         http.set_nodelay(true);
         http.set_connect_timeout(Some(cfg.connect_timeout));
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut roots = rustls::RootCertStore {
-            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-        };
+        let mut roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
         // Parsed at config load, so nothing is left to refuse here.
         let (_added, _ignored) = roots.add_parsable_certificates(cfg.extra_roots.iter().cloned());
         let tls = rustls::ClientConfig::builder_with_provider(provider)

@@ -55,25 +55,15 @@ async fn refused_connection_is_a_fast_502() {
     let sy = start(&config_text(&v1.url(), &closed_port().await, 100, "")).await;
     let started = Instant::now();
     let got = get_as(sy.addr, "/rest/v1/t", "u").await;
-    assert!(
-        started.elapsed() < Duration::from_secs(2),
-        "took {:?}",
-        started.elapsed()
-    );
+    assert!(started.elapsed() < Duration::from_secs(2), "took {:?}", started.elapsed());
     assert_eq!(got.status, 502);
     assert_eq!(got.backend(), "v2");
     let body = got.json();
     assert_eq!(body["code"], "SWY502");
     assert_eq!(body["message"], "upstream v2 unreachable");
     assert!(body.get("hint").is_some());
-    assert!(metric(
-        &sy,
-        r#"switchyard_upstream_errors_total{backend="v2",kind="connect"} 1"#
-    ));
-    assert!(metric(
-        &sy,
-        r#"switchyard_requests_total{backend="v2",method="GET",service="rest",status_class="5xx"} 1"#
-    ));
+    assert!(metric(&sy, r#"switchyard_upstream_errors_total{backend="v2",kind="connect"} 1"#));
+    assert!(metric(&sy, r#"switchyard_requests_total{backend="v2",method="GET",service="rest",status_class="5xx"} 1"#));
 }
 
 #[tokio::test]
@@ -85,23 +75,16 @@ async fn silent_upstream_is_a_504_after_the_timeout() {
     let got = get_as(sy.addr, "/rest/v1/t", "u").await;
     assert_eq!(got.status, 504);
     assert_eq!(got.json()["code"], "SWY504");
-    assert!(metric(
-        &sy,
-        r#"switchyard_upstream_errors_total{backend="v2",kind="timeout"} 1"#
-    ));
+    assert!(metric(&sy, r#"switchyard_upstream_errors_total{backend="v2",kind="timeout"} 1"#));
     // The other backend is unaffected.
     assert_eq!(send(sy.addr, "GET", "/auth/v1/health", &[], "").await.status, 200);
 }
 
 async fn assert_aborted(addr: std::net::SocketAddr) {
-    let req = Request::get(format!("http://{addr}/rest/v1/big"))
-        .body(full(""))
-        .unwrap();
+    let req = Request::get(format!("http://{addr}/rest/v1/big")).body(full("")).unwrap();
     let resp = client().request(req).await.expect("headers arrive");
     assert_eq!(resp.status(), 200);
-    let body = tokio::time::timeout(Duration::from_secs(5), resp.into_body().collect())
-        .await
-        .expect("no hang");
+    let body = tokio::time::timeout(Duration::from_secs(5), resp.into_body().collect()).await.expect("no hang");
     assert!(body.is_err(), "a truncated body was delivered as complete");
 }
 
@@ -111,10 +94,7 @@ async fn reset_mid_body_aborts_the_client_response() {
     let sized = raw_upstream(Some(b"HTTP/1.1 200 OK\r\ncontent-length: 100000\r\n\r\npartial")).await;
     let sy = start(&config_text(&v1.url(), &sized, 100, "")).await;
     assert_aborted(sy.addr).await;
-    let chunked = raw_upstream(Some(
-        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n7\r\npartial\r\n",
-    ))
-    .await;
+    let chunked = raw_upstream(Some(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n7\r\npartial\r\n")).await;
     let sy = start(&config_text(&v1.url(), &chunked, 100, "")).await;
     assert_aborted(sy.addr).await;
     // Still serving.
@@ -129,32 +109,21 @@ async fn malformed_and_closed_responses_are_502() {
     let got = get_as(sy.addr, "/rest/v1/t", "u").await;
     assert_eq!(got.status, 502);
     assert_eq!(got.json()["code"], "SWY502");
-    assert!(metric(
-        &sy,
-        r#"switchyard_upstream_errors_total{backend="v2",kind="protocol"} 1"#
-    ));
+    assert!(metric(&sy, r#"switchyard_upstream_errors_total{backend="v2",kind="protocol"} 1"#));
 
     let hangup = raw_upstream(Some(b"")).await;
     let sy = start(&config_text(&v1.url(), &hangup, 100, "")).await;
     let got = get_as(sy.addr, "/rest/v1/t", "u").await;
     assert_eq!(got.status, 502);
-    assert!(metric(
-        &sy,
-        r#"switchyard_upstream_errors_total{backend="v2",kind="reset"} 1"#
-    ));
+    assert!(metric(&sy, r#"switchyard_upstream_errors_total{backend="v2",kind="reset"} 1"#));
 }
 
 #[tokio::test]
 async fn auth_errors_keep_gotrue_shape() {
     let sy = start(&config_text(&closed_port().await, &closed_port().await, 0, "")).await;
-    let got = send(
-        sy.addr,
-        "POST",
-        "/auth/v1/token?grant_type=password",
-        &[("x-supabase-api-version", "2024-01-01")],
-        "{}",
-    )
-    .await;
+    let got =
+        send(sy.addr, "POST", "/auth/v1/token?grant_type=password", &[("x-supabase-api-version", "2024-01-01")], "{}")
+            .await;
     assert_eq!(got.status, 502);
     assert_eq!(got.headers["x-sb-error-code"], "upstream_unreachable");
     let body = got.json();

@@ -18,18 +18,12 @@ use tokio_tungstenite::tungstenite::Message;
 
 const SUPABASE_JS_HEADERS: [(&str, &str); 9] = [
     ("apikey", "eyJhbGciOiJIUzI1NiJ9.eyJyb2xlIjoiYW5vbiJ9.c2lnbmF0dXJl"),
-    (
-        "authorization",
-        "Bearer eyJhbGciOiJIUzI1NiJ9.eyJyb2xlIjoiYW5vbiJ9.c2lnbmF0dXJl",
-    ),
+    ("authorization", "Bearer eyJhbGciOiJIUzI1NiJ9.eyJyb2xlIjoiYW5vbiJ9.c2lnbmF0dXJl"),
     ("accept-profile", "public"),
     ("content-profile", "public"),
     ("prefer", "return=representation,count=exact"),
     ("range", "0-9"),
-    (
-        "x-client-info",
-        "supabase-js/2.109.0; runtime=node; runtime-version=v20.20.2",
-    ),
+    ("x-client-info", "supabase-js/2.109.0; runtime=node; runtime-version=v20.20.2"),
     ("x-retry-count", "1"),
     ("x-supabase-api-version", "2024-01-01"),
 ];
@@ -46,14 +40,7 @@ async fn supabase_js_headers_and_query_arrive_unchanged() {
         ("proxy-connection", "keep-alive"),
         ("host", "api.example.com"),
     ]);
-    let got = send(
-        sy.addr,
-        "POST",
-        &format!("/rest/v1/orders?{query}"),
-        &headers,
-        r#"{"a":1}"#,
-    )
-    .await;
+    let got = send(sy.addr, "POST", &format!("/rest/v1/orders?{query}"), &headers, r#"{"a":1}"#).await;
     assert_eq!(got.status, 200);
     let seen = got.json();
     assert_eq!(seen["query"], query, "query string changed");
@@ -89,9 +76,8 @@ async fn every_method_is_forwarded() {
 async fn h2c_prior_knowledge_clients_reach_http1_upstreams() {
     let (v1, _v2, sy) = stack(0, "").await;
     let tcp = tokio::net::TcpStream::connect(sy.addr).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
-        .await
-        .unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp)).await.unwrap();
     tokio::spawn(conn);
     for i in 0..3 {
         let req = Request::builder()
@@ -141,9 +127,7 @@ async fn response_bodies_stream_without_buffering() {
     .await;
     let v2 = echo("v2").await;
     let sy = start(&config_text(&v1.url(), &v2.url(), 0, "")).await;
-    let req = Request::get(format!("http://{}/rest/v1/big", sy.addr))
-        .body(full(""))
-        .unwrap();
+    let req = Request::get(format!("http://{}/rest/v1/big", sy.addr)).body(full("")).unwrap();
     let resp = client().request(req).await.unwrap();
     let mut body = resp.into_body();
     let first = tokio::time::timeout(Duration::from_secs(5), body.frame())
@@ -178,9 +162,7 @@ async fn request_bodies_stream_without_buffering() {
     let v2 = echo("v2").await;
     let sy = start(&config_text(&v1.url(), &v2.url(), 0, "")).await;
     let (tx, rx) = mpsc::channel(1);
-    let req = Request::post(format!("http://{}/functions/v1/upload", sy.addr))
-        .body(frame_stream(rx))
-        .unwrap();
+    let req = Request::post(format!("http://{}/functions/v1/upload", sy.addr)).body(frame_stream(rx)).unwrap();
     let pending = tokio::spawn(async move { client().request(req).await });
     tx.send(Bytes::from_static(b"part-one")).await.unwrap();
     let first = tokio::time::timeout(Duration::from_secs(5), seen_rx.recv())
@@ -219,9 +201,7 @@ async fn websocket_echo_through_the_proxy() {
     let v2 = echo("v2").await;
     let sy = start(&config_text(&format!("http://{ws_addr}"), &v2.url(), 100, "")).await;
     let url = format!("ws://{}/realtime/v1/websocket?apikey=anon-key&vsn=2.0.0", sy.addr);
-    let (mut ws, resp) = tokio_tungstenite::connect_async(url)
-        .await
-        .expect("upgrade through the proxy");
+    let (mut ws, resp) = tokio_tungstenite::connect_async(url).await.expect("upgrade through the proxy");
     assert_eq!(resp.headers()["x-switchyard-backend"], "v1", "realtime is pinned to v1");
     let (uri, host) = req_rx.recv().await.unwrap();
     assert_eq!(uri, "/realtime/v1/websocket?apikey=anon-key&vsn=2.0.0");

@@ -40,32 +40,17 @@ fn the_minimal_file_is_accepted_and_route_prints_json() {
     assert_eq!(v["percentile"], 19);
     assert_eq!(v["backend"], "v2");
     let v = route(&path, "a", &[]);
-    assert_eq!(
-        (v["percentile"].as_u64(), v["backend"].as_str()),
-        (Some(77), Some("v1"))
-    );
+    assert_eq!((v["percentile"].as_u64(), v["backend"].as_str()), (Some(77), Some("v1")));
 }
 
 #[test]
 fn environment_overrides_as_the_guide_uses_them() {
     let path = write_config("env", MINIMAL);
-    assert_eq!(
-        route(&path, "user-1", &[("V2_ROLLOUT_PERCENTAGE", "10")])["backend"],
-        "v1"
-    );
-    assert_eq!(
-        route(&path, "user-1", &[("V2_ROLLOUT_PERCENTAGE", "20")])["backend"],
-        "v2"
-    );
-    assert_eq!(
-        route(&path, "user-1", &[("SUPABASE_ENV", "production")])["backend"],
-        "v1"
-    );
+    assert_eq!(route(&path, "user-1", &[("V2_ROLLOUT_PERCENTAGE", "10")])["backend"], "v1");
+    assert_eq!(route(&path, "user-1", &[("V2_ROLLOUT_PERCENTAGE", "20")])["backend"], "v2");
+    assert_eq!(route(&path, "user-1", &[("SUPABASE_ENV", "production")])["backend"], "v1");
     assert_eq!(route(&path, "a", &[("SUPABASE_ENV", "v2")])["backend"], "v2");
-    let out = run(
-        &["check", "--config", path.to_str().unwrap()],
-        &[("SUPABASE_V2_URL", "https://new.supabase.co")],
-    );
+    let out = run(&["check", "--config", path.to_str().unwrap()], &[("SUPABASE_V2_URL", "https://new.supabase.co")]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("https://new.supabase.co"));
 }
 
@@ -74,26 +59,10 @@ fn invalid_configs_exit_non_zero_naming_the_key() {
     type Case<'a> = (&'a str, String, &'a [(&'a str, &'a str)]);
     let cases: [Case; 6] = [
         ("rollout.percentage", MINIMAL.replace("= 37", "= 101"), &[]),
-        (
-            "backends.v2.url",
-            MINIMAL.replace("http://127.0.0.1:18002", "127.0.0.1 18002"),
-            &[],
-        ),
-        (
-            "backends.v2",
-            MINIMAL.split("[backends.v2]").next().unwrap().to_string(),
-            &[],
-        ),
-        (
-            "server.colour",
-            MINIMAL.replace("[server]", "[server]\ncolour = \"blue\""),
-            &[],
-        ),
-        (
-            "V2_ROLLOUT_PERCENTAGE",
-            MINIMAL.to_string(),
-            &[("V2_ROLLOUT_PERCENTAGE", "150")],
-        ),
+        ("backends.v2.url", MINIMAL.replace("http://127.0.0.1:18002", "127.0.0.1 18002"), &[]),
+        ("backends.v2", MINIMAL.split("[backends.v2]").next().unwrap().to_string(), &[]),
+        ("server.colour", MINIMAL.replace("[server]", "[server]\ncolour = \"blue\""), &[]),
+        ("V2_ROLLOUT_PERCENTAGE", MINIMAL.to_string(), &[("V2_ROLLOUT_PERCENTAGE", "150")]),
         ("SUPABASE_ENV", MINIMAL.to_string(), &[("SUPABASE_ENV", "staging")]),
     ];
     for (i, (key, text, env)) in cases.iter().enumerate() {
@@ -140,10 +109,7 @@ async fn a_1_gib_upload_streams_in_constant_memory() {
         .header("x-user-id", "uploader")
         .body(BodyExt::boxed(StreamBody::new(frames)))
         .unwrap();
-    let resp = tokio::time::timeout(Duration::from_secs(300), client().request(req))
-        .await
-        .unwrap()
-        .unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(300), client().request(req)).await.unwrap().unwrap();
     assert_eq!(resp.status(), 200);
     let echoed = resp.into_body().collect().await.unwrap().to_bytes();
     let head = String::from_utf8_lossy(&echoed[..echoed.len().min(80)]).into_owned();
@@ -175,8 +141,5 @@ async fn sigterm_lets_in_flight_requests_finish() {
     .await
     .unwrap();
     assert_eq!(code.0, Some(0), "exit status after SIGTERM");
-    assert!(
-        tokio::net::TcpStream::connect(addr).await.is_err(),
-        "still accepting after shutdown"
-    );
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "still accepting after shutdown");
 }

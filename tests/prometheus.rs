@@ -32,11 +32,7 @@ impl Drop for Prometheus {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 fn start_prometheus(targets: &[SocketAddr]) -> Option<Prometheus> {
@@ -59,9 +55,7 @@ fn start_prometheus(targets: &[SocketAddr]) -> Option<Prometheus> {
     let path = write_config("prometheus", &config).with_file_name("prometheus.yml");
     std::fs::write(&path, config).unwrap();
     // Rule groups declare their own interval; the test evaluates faster.
-    let rules_text = std::fs::read_to_string(&rules)
-        .unwrap()
-        .replace("interval: 15s", "interval: 1s");
+    let rules_text = std::fs::read_to_string(&rules).unwrap().replace("interval: 15s", "interval: 1s");
     let fast_rules = path.with_file_name("rules.yml");
     std::fs::write(&fast_rules, rules_text).unwrap();
     let config = std::fs::read_to_string(&path)
@@ -158,10 +152,7 @@ async fn dashboard_and_alert_queries_work_on_real_prometheus() {
         let up = client().request(http::Request::get(url).body(full("")).unwrap()).await;
         let scraped = match up {
             Ok(resp) => {
-                let body = http_body_util::BodyExt::collect(resp.into_body())
-                    .await
-                    .unwrap()
-                    .to_bytes();
+                let body = http_body_util::BodyExt::collect(resp.into_body()).await.unwrap().to_bytes();
                 let v: Value = serde_json::from_slice(&body).unwrap_or_default();
                 v["data"]["result"].as_array().is_some_and(|r| r.len() == 2)
             }
@@ -170,10 +161,7 @@ async fn dashboard_and_alert_queries_work_on_real_prometheus() {
         if scraped {
             break;
         }
-        assert!(
-            ready.elapsed() < Duration::from_secs(30),
-            "prometheus never scraped both replicas"
-        );
+        assert!(ready.elapsed() < Duration::from_secs(30), "prometheus never scraped both replicas");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -181,10 +169,7 @@ async fn dashboard_and_alert_queries_work_on_real_prometheus() {
     let b_addr = b.addr;
     let failing = tokio::spawn(async move {
         for n in 0..3000 {
-            let user = (0..)
-                .map(|k| format!("down-{n}-{k}"))
-                .find(|u| percentile(u) < 60)
-                .unwrap();
+            let user = (0..).map(|k| format!("down-{n}-{k}")).find(|u| percentile(u) < 60).unwrap();
             assert_eq!(get_as(b_addr, "/rest/v1/items", &user).await.status, 502);
         }
     });
@@ -200,12 +185,7 @@ async fn dashboard_and_alert_queries_work_on_real_prometheus() {
         if !changed && started.elapsed() > Duration::from_secs(4) {
             // Once Prometheus has samples: a rollout change (the dashboard's
             // annotation) and a refused reload (an alert).
-            assert_eq!(
-                put_rollout(a.admin_addr.unwrap(), Some("t"), r#"{"percentage": 40}"#)
-                    .await
-                    .status,
-                200
-            );
+            assert_eq!(put_rollout(a.admin_addr.unwrap(), Some("t"), r#"{"percentage": 40}"#).await.status, 200);
             std::fs::write(&b_path, b_text.replace("percentage = 60", "percentage = 600")).unwrap();
             assert!(b.control.reload("test").is_err());
             changed = true;
@@ -234,11 +214,7 @@ async fn dashboard_and_alert_queries_work_on_real_prometheus() {
         let mut still = Vec::new();
         for (expr, per_backend) in pending {
             let result = query(prom.addr, &expr).await;
-            let ok = if per_backend {
-                covers_both_backends(&result)
-            } else {
-                !result.as_array().unwrap().is_empty()
-            };
+            let ok = if per_backend { covers_both_backends(&result) } else { !result.as_array().unwrap().is_empty() };
             if !ok {
                 still.push((expr, per_backend));
             }
@@ -255,10 +231,7 @@ async fn dashboard_and_alert_queries_work_on_real_prometheus() {
 #[tokio::test]
 async fn metrics_pass_promtool_check() {
     if Command::new("promtool").arg("--version").output().is_err() {
-        assert!(
-            std::env::var_os("SWITCHYARD_REQUIRE_PROMETHEUS").is_none(),
-            "promtool is not installed"
-        );
+        assert!(std::env::var_os("SWITCHYARD_REQUIRE_PROMETHEUS").is_none(), "promtool is not installed");
         eprintln!("skipping: promtool not installed; run scripts/test.sh");
         return;
     }
@@ -266,14 +239,7 @@ async fn metrics_pass_promtool_check() {
     let sy = start(&config_text(&v1.url(), "http://127.0.0.1:1", 50, "")).await;
     for n in 0..40 {
         get_as(sy.addr, "/rest/v1/t", &format!("u{n}")).await;
-        send(
-            sy.addr,
-            "POST",
-            "/auth/v1/token",
-            &[("authorization", "Bearer x")],
-            "{}",
-        )
-        .await;
+        send(sy.addr, "POST", "/auth/v1/token", &[("authorization", "Bearer x")], "{}").await;
     }
     let text = send(sy.admin_addr.unwrap(), "GET", "/metrics", &[], "").await.body;
     let mut child = Command::new("promtool")
@@ -285,17 +251,10 @@ async fn metrics_pass_promtool_check() {
         .unwrap();
     std::io::Write::write_all(&mut child.stdin.take().unwrap(), &text).unwrap();
     let out = child.wait_with_output().unwrap();
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success() && said.trim().is_empty(), "promtool: {said}");
     let body = String::from_utf8_lossy(&text);
-    for name in [
-        "switchyard_requests_total",
-        "switchyard_request_duration_seconds_bucket",
-    ] {
+    for name in ["switchyard_requests_total", "switchyard_request_duration_seconds_bucket"] {
         for b in ["v1", "v2"] {
             assert!(body.contains(&format!("{name}{{backend=\"{b}\"")), "{name} lacks {b}");
         }

@@ -27,10 +27,7 @@ async fn wait_in_force(admin: std::net::SocketAddr, want: u8) {
         if rollout_status(admin).await["percentage"] == want {
             return;
         }
-        assert!(
-            started.elapsed() < Duration::from_secs(2),
-            "{want}% not in force within 2 s"
-        );
+        assert!(started.elapsed() < Duration::from_secs(2), "{want}% not in force within 2 s");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
@@ -44,12 +41,7 @@ async fn fifty_api_changes_under_load() {
     let (_v1, _v2, sy) = {
         let v1 = echo("v1").await;
         let v2 = echo("v2").await;
-        let sy = start_with(
-            &file_config(&v1, &v2, 0, ""),
-            &[("SWITCHYARD_ADMIN_TOKEN", TOKEN)],
-            None,
-        )
-        .await;
+        let sy = start_with(&file_config(&v1, &v2, 0, ""), &[("SWITCHYARD_ADMIN_TOKEN", TOKEN)], None).await;
         (v1, v2, sy)
     };
     let admin = sy.admin_addr.unwrap();
@@ -101,10 +93,7 @@ async fn fifty_sighup_reloads_under_load() {
     assert!(n >= 2000, "only {n} requests");
     let metrics = send(admin, "GET", "/metrics", &[], "").await;
     let body = String::from_utf8_lossy(&metrics.body).into_owned();
-    assert!(
-        body.contains("switchyard_config_reloads_total{result=\"success\"} 50"),
-        "{body}"
-    );
+    assert!(body.contains("switchyard_config_reloads_total{result=\"success\"} 50"), "{body}");
 }
 
 #[tokio::test]
@@ -122,21 +111,13 @@ async fn an_invalid_reload_keeps_the_old_config() {
         if m.contains("switchyard_config_last_reload_success 0") {
             break m;
         }
-        assert!(
-            started.elapsed() < Duration::from_secs(2),
-            "the failed reload was not counted"
-        );
+        assert!(started.elapsed() < Duration::from_secs(2), "the failed reload was not counted");
         tokio::time::sleep(Duration::from_millis(10)).await;
     };
     assert!(metrics.contains("switchyard_config_reloads_total{result=\"failure\"} 1"));
     let status = rollout_status(admin).await;
     assert_eq!(status["percentage"], 30);
-    assert!(
-        status["last_reload_error"]
-            .as_str()
-            .unwrap()
-            .contains("rollout.percentage")
-    );
+    assert!(status["last_reload_error"].as_str().unwrap().contains("rollout.percentage"));
     // Traffic still routed by the old config.
     let someone = (0..).map(|n| format!("x{n}")).find(|u| percentile(u) < 30).unwrap();
     assert_eq!(get_as(sy.addr, "/rest/v1/t", &someone).await.backend(), "v2");
@@ -154,10 +135,7 @@ async fn admin_writes_need_the_token() {
 
     let open = start_with(&text, &[], None).await;
     let admin = open.admin_addr.unwrap();
-    assert_eq!(
-        put_rollout(admin, Some(TOKEN), r#"{"percentage": 50}"#).await.status,
-        403
-    );
+    assert_eq!(put_rollout(admin, Some(TOKEN), r#"{"percentage": 50}"#).await.status, 403);
     assert_eq!(rollout_status(admin).await["percentage"], 10);
     assert_eq!(send(admin, "GET", "/metrics", &[], "").await.status, 200);
     assert_eq!(send(admin, "GET", "/healthz", &[], "").await.status, 200);
@@ -166,30 +144,16 @@ async fn admin_writes_need_the_token() {
     let guarded = start_with(&text, &[("SWITCHYARD_ADMIN_TOKEN", TOKEN)], None).await;
     let admin = guarded.admin_addr.unwrap();
     assert_eq!(put_rollout(admin, None, r#"{"percentage": 50}"#).await.status, 401);
-    assert_eq!(
-        put_rollout(admin, Some("wrong"), r#"{"percentage": 50}"#).await.status,
-        401
-    );
-    assert_eq!(
-        put_rollout(admin, Some(&format!("{TOKEN}x")), r#"{"percentage": 50}"#)
-            .await
-            .status,
-        401
-    );
+    assert_eq!(put_rollout(admin, Some("wrong"), r#"{"percentage": 50}"#).await.status, 401);
+    assert_eq!(put_rollout(admin, Some(&format!("{TOKEN}x")), r#"{"percentage": 50}"#).await.status, 401);
     assert_eq!(rollout_status(admin).await["percentage"], 10);
-    assert_eq!(
-        put_rollout(admin, Some(TOKEN), r#"{"percentage": 101}"#).await.status,
-        400
-    );
+    assert_eq!(put_rollout(admin, Some(TOKEN), r#"{"percentage": 101}"#).await.status, 400);
     assert_eq!(put_rollout(admin, Some(TOKEN), r#"{"percent": 5}"#).await.status, 400);
     assert_eq!(put_rollout(admin, Some(TOKEN), "not json").await.status, 400);
     let ok = put_rollout(admin, Some(TOKEN), r#"{"percentage": 50}"#).await;
     assert_eq!(ok.status, 200);
     let status = rollout_status(admin).await;
-    assert_eq!(
-        (status["percentage"].as_u64(), status["source"].as_str()),
-        (Some(50), Some("api"))
-    );
+    assert_eq!((status["percentage"].as_u64(), status["source"].as_str()), (Some(50), Some("api")));
     let gauge = String::from_utf8_lossy(&send(admin, "GET", "/metrics", &[], "").await.body).into_owned();
     assert!(gauge.contains("switchyard_rollout_percentage 50"));
 }
@@ -202,25 +166,13 @@ async fn an_unchanged_file_does_not_undo_an_api_change() {
     let path = write_config("precedence", &text);
     let sy = start_with(&text, &[("SWITCHYARD_ADMIN_TOKEN", TOKEN)], Some(path.clone())).await;
     let admin = sy.admin_addr.unwrap();
-    assert_eq!(
-        put_rollout(admin, Some(TOKEN), r#"{"percentage": 0}"#).await.status,
-        200
-    );
+    assert_eq!(put_rollout(admin, Some(TOKEN), r#"{"percentage": 0}"#).await.status, 200);
     // Touch the file with another change that keeps the percentage.
-    replace_file(
-        &path,
-        &text.replace("shutdown_grace_seconds = 5", "shutdown_grace_seconds = 6"),
-    );
+    replace_file(&path, &text.replace("shutdown_grace_seconds = 5", "shutdown_grace_seconds = 6"));
     tokio::time::sleep(Duration::from_millis(600)).await;
     let status = rollout_status(admin).await;
-    assert!(
-        status["generation"].as_u64().unwrap() >= 2,
-        "the file change was not reloaded: {status}"
-    );
-    assert_eq!(
-        (status["percentage"].as_u64(), status["source"].as_str()),
-        (Some(0), Some("api"))
-    );
+    assert!(status["generation"].as_u64().unwrap() >= 2, "the file change was not reloaded: {status}");
+    assert_eq!((status["percentage"].as_u64(), status["source"].as_str()), (Some(0), Some("api")));
     replace_file(&path, &text.replace("percentage = 10", "percentage = 70"));
     wait_in_force(admin, 70).await;
     assert_eq!(rollout_status(admin).await["source"], "file");

@@ -49,11 +49,7 @@ async fn a_user_always_lands_on_the_same_backend() {
     for user in ["alice", "bob", "carol", "dave"] {
         let first = get_as(sy.addr, "/rest/v1/t", user).await.backend().to_string();
         for _ in 0..20 {
-            assert_eq!(
-                get_as(sy.addr, "/rest/v1/t", user).await.backend(),
-                first,
-                "{user} flapped"
-            );
+            assert_eq!(get_as(sy.addr, "/rest/v1/t", user).await.backend(), first, "{user} flapped");
         }
     }
 }
@@ -99,10 +95,7 @@ async fn per_service_policy_defaults_and_overrides() {
     let (_v1, _v2, sy) = stack(50, "[services]\nauth = \"rollout\"\nstorage = \"v2\"\nrest = \"v1\"\n").await;
     assert_eq!(get_as(sy.addr, "/auth/v1/user", &user).await.backend(), "v2");
     let someone_in_v1 = (0..).map(|n| format!("w{n}")).find(|u| percentile(u) >= 50).unwrap();
-    assert_eq!(
-        get_as(sy.addr, "/storage/v1/object/x", &someone_in_v1).await.backend(),
-        "v2"
-    );
+    assert_eq!(get_as(sy.addr, "/storage/v1/object/x", &someone_in_v1).await.backend(), "v2");
     assert_eq!(get_as(sy.addr, "/rest/v1/t", &user).await.backend(), "v1");
 }
 
@@ -171,10 +164,8 @@ async fn verified_jwt_sub_routes_and_is_forwarded_untouched() {
     let extra = "[identity]\nanonymous = \"v1\"\n";
     let v1 = echo("v1").await;
     let v2 = echo("v2").await;
-    let text = config_text(&v1.url(), &v2.url(), 50, extra).replace(
-        &format!("url = \"{}\"", v1.url()),
-        &format!("url = \"{}\"\njwt_secret = \"{SECRET}\"", v1.url()),
-    );
+    let text = config_text(&v1.url(), &v2.url(), 50, extra)
+        .replace(&format!("url = \"{}\"", v1.url()), &format!("url = \"{}\"\njwt_secret = \"{SECRET}\"", v1.url()));
     let sy = start(&text).await;
     let user = v2_user();
     let token = jwt(
@@ -191,33 +182,15 @@ async fn verified_jwt_sub_routes_and_is_forwarded_untouched() {
     let before = v1.hits() + v2.hits();
     let forged = jwt("not-the-secret", json!({"sub": user, "exp": now() + 600}));
     let expired = jwt(SECRET, json!({"sub": user, "exp": now() - 3600}));
-    for (token, code) in [
-        (forged.as_str(), "PGRST301"),
-        (expired.as_str(), "PGRST303"),
-        ("garbage", "PGRST301"),
-    ] {
-        let got = send(
-            sy.addr,
-            "GET",
-            "/rest/v1/t",
-            &[("authorization", &format!("Bearer {token}"))],
-            "",
-        )
-        .await;
+    for (token, code) in [(forged.as_str(), "PGRST301"), (expired.as_str(), "PGRST303"), ("garbage", "PGRST301")] {
+        let got = send(sy.addr, "GET", "/rest/v1/t", &[("authorization", &format!("Bearer {token}"))], "").await;
         assert_eq!(got.status, 401, "{token}");
         assert!(got.headers["www-authenticate"].to_str().unwrap().starts_with("Bearer"));
         let body = got.json();
         assert_eq!(body["code"], code);
         assert!(body.get("details").is_some() && body.get("hint").is_some());
     }
-    let got = send(
-        sy.addr,
-        "GET",
-        "/auth/v1/user",
-        &[("authorization", &format!("Bearer {forged}"))],
-        "",
-    )
-    .await;
+    let got = send(sy.addr, "GET", "/auth/v1/user", &[("authorization", &format!("Bearer {forged}"))], "").await;
     assert_eq!(got.status, 401);
     assert_eq!(got.json()["code"], "bad_jwt", "GoTrue's shape on /auth");
     assert_eq!(v1.hits() + v2.hits(), before, "a refused token reached an upstream");
@@ -228,18 +201,8 @@ async fn without_a_secret_the_sub_still_routes() {
     let (_v1, _v2, sy) = stack(50, "[identity]\nanonymous = \"v1\"\n").await;
     let user = v2_user();
     let token = jwt("unknown-secret", json!({"sub": user, "exp": now() - 10}));
-    let got = send(
-        sy.addr,
-        "GET",
-        "/rest/v1/t",
-        &[("authorization", &format!("Bearer {token}"))],
-        "",
-    )
-    .await;
-    assert_eq!(
-        got.status, 200,
-        "the backend, not the proxy, judges unverifiable tokens"
-    );
+    let got = send(sy.addr, "GET", "/rest/v1/t", &[("authorization", &format!("Bearer {token}"))], "").await;
+    assert_eq!(got.status, 200, "the backend, not the proxy, judges unverifiable tokens");
     assert_eq!(got.backend(), "v2");
 }
 
@@ -248,13 +211,6 @@ async fn admin_user_path_carries_the_user() {
     let user = v2_user();
     let (_v1, _v2, sy) = stack(50, "[services]\nauth = \"rollout\"\n[identity]\nanonymous = \"v1\"\n").await;
     let path = format!("/auth/v1/admin/users/{user}");
-    let got = send(
-        sy.addr,
-        "GET",
-        &path,
-        &[("authorization", "Bearer some-service-key")],
-        "",
-    )
-    .await;
+    let got = send(sy.addr, "GET", &path, &[("authorization", "Bearer some-service-key")], "").await;
     assert_eq!(got.backend(), "v2");
 }

@@ -18,17 +18,11 @@ async fn tls_upstream() -> (std::net::SocketAddr, String) {
     let ca_key = rcgen::KeyPair::generate().unwrap();
     let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca_params.key_usages = vec![
-        rcgen::KeyUsagePurpose::KeyCertSign,
-        rcgen::KeyUsagePurpose::DigitalSignature,
-    ];
+    ca_params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::DigitalSignature];
     let pem = ca_params.self_signed(&ca_key).unwrap().pem();
     let issuer = rcgen::Issuer::new(ca_params, ca_key);
     let key = rcgen::KeyPair::generate().unwrap();
-    let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
-        .unwrap()
-        .signed_by(&key, &issuer)
-        .unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap().signed_by(&key, &issuer).unwrap();
     let der_key = PrivateKeyDer::try_from(key.serialize_der()).unwrap();
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
@@ -50,9 +44,7 @@ async fn tls_upstream() -> (std::net::SocketAddr, String) {
                     let v = echo_body("v2-tls", req).await;
                     Ok::<_, std::convert::Infallible>(http::Response::new(full(v.to_string())))
                 });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(tls), svc)
-                    .await;
+                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tls), svc).await;
             });
         }
     });
@@ -82,31 +74,18 @@ async fn https_upstream_with_a_trusted_private_ca() {
 async fn an_untrusted_certificate_is_a_502() {
     let (addr, _pem) = tls_upstream().await;
     let v1 = echo("v1").await;
-    let sy = start(&config_text(
-        &v1.url(),
-        &format!("https://localhost:{}", addr.port()),
-        100,
-        "",
-    ))
-    .await;
+    let sy = start(&config_text(&v1.url(), &format!("https://localhost:{}", addr.port()), 100, "")).await;
     let got = get_as(sy.addr, "/rest/v1/t", "tls-user").await;
     assert_eq!(got.status, 502);
     assert_eq!(got.json()["code"], "SWY502");
     let metrics = sy.proxy.metrics.render();
-    assert!(
-        metrics.contains(r#"switchyard_upstream_errors_total{backend="v2",kind="tls"} 1"#),
-        "{metrics}"
-    );
+    assert!(metrics.contains(r#"switchyard_upstream_errors_total{backend="v2",kind="tls"} 1"#), "{metrics}");
 }
 
 #[test]
 fn a_bad_ca_file_names_the_key() {
-    let text = config_text(
-        "http://127.0.0.1:1",
-        "http://127.0.0.1:2",
-        0,
-        "[upstream]\nca_file = \"/nonexistent.pem\"\n",
-    );
+    let text =
+        config_text("http://127.0.0.1:1", "http://127.0.0.1:2", 0, "[upstream]\nca_file = \"/nonexistent.pem\"\n");
     let err = switchyard::config::Config::parse(&text, &|_| None).unwrap_err();
     assert_eq!(err.key, "upstream.ca_file");
 }

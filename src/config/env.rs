@@ -22,10 +22,7 @@ pub fn apply(file: &mut FileConfig, get: &dyn Fn(&str) -> Option<String>) -> Res
 
     if let Some(v) = get("V2_ROLLOUT_PERCENTAGE") {
         file.rollout.percentage = v.trim().parse().map_err(|_| {
-            ConfigError::new(
-                "V2_ROLLOUT_PERCENTAGE",
-                format!("expected an integer from 0 to 100, got {v:?}"),
-            )
+            ConfigError::new("V2_ROLLOUT_PERCENTAGE", format!("expected an integer from 0 to 100, got {v:?}"))
         })?;
         seen.percentage = true;
     }
@@ -47,19 +44,27 @@ pub fn apply(file: &mut FileConfig, get: &dyn Fn(&str) -> Option<String>) -> Res
     for (name, slot) in [("V1", &mut file.backends.v1), ("V2", &mut file.backends.v2)] {
         let var = |field: &str| get(&format!("SUPABASE_{name}_{field}"));
         let url = var("URL");
-        let anon = var("ANON_KEY");
-        let service = var("SERVICE_ROLE_KEY");
-        let secret = var("JWT_SECRET");
-        if url.is_none() && anon.is_none() && service.is_none() && secret.is_none() {
+        let fields =
+            [var("ANON_KEY"), var("SERVICE_ROLE_KEY"), var("PUBLISHABLE_KEY"), var("SECRET_KEY"), var("JWT_SECRET")];
+        if url.is_none() && fields.iter().all(Option::is_none) {
             continue;
         }
         let backend = slot.get_or_insert_with(BackendFile::default);
         if let Some(url) = url {
             backend.url = url;
         }
-        backend.anon_key = anon.or(backend.anon_key.take());
-        backend.service_role_key = service.or(backend.service_role_key.take());
-        backend.jwt_secret = secret.or(backend.jwt_secret.take());
+        let [anon, service, publishable, secret_key, jwt] = fields;
+        for (value, target) in [
+            (anon, &mut backend.anon_key),
+            (service, &mut backend.service_role_key),
+            (publishable, &mut backend.publishable_key),
+            (secret_key, &mut backend.secret_key),
+            (jwt, &mut backend.jwt_secret),
+        ] {
+            if value.is_some() {
+                *target = value;
+            }
+        }
     }
     Ok(seen)
 }

@@ -15,6 +15,39 @@ pub struct FileConfig {
     pub services: ServicesFile,
     pub upstream: UpstreamFile,
     pub backends: BackendsFile,
+    pub translation: TranslationFile,
+}
+
+/// Name maps for requests sent to a project whose layout differs from the client's.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TranslationFile {
+    /// TOML file with `[tables]`, `[rpc]` and `[edge_functions.v1|v2]` (relative to
+    /// this config's directory); inline tables below add to it and win.
+    pub schema_map: Option<String>,
+    /// `reject` (400 naming both tables) or `pass` for a `select=` embed that v2 could
+    /// not resolve because the tables live in different schemas.
+    pub cross_schema_embeds: Option<String>,
+    pub tables: std::collections::BTreeMap<String, String>,
+    pub rpc: std::collections::BTreeMap<String, String>,
+    pub edge_functions: EdgeFunctionsFile,
+}
+
+/// Edge Function renames, per backend the request is sent to.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EdgeFunctionsFile {
+    pub v1: std::collections::BTreeMap<String, String>,
+    pub v2: std::collections::BTreeMap<String, String>,
+}
+
+/// `schema-map.toml`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SchemaMapFile {
+    pub tables: std::collections::BTreeMap<String, String>,
+    pub rpc: std::collections::BTreeMap<String, String>,
+    pub edge_functions: EdgeFunctionsFile,
 }
 
 #[derive(Debug, Deserialize)]
@@ -128,6 +161,9 @@ pub struct BackendFile {
     pub url: String,
     pub anon_key: Option<String>,
     pub service_role_key: Option<String>,
+    /// New-style opaque keys (`sb_publishable_…`, `sb_secret_…`).
+    pub publishable_key: Option<String>,
+    pub secret_key: Option<String>,
     pub jwt_secret: Option<String>,
     /// The `iss` of user tokens this project signs; defaults to `<url>/auth/v1`.
     pub issuer: Option<String>,

@@ -7,6 +7,7 @@ pub mod file;
 pub mod secret;
 pub mod url;
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
@@ -18,6 +19,8 @@ use crate::identity::IdentitySource;
 use crate::routing::policy::{AnonymousPolicy, ServicePolicies};
 use crate::routing::service::Service;
 pub use secret::Secret;
+
+use crate::translate::schema::SchemaMap;
 pub use url::BaseUrl;
 
 /// A refused configuration: which key, and why.
@@ -32,10 +35,7 @@ pub struct ConfigError {
 
 impl ConfigError {
     pub(crate) fn new(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
-        ConfigError {
-            key: key.into(),
-            message: message.into(),
-        }
+        ConfigError { key: key.into(), message: message.into() }
     }
 }
 
@@ -60,6 +60,18 @@ pub struct Config {
     pub services: ServicePolicies,
     pub upstream: UpstreamConfig,
     pub backends: PerBackend<BackendConfig>,
+    pub translation: TranslationConfig,
+}
+
+/// What changes in a request sent to the project whose layout is not the client's.
+#[derive(Debug, Clone, Default)]
+pub struct TranslationConfig {
+    /// v1 `public` tables and functions → their v2 schema and name.
+    pub schema: SchemaMap,
+    /// Edge Function renames (first path segment → new path), per target backend.
+    pub edge_functions: PerBackend<BTreeMap<String, String>>,
+    /// Answer 400 to a `select=` embed across v2 schemas (else pass it through).
+    pub reject_cross_schema_embeds: bool,
 }
 
 /// Listener settings: read at start; a reload that changes them is logged and
@@ -111,6 +123,8 @@ pub struct BackendConfig {
     pub url: BaseUrl,
     pub anon_key: Option<Secret>,
     pub service_role_key: Option<Secret>,
+    pub publishable_key: Option<Secret>,
+    pub secret_key: Option<Secret>,
     pub jwt_secret: Option<Secret>,
     /// `iss` of the user tokens this project signs.
     pub issuer: String,
@@ -121,20 +135,76 @@ impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| ConfigError::new("config", format!("cannot read {}: {e}", path.display())))?;
-        Config::parse(&text, &|k| std::env::var(k).ok())
+        let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        Config::parse_in(&text, &|k| std::env::var(k).ok(), dir)
     }
 
     /// Parses TOML text, applies the environment seen through `env`, validates.
+    /// Relative file names in it are relative to the current directory.
     pub fn parse(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
-        let de = toml::Deserializer::parse(text).map_err(|e| ConfigError::new("config", e.to_string()))?;
-        let mut raw: file::FileConfig = serde_path_to_error::deserialize(de).map_err(|e| {
-            let key = e.path().to_string();
-            let key = if key == "." { "config".to_string() } else { key };
-            ConfigError::new(key, e.into_inner().message().to_string())
-        })?;
-        let seen = env::apply(&mut raw, env)?;
-        validate(raw, seen)
+        Config::parse_in(text, env, Path::new("."))
     }
+
+    /// As [`Config::parse`], with relative file names resolved against `dir`.
+    pub fn parse_in(text: &str, env: &dyn Fn(&str) -> Option<String>, dir: &Path) -> Result<Config, ConfigError> {
+        let mut raw: file::FileConfig = from_toml(text, "")?;
+        let seen = env::apply(&mut raw, env)?;
+        let translation = translation(&mut raw.translation, dir)?;
+        let mut config = validate(raw, seen)?;
+        config.translation = translation;
+        Ok(config)
+    }
+}
+
+/// Deserialises TOML; errors name the dotted key, prefixed with `prefix`.
+fn from_toml<T: serde::de::DeserializeOwned>(text: &str, prefix: &str) -> Result<T, ConfigError> {
+    let at = |key: String| if prefix.is_empty() { key } else { format!("{prefix}: {key}") };
+    let de = toml::Deserializer::parse(text).map_err(|e| ConfigError::new(at("config".into()), e.to_string()))?;
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let key = e.path().to_string();
+        let key = if key == "." { "config".to_string() } else { key };
+        ConfigError::new(at(key), e.into_inner().message().to_string())
+    })
+}
+
+/// Name maps for translated requests: the schema-map file, then inline entries.
+fn translation(raw: &mut file::TranslationFile, dir: &Path) -> Result<TranslationConfig, ConfigError> {
+    let mut merged = file::SchemaMapFile::default();
+    if let Some(name) = &raw.schema_map {
+        let path = dir.join(name);
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| ConfigError::new("translation.schema_map", format!("cannot read {}: {e}", path.display())))?;
+        merged = from_toml(&text, &path.display().to_string())?;
+    }
+    merged.tables.append(&mut raw.tables);
+    merged.rpc.append(&mut raw.rpc);
+    merged.edge_functions.v1.append(&mut raw.edge_functions.v1);
+    merged.edge_functions.v2.append(&mut raw.edge_functions.v2);
+    let schema =
+        SchemaMap::from_entries(&merged.tables, &merged.rpc).map_err(|m| ConfigError::new("translation", m))?;
+    let reject_cross_schema_embeds = match raw.cross_schema_embeds.as_deref() {
+        None | Some("reject") => true,
+        Some("pass") => false,
+        Some(other) => {
+            return Err(ConfigError::new(
+                "translation.cross_schema_embeds",
+                format!("expected \"reject\" or \"pass\", got {other:?}"),
+            ));
+        }
+    };
+    for (id, map) in [("v1", &merged.edge_functions.v1), ("v2", &merged.edge_functions.v2)] {
+        if let Some((k, _)) = map.iter().find(|(k, v)| k.is_empty() || k.contains('/') || v.is_empty()) {
+            return Err(ConfigError::new(
+                format!("translation.edge_functions.{id}.{k}"),
+                "names a function by its first path segment, mapped to a non-empty path",
+            ));
+        }
+    }
+    Ok(TranslationConfig {
+        schema,
+        edge_functions: PerBackend { v1: merged.edge_functions.v1, v2: merged.edge_functions.v2 },
+        reject_cross_schema_embeds,
+    })
 }
 
 fn seconds(key: &str, v: f64) -> Result<Duration, ConfigError> {
@@ -157,16 +227,11 @@ fn ca_certificates(path: &str) -> Result<Vec<rustls_pki_types::CertificateDer<'s
 }
 
 fn socket_addr(key: &str, v: &str) -> Result<SocketAddr, ConfigError> {
-    v.parse()
-        .map_err(|_| ConfigError::new(key, format!("expected IP:PORT (e.g. 127.0.0.1:8080), got {v:?}")))
+    v.parse().map_err(|_| ConfigError::new(key, format!("expected IP:PORT (e.g. 127.0.0.1:8080), got {v:?}")))
 }
 
 fn validate(raw: file::FileConfig, seen: env::Overridden) -> Result<Config, ConfigError> {
-    let pct_key = if seen.percentage {
-        "V2_ROLLOUT_PERCENTAGE"
-    } else {
-        "rollout.percentage"
-    };
+    let pct_key = if seen.percentage { "V2_ROLLOUT_PERCENTAGE" } else { "rollout.percentage" };
     let percentage = u8::try_from(raw.rollout.percentage)
         .ok()
         .filter(|p| *p <= 100)
@@ -181,32 +246,18 @@ fn validate(raw: file::FileConfig, seen: env::Overridden) -> Result<Config, Conf
     let mut sources = Vec::new();
     for s in &raw.identity.sources {
         let src = IdentitySource::parse(s).ok_or_else(|| {
-            ConfigError::new(
-                "identity.sources",
-                format!("expected \"jwt\", \"path\" or \"header\", got {s:?}"),
-            )
+            ConfigError::new("identity.sources", format!("expected \"jwt\", \"path\" or \"header\", got {s:?}"))
         })?;
         if !sources.contains(&src) {
             sources.push(src);
         }
     }
-    let header = HeaderName::try_from(raw.identity.header.as_str()).map_err(|_| {
-        ConfigError::new(
-            "identity.header",
-            format!("not a header name: {:?}", raw.identity.header),
-        )
-    })?;
+    let header = HeaderName::try_from(raw.identity.header.as_str())
+        .map_err(|_| ConfigError::new("identity.header", format!("not a header name: {:?}", raw.identity.header)))?;
     let cookie_ok = !raw.identity.cookie_name.is_empty()
-        && raw
-            .identity
-            .cookie_name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+        && raw.identity.cookie_name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
     if !cookie_ok {
-        return Err(ConfigError::new(
-            "identity.cookie_name",
-            "use letters, digits, '-', '_' or '.'",
-        ));
+        return Err(ConfigError::new("identity.cookie_name", "use letters, digits, '-', '_' or '.'"));
     }
 
     let mut services = ServicePolicies::default();
@@ -246,20 +297,13 @@ fn validate(raw: file::FileConfig, seen: env::Overridden) -> Result<Config, Conf
             listen: socket_addr("server.listen", &raw.server.listen)?,
             admin_listen,
             shutdown_grace: seconds("server.shutdown_grace_seconds", raw.server.shutdown_grace_seconds)?,
-            header_read_timeout: seconds(
-                "server.header_read_timeout_seconds",
-                raw.server.header_read_timeout_seconds,
-            )?,
+            header_read_timeout: seconds("server.header_read_timeout_seconds", raw.server.header_read_timeout_seconds)?,
             watch_config: raw.server.watch_config,
             admin_token: raw.server.admin_token.map(Secret::new),
         },
         rollout: RolloutConfig {
             percentage,
-            percentage_source: if seen.percentage {
-                PercentageSource::Env
-            } else {
-                PercentageSource::File
-            },
+            percentage_source: if seen.percentage { PercentageSource::Env } else { PercentageSource::File },
             hash_seed: raw.rollout.hash_seed.into_bytes(),
             force,
         },
@@ -276,6 +320,7 @@ fn validate(raw: file::FileConfig, seen: env::Overridden) -> Result<Config, Conf
             v1: backend(BackendId::V1, raw.backends.v1)?,
             v2: backend(BackendId::V2, raw.backends.v2)?,
         },
+        translation: TranslationConfig::default(),
     })
 }
 
@@ -284,10 +329,7 @@ fn backend(id: BackendId, raw: Option<file::BackendFile>) -> Result<BackendConfi
     let raw = raw.ok_or_else(|| {
         ConfigError::new(
             &key,
-            format!(
-                "missing: add a [{key}] table with a url (or set SUPABASE_{}_URL)",
-                id.as_str().to_uppercase()
-            ),
+            format!("missing: add a [{key}] table with a url (or set SUPABASE_{}_URL)", id.as_str().to_uppercase()),
         )
     })?;
     let url = BaseUrl::parse(&raw.url).map_err(|m| ConfigError::new(format!("{key}.url"), m))?;
@@ -301,6 +343,8 @@ fn backend(id: BackendId, raw: Option<file::BackendFile>) -> Result<BackendConfi
     Ok(BackendConfig {
         anon_key: secret("anon_key", raw.anon_key)?,
         service_role_key: secret("service_role_key", raw.service_role_key)?,
+        publishable_key: secret("publishable_key", raw.publishable_key)?,
+        secret_key: secret("secret_key", raw.secret_key)?,
         jwt_secret: secret("jwt_secret", raw.jwt_secret)?,
         issuer,
         url,
@@ -336,10 +380,7 @@ url = "http://127.0.0.1:18002"
         assert_eq!(c.server.admin_listen.unwrap().port(), 9090);
         assert_eq!(c.backends.v2.url.to_string(), "http://127.0.0.1:18002");
         assert_eq!(c.backends.v1.issuer, "http://127.0.0.1:18001/auth/v1");
-        assert_eq!(
-            c.identity.sources,
-            [IdentitySource::Jwt, IdentitySource::Path, IdentitySource::Header]
-        );
+        assert_eq!(c.identity.sources, [IdentitySource::Jwt, IdentitySource::Path, IdentitySource::Header]);
         assert_eq!(c.identity.anonymous, AnonymousPolicy::Random);
     }
 
@@ -351,25 +392,16 @@ url = "http://127.0.0.1:18002"
     fn errors_name_the_key() {
         assert_eq!(err(&MINIMAL.replace("= 37", "= 101")).key, "rollout.percentage");
         assert_eq!(err(&MINIMAL.replace("= 37", "= -1")).key, "rollout.percentage");
-        assert_eq!(
-            err(&MINIMAL.replace("http://127.0.0.1:18002", "not a url")).key,
-            "backends.v2.url"
-        );
+        assert_eq!(err(&MINIMAL.replace("http://127.0.0.1:18002", "not a url")).key, "backends.v2.url");
         let e = err(&MINIMAL.replace("percentage = 37", "percentage = 37\npercentag = 3"));
         assert_eq!(e.key, "rollout.percentag", "{e}");
         assert!(e.message.contains("unknown field"), "{e}");
         let no_v2 = MINIMAL.split("[backends.v2]").next().unwrap();
         assert_eq!(err(no_v2).key, "backends.v2");
-        assert_eq!(
-            err(&MINIMAL.replace("\"127.0.0.1:8080\"", "\"nowhere\"")).key,
-            "server.listen"
-        );
+        assert_eq!(err(&MINIMAL.replace("\"127.0.0.1:8080\"", "\"nowhere\"")).key, "server.listen");
         assert_eq!(err("[backends.v3]\nurl = \"http://x\"").key, "backends.v3");
         assert_eq!(err("[rollout\n").key, "config");
-        assert_eq!(
-            err(&format!("{MINIMAL}\n[services]\nauth = \"v3\"")).key,
-            "services.auth"
-        );
+        assert_eq!(err(&format!("{MINIMAL}\n[services]\nauth = \"v3\"")).key, "services.auth");
     }
 
     #[test]

@@ -18,17 +18,11 @@ impl BaseUrl {
     /// Parses and checks a backend URL.
     pub fn parse(raw: &str) -> Result<BaseUrl, String> {
         let uri: Uri = raw.trim().parse().map_err(|e| format!("not a URL ({e}): {raw:?}"))?;
-        let scheme = uri
-            .scheme()
-            .cloned()
-            .ok_or_else(|| format!("missing http:// or https:// in {raw:?}"))?;
+        let scheme = uri.scheme().cloned().ok_or_else(|| format!("missing http:// or https:// in {raw:?}"))?;
         if scheme != Scheme::HTTP && scheme != Scheme::HTTPS {
             return Err(format!("scheme must be http or https in {raw:?}"));
         }
-        let authority = uri
-            .authority()
-            .cloned()
-            .ok_or_else(|| format!("missing host in {raw:?}"))?;
+        let authority = uri.authority().cloned().ok_or_else(|| format!("missing host in {raw:?}"))?;
         if authority.host().is_empty() {
             return Err(format!("missing host in {raw:?}"));
         }
@@ -36,19 +30,13 @@ impl BaseUrl {
             return Err(format!("a backend URL takes no query string: {raw:?}"));
         }
         let prefix = uri.path().trim_end_matches('/').to_string();
-        Ok(BaseUrl {
-            scheme,
-            authority,
-            prefix,
-        })
+        Ok(BaseUrl { scheme, authority, prefix })
     }
 
     /// The upstream URI for a request's path and query, which are kept byte for byte.
     pub fn join(&self, path_and_query: Option<&PathAndQuery>) -> Result<Uri, http::Error> {
         let pq = path_and_query.map_or("/", |pq| pq.as_str());
-        let builder = Uri::builder()
-            .scheme(self.scheme.clone())
-            .authority(self.authority.clone());
+        let builder = Uri::builder().scheme(self.scheme.clone()).authority(self.authority.clone());
         if self.prefix.is_empty() {
             builder.path_and_query(pq).build()
         } else {
@@ -72,10 +60,7 @@ mod tests {
         let b = BaseUrl::parse("https://abc.supabase.co/").unwrap();
         assert_eq!(b.to_string(), "https://abc.supabase.co");
         let pq: PathAndQuery = "/rest/v1/t?select=*&id=eq.1%20x".parse().unwrap();
-        assert_eq!(
-            b.join(Some(&pq)).unwrap().to_string(),
-            "https://abc.supabase.co/rest/v1/t?select=*&id=eq.1%20x"
-        );
+        assert_eq!(b.join(Some(&pq)).unwrap().to_string(), "https://abc.supabase.co/rest/v1/t?select=*&id=eq.1%20x");
         let p = BaseUrl::parse("http://127.0.0.1:9/base").unwrap();
         assert_eq!(p.join(Some(&pq)).unwrap().path(), "/base/rest/v1/t");
     }

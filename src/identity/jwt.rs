@@ -68,6 +68,7 @@ struct Project {
 pub struct Verifier {
     projects: PerBackend<Project>,
     validation: Validation,
+    signature_only: Validation,
     any_secret: bool,
 }
 
@@ -76,20 +77,14 @@ impl Verifier {
     pub fn new(backends: &PerBackend<BackendConfig>, leeway_seconds: u64) -> Verifier {
         let project = |b: &BackendConfig| Project {
             issuer: b.issuer.clone(),
-            key: b
-                .jwt_secret
-                .as_ref()
-                .map(|s| DecodingKey::from_secret(s.expose().as_bytes())),
-            api_keys: [&b.anon_key, &b.service_role_key]
+            key: b.jwt_secret.as_ref().map(|s| DecodingKey::from_secret(s.expose().as_bytes())),
+            api_keys: [&b.anon_key, &b.service_role_key, &b.publishable_key, &b.secret_key]
                 .into_iter()
                 .flatten()
                 .map(|k| k.expose().to_string())
                 .collect(),
         };
-        let projects = PerBackend {
-            v1: project(&backends.v1),
-            v2: project(&backends.v2),
-        };
+        let projects = PerBackend { v1: project(&backends.v1), v2: project(&backends.v2) };
         let any_secret = projects.iter().any(|(_, p)| p.key.is_some());
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = leeway_seconds;
@@ -97,20 +92,24 @@ impl Verifier {
         // Supabase user tokens carry `aud: authenticated`; the backend checks audience.
         validation.validate_aud = false;
         validation.required_spec_claims.clear();
-        Verifier {
-            projects,
-            validation,
-            any_secret,
-        }
+        let mut signature_only = validation.clone();
+        signature_only.validate_exp = false;
+        signature_only.validate_nbf = false;
+        Verifier { projects, validation, signature_only, any_secret }
+    }
+
+    /// The project whose secret signed `token` (expiry not checked: the service that
+    /// gets it answers an expired token itself). Used for Storage signed URLs.
+    pub fn signed_by(&self, token: &str) -> Option<BackendId> {
+        self.projects.iter().find_map(|(id, p)| {
+            let key = p.key.as_ref()?;
+            jsonwebtoken::decode::<serde::de::IgnoredAny>(token, key, &self.signature_only).ok().map(|_| id)
+        })
     }
 
     /// Classifies and, where a secret is configured, verifies `token`.
     pub fn check(&self, token: &str) -> Result<Token, AuthReason> {
-        if let Some((id, _)) = self
-            .projects
-            .iter()
-            .find(|(_, p)| p.api_keys.iter().any(|k| k == token))
-        {
+        if let Some((id, _)) = self.projects.iter().find(|(_, p)| p.api_keys.iter().any(|k| k == token)) {
             return Ok(Token::ApiKey(id));
         }
         let claims = match jsonwebtoken::decode_header(token)
@@ -119,41 +118,24 @@ impl Verifier {
             Ok(c) => c,
             // Nothing here could verify it anyway: let the backend answer.
             Err(_) if !self.any_secret => {
-                return Ok(Token::Jwt {
-                    sub: None,
-                    issuer: None,
-                    verified: false,
-                });
+                return Ok(Token::Jwt { sub: None, issuer: None, verified: false });
             }
             Err(_) => return Err(AuthReason::Malformed),
         };
         let sub = claims.sub.filter(|s| !s.is_empty());
-        let named = claims
-            .iss
-            .as_deref()
-            .and_then(|iss| self.projects.iter().find(|(_, p)| p.issuer == iss).map(|(id, _)| id));
+        let named =
+            claims.iss.as_deref().and_then(|iss| self.projects.iter().find(|(_, p)| p.issuer == iss).map(|(id, _)| id));
         // The issuer's own secret if the token names a known issuer, else any secret.
-        let mut candidates = self
-            .projects
-            .iter()
-            .filter(|(id, p)| p.key.is_some() && named.is_none_or(|n| n == *id))
-            .peekable();
+        let mut candidates =
+            self.projects.iter().filter(|(id, p)| p.key.is_some() && named.is_none_or(|n| n == *id)).peekable();
         if candidates.peek().is_none() {
-            return Ok(Token::Jwt {
-                sub,
-                issuer: named,
-                verified: false,
-            });
+            return Ok(Token::Jwt { sub, issuer: named, verified: false });
         }
         for (id, project) in candidates {
             let key = project.key.as_ref().expect("filtered on key");
             match jsonwebtoken::decode::<serde::de::IgnoredAny>(token, key, &self.validation) {
                 Ok(_) => {
-                    return Ok(Token::Jwt {
-                        sub,
-                        issuer: Some(id),
-                        verified: true,
-                    });
+                    return Ok(Token::Jwt { sub, issuer: Some(id), verified: true });
                 }
                 Err(e) => match e.kind() {
                     ErrorKind::InvalidSignature => continue,
@@ -175,12 +157,7 @@ pub(crate) mod tests {
     use serde_json::json;
 
     pub(crate) fn sign(secret: &str, claims: serde_json::Value) -> String {
-        encode(
-            &Header::new(Algorithm::HS256),
-            &claims,
-            &EncodingKey::from_secret(secret.as_bytes()),
-        )
-        .unwrap()
+        encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(secret.as_bytes())).unwrap()
     }
 
     fn now() -> u64 {
@@ -192,26 +169,19 @@ pub(crate) mod tests {
             url: BaseUrl::parse(&format!("http://127.0.0.1:1800{n}")).unwrap(),
             anon_key: Some(Secret::new(format!("anon-{n}"))),
             service_role_key: Some(Secret::new(format!("service-{n}"))),
+            publishable_key: None,
+            secret_key: None,
             jwt_secret: secret.map(Secret::new),
             issuer: format!("https://ref{n}.supabase.co/auth/v1"),
         }
     }
 
     fn verifier(s1: Option<&str>, s2: Option<&str>) -> Verifier {
-        Verifier::new(
-            &PerBackend {
-                v1: backend(1, s1),
-                v2: backend(2, s2),
-            },
-            30,
-        )
+        Verifier::new(&PerBackend { v1: backend(1, s1), v2: backend(2, s2) }, 30)
     }
 
     fn user(secret: &str, iss: &str, exp: u64) -> String {
-        sign(
-            secret,
-            json!({"sub": "u-1", "iss": iss, "exp": exp, "aud": "authenticated", "role": "authenticated"}),
-        )
+        sign(secret, json!({"sub": "u-1", "iss": iss, "exp": exp, "aud": "authenticated", "role": "authenticated"}))
     }
 
     const ISS1: &str = "https://ref1.supabase.co/auth/v1";
@@ -229,11 +199,7 @@ pub(crate) mod tests {
         let t = user("s1", ISS1, now() + 600);
         assert_eq!(
             v.check(&t),
-            Ok(Token::Jwt {
-                sub: Some("u-1".into()),
-                issuer: Some(BackendId::V1),
-                verified: true
-            })
+            Ok(Token::Jwt { sub: Some("u-1".into()), issuer: Some(BackendId::V1), verified: true })
         );
         assert_eq!(v.check(&user("s2", ISS1, now() + 600)), Err(AuthReason::Signature));
         assert_eq!(v.check(&user("s1", ISS1, now() - 600)), Err(AuthReason::Expired));
@@ -247,11 +213,7 @@ pub(crate) mod tests {
         let t = sign("s2", json!({"sub": "u-2", "iss": "supabase", "exp": now() + 60}));
         assert_eq!(
             v.check(&t).unwrap(),
-            Token::Jwt {
-                sub: Some("u-2".into()),
-                issuer: Some(BackendId::V2),
-                verified: true
-            }
+            Token::Jwt { sub: Some("u-2".into()), issuer: Some(BackendId::V2), verified: true }
         );
         let forged = sign("nope", json!({"sub": "u-2", "exp": now() + 60}));
         assert_eq!(v.check(&forged), Err(AuthReason::Signature));
@@ -265,12 +227,9 @@ pub(crate) mod tests {
         let (_, payload) = (parts.next(), parts.next().unwrap());
         let none = format!("eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.{payload}.");
         assert_eq!(v.check(&none), Err(AuthReason::Malformed));
-        let hs512 = encode(
-            &Header::new(Algorithm::HS512),
-            &json!({"sub":"x","iss":ISS1}),
-            &EncodingKey::from_secret(b"s1"),
-        )
-        .unwrap();
+        let hs512 =
+            encode(&Header::new(Algorithm::HS512), &json!({"sub":"x","iss":ISS1}), &EncodingKey::from_secret(b"s1"))
+                .unwrap();
         assert_eq!(v.check(&hs512), Err(AuthReason::Algorithm));
         for garbage in ["", "abc", "a.b.c", "....", "eyJ.eyJ.x"] {
             assert_eq!(v.check(garbage), Err(AuthReason::Malformed), "{garbage:?}");
@@ -283,20 +242,9 @@ pub(crate) mod tests {
         let t = user("whatever", ISS1, now() - 6000);
         assert_eq!(
             v.check(&t),
-            Ok(Token::Jwt {
-                sub: Some("u-1".into()),
-                issuer: Some(BackendId::V1),
-                verified: false
-            })
+            Ok(Token::Jwt { sub: Some("u-1".into()), issuer: Some(BackendId::V1), verified: false })
         );
-        assert_eq!(
-            v.check("garbage"),
-            Ok(Token::Jwt {
-                sub: None,
-                issuer: None,
-                verified: false
-            })
-        );
+        assert_eq!(v.check("garbage"), Ok(Token::Jwt { sub: None, issuer: None, verified: false }));
     }
 
     #[test]
@@ -305,11 +253,7 @@ pub(crate) mod tests {
         let t = user("v2-secret", "https://ref2.supabase.co/auth/v1", now() + 60);
         assert_eq!(
             v.check(&t),
-            Ok(Token::Jwt {
-                sub: Some("u-1".into()),
-                issuer: Some(BackendId::V2),
-                verified: false
-            })
+            Ok(Token::Jwt { sub: Some("u-1".into()), issuer: Some(BackendId::V2), verified: false })
         );
     }
 }

@@ -59,10 +59,7 @@ const MAX_ID_LEN: usize = 256;
 pub fn bearer(headers: &HeaderMap) -> Option<&str> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then(|| token.trim())
-        .filter(|t| !t.is_empty())
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim()).filter(|t| !t.is_empty())
 }
 
 /// The user of an admin call: `/auth/v1/admin/users/<uid>[/...]`.
@@ -106,9 +103,7 @@ impl Identity {
     /// The project that signed the bearer token, when it is a verified user JWT.
     pub fn verified_issuer(&self) -> Option<BackendId> {
         match self.token {
-            Some(Token::Jwt {
-                issuer, verified: true, ..
-            }) => issuer,
+            Some(Token::Jwt { issuer, verified: true, .. }) => issuer,
             _ => None,
         }
     }
@@ -142,6 +137,8 @@ mod tests {
             url: BaseUrl::parse(&format!("http://127.0.0.1:1800{n}")).unwrap(),
             anon_key: Some(Secret::new(format!("anon-{n}"))),
             service_role_key: None,
+            publishable_key: None,
+            secret_key: None,
             jwt_secret: if n == 1 { secret.map(Secret::new) } else { None },
             issuer: format!("iss-{n}"),
         };
@@ -162,9 +159,7 @@ mod tests {
         sources: &[IdentitySource],
         v: &Verifier,
     ) -> Option<(String, IdentitySource)> {
-        extract(h, path, sources, &HeaderName::from_static("x-user-id"), v)
-            .unwrap()
-            .user
+        extract(h, path, sources, &HeaderName::from_static("x-user-id"), v).unwrap().user
     }
 
     #[test]
@@ -172,30 +167,18 @@ mod tests {
         let t = jwt::tests::sign("s", json!({"sub": "from-jwt", "iss": "iss-1"}));
         let h = headers(&[("authorization", &format!("Bearer {t}")), ("x-user-id", "from-header")]);
         let v = verifier(Some("s"));
-        assert_eq!(
-            user_of(&h, "/rest/v1/t", &ALL, &v),
-            Some(("from-jwt".into(), IdentitySource::Jwt))
-        );
+        assert_eq!(user_of(&h, "/rest/v1/t", &ALL, &v), Some(("from-jwt".into(), IdentitySource::Jwt)));
         let order = [IdentitySource::Header, IdentitySource::Jwt];
-        assert_eq!(
-            user_of(&h, "/rest/v1/t", &order, &v),
-            Some(("from-header".into(), IdentitySource::Header))
-        );
+        assert_eq!(user_of(&h, "/rest/v1/t", &order, &v), Some(("from-header".into(), IdentitySource::Header)));
     }
 
     #[test]
     fn anon_key_falls_through_to_header_and_path() {
         let v = verifier(Some("s"));
         let h = headers(&[("authorization", "Bearer anon-1"), ("x-user-id", " u-9 ")]);
-        assert_eq!(
-            user_of(&h, "/rest/v1/t", &ALL, &v),
-            Some(("u-9".into(), IdentitySource::Header))
-        );
+        assert_eq!(user_of(&h, "/rest/v1/t", &ALL, &v), Some(("u-9".into(), IdentitySource::Header)));
         let path = "/auth/v1/admin/users/2b6e-uid/factors";
-        assert_eq!(
-            user_of(&h, path, &ALL, &v),
-            Some(("2b6e-uid".into(), IdentitySource::Path))
-        );
+        assert_eq!(user_of(&h, path, &ALL, &v), Some(("2b6e-uid".into(), IdentitySource::Path)));
         assert_eq!(user_of(&headers(&[]), "/rest/v1/t", &ALL, &v), None);
     }
 
@@ -203,13 +186,7 @@ mod tests {
     fn forged_token_is_refused_even_with_a_header() {
         let t = jwt::tests::sign("wrong", json!({"sub": "x", "iss": "iss-1"}));
         let h = headers(&[("authorization", &format!("bearer {t}")), ("x-user-id", "u")]);
-        let r = extract(
-            &h,
-            "/",
-            &ALL,
-            &HeaderName::from_static("x-user-id"),
-            &verifier(Some("s")),
-        );
+        let r = extract(&h, "/", &ALL, &HeaderName::from_static("x-user-id"), &verifier(Some("s")));
         assert_eq!(r, Err(AuthReason::Signature));
     }
 
@@ -227,10 +204,7 @@ mod tests {
         let h = headers(&[("cookie", "a=1; switchyard_cohort=42; b=2")]);
         assert_eq!(cookie_percentile(&h, "switchyard_cohort"), Some(42));
         for bad in ["switchyard_cohort=100", "switchyard_cohort=x", "other=5"] {
-            assert_eq!(
-                cookie_percentile(&headers(&[("cookie", bad)]), "switchyard_cohort"),
-                None
-            );
+            assert_eq!(cookie_percentile(&headers(&[("cookie", bad)]), "switchyard_cohort"), None);
         }
     }
 }

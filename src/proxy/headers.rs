@@ -52,11 +52,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
         .flat_map(|v| v.split(','))
         .filter_map(|t| HeaderName::try_from(t.trim()).ok())
         .collect();
-    let kept_upgrade = if upgrade {
-        headers.get(header::UPGRADE).cloned()
-    } else {
-        None
-    };
+    let kept_upgrade = if upgrade { headers.get(header::UPGRADE).cloned() } else { None };
     for name in named.iter().chain(HOP_BY_HOP.iter()) {
         headers.remove(name);
     }
@@ -73,12 +69,11 @@ pub fn prepare_request(
     peer: IpAddr,
     upgrade: bool,
 ) -> Result<(), http::Error> {
-    let original_host = parts.headers.get(header::HOST).cloned().or_else(|| {
-        parts
-            .uri
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-    });
+    let original_host = parts
+        .headers
+        .get(header::HOST)
+        .cloned()
+        .or_else(|| parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
     strip_hop_by_hop(&mut parts.headers, upgrade);
     parts.uri = upstream.join(parts.uri.path_and_query())?;
     parts.version = Version::HTTP_11;
@@ -146,10 +141,7 @@ mod tests {
         );
         let up = BaseUrl::parse("https://abc.supabase.co").unwrap();
         prepare_request(&mut p, &up, "127.0.0.1".parse().unwrap(), false).unwrap();
-        assert_eq!(
-            p.uri.to_string(),
-            "https://abc.supabase.co/rest/v1/t?select=*,a(b)&id=eq.%C3%A9"
-        );
+        assert_eq!(p.uri.to_string(), "https://abc.supabase.co/rest/v1/t?select=*,a(b)&id=eq.%C3%A9");
         assert_eq!(p.version, Version::HTTP_11);
         let h = &p.headers;
         assert_eq!(h["host"], "abc.supabase.co");
@@ -166,11 +158,7 @@ mod tests {
     fn keeps_upgrade_headers_for_websockets() {
         let mut p = parts(
             "http://proxy:8080/realtime/v1/websocket?apikey=a&vsn=2.0.0",
-            &[
-                ("connection", "Upgrade"),
-                ("upgrade", "websocket"),
-                ("sec-websocket-key", "x"),
-            ],
+            &[("connection", "Upgrade"), ("upgrade", "websocket"), ("sec-websocket-key", "x")],
         );
         assert!(is_upgrade(&p.headers));
         let up = BaseUrl::parse("http://127.0.0.1:9").unwrap();
@@ -178,10 +166,7 @@ mod tests {
         assert_eq!(p.headers["connection"], "upgrade");
         assert_eq!(p.headers["upgrade"], "websocket");
         assert_eq!(p.headers["x-forwarded-host"], "proxy:8080");
-        assert_eq!(
-            p.uri.to_string(),
-            "http://127.0.0.1:9/realtime/v1/websocket?apikey=a&vsn=2.0.0"
-        );
+        assert_eq!(p.uri.to_string(), "http://127.0.0.1:9/realtime/v1/websocket?apikey=a&vsn=2.0.0");
     }
 
     #[test]

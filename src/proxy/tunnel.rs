@@ -28,11 +28,7 @@ impl Drop for OpenGuard {
 impl Tunnels {
     /// An empty set; `open` counts live tunnels.
     pub fn new(open: IntGauge) -> Tunnels {
-        Tunnels {
-            tracker: TaskTracker::new(),
-            close: CancellationToken::new(),
-            open,
-        }
+        Tunnels { tracker: TaskTracker::new(), close: CancellationToken::new(), open }
     }
 
     /// Joins the client's and the upstream's upgraded connections once both are ready.
@@ -75,10 +71,7 @@ impl Tunnels {
     pub async fn drain(&self, grace: Duration) {
         self.tracker.close();
         if tokio::time::timeout(grace, self.tracker.wait()).await.is_err() {
-            tracing::info!(
-                open = self.tracker.len(),
-                "closing websocket tunnels still open at the deadline"
-            );
+            tracing::info!(open = self.tracker.len(), "closing websocket tunnels still open at the deadline");
             self.close.cancel();
             self.tracker.wait().await;
         }

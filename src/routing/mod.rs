@@ -24,6 +24,8 @@ pub enum Reason {
     Cohort,
     /// An anonymous request, by the anonymous policy.
     Anonymous,
+    /// A Storage signed URL, sent to the project whose secret signed it.
+    SignedUrl,
 }
 
 /// The inputs of a decision that come from configuration.
@@ -62,27 +64,14 @@ pub struct Decision {
 }
 
 impl Decision {
-    fn fixed(backend: BackendId, reason: Reason) -> Decision {
-        Decision {
-            backend,
-            percentile: None,
-            reason,
-            set_cookie: None,
-        }
+    /// A decision that does not depend on the rollout.
+    pub fn fixed(backend: BackendId, reason: Reason) -> Decision {
+        Decision { backend, percentile: None, reason, set_cookie: None }
     }
 
     fn by_percentile(p: u8, rollout: u8, reason: Reason) -> Decision {
-        let backend = if in_v2_cohort(p, rollout) {
-            BackendId::V2
-        } else {
-            BackendId::V1
-        };
-        Decision {
-            backend,
-            percentile: Some(p),
-            reason,
-            set_cookie: None,
-        }
+        let backend = if in_v2_cohort(p, rollout) { BackendId::V2 } else { BackendId::V1 };
+        Decision { backend, percentile: Some(p), reason, set_cookie: None }
     }
 }
 
@@ -120,12 +109,7 @@ mod tests {
     use super::*;
 
     fn rollout(percentage: u8, anonymous: AnonymousPolicy) -> Rollout<'static> {
-        Rollout {
-            percentage,
-            seed: b"",
-            force: None,
-            anonymous,
-        }
+        Rollout { percentage, seed: b"", force: None, anonymous }
     }
 
     fn never() -> u8 {
@@ -135,14 +119,7 @@ mod tests {
     #[test]
     fn users_follow_their_cohort() {
         // "user-1" is at percentile 19 (see the vectors).
-        let r = |pct| {
-            decide(
-                &rollout(pct, AnonymousPolicy::Random),
-                Policy::Rollout,
-                Subject::User("user-1"),
-                never,
-            )
-        };
+        let r = |pct| decide(&rollout(pct, AnonymousPolicy::Random), Policy::Rollout, Subject::User("user-1"), never);
         assert_eq!(r(19).backend, BackendId::V1);
         assert_eq!(r(20).backend, BackendId::V2);
         assert_eq!(r(20).percentile, Some(19));
@@ -163,14 +140,8 @@ mod tests {
     #[test]
     fn anonymous_policies() {
         let anon = Subject::Anonymous { cookie: None };
-        assert_eq!(
-            decide(&rollout(50, AnonymousPolicy::V1), Policy::Rollout, anon, never).backend,
-            BackendId::V1
-        );
-        assert_eq!(
-            decide(&rollout(50, AnonymousPolicy::V2), Policy::Rollout, anon, never).backend,
-            BackendId::V2
-        );
+        assert_eq!(decide(&rollout(50, AnonymousPolicy::V1), Policy::Rollout, anon, never).backend, BackendId::V1);
+        assert_eq!(decide(&rollout(50, AnonymousPolicy::V2), Policy::Rollout, anon, never).backend, BackendId::V2);
         let random = rollout(50, AnonymousPolicy::Random);
         assert_eq!(decide(&random, Policy::Rollout, anon, || 49).backend, BackendId::V2);
         assert_eq!(decide(&random, Policy::Rollout, anon, || 50).backend, BackendId::V1);

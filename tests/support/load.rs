@@ -58,22 +58,14 @@ where
                 let (status, backend) = match client.request(req).await {
                     Ok(resp) => {
                         let status = resp.status().as_u16();
-                        let backend = resp
-                            .headers()
-                            .get("x-switchyard-backend")
-                            .map(|v| v.to_str().unwrap().to_string());
+                        let backend =
+                            resp.headers().get("x-switchyard-backend").map(|v| v.to_str().unwrap().to_string());
                         let body = http_body_util::BodyExt::collect(resp.into_body()).await;
                         (if body.is_ok() { status } else { 0 }, backend.unwrap_or_default())
                     }
                     Err(_) => (0, String::new()),
                 };
-                seen.lock().await.push(Observation {
-                    start,
-                    end: Instant::now(),
-                    user,
-                    status,
-                    backend,
-                });
+                seen.lock().await.push(Observation { start, end: Instant::now(), user, status, backend });
                 done.fetch_add(1, Ordering::SeqCst);
             }
         }));
@@ -82,30 +74,18 @@ where
         let done = done.clone();
         async move {
             while done.load(Ordering::SeqCst) < target {
-                assert!(
-                    Instant::now() < deadline,
-                    "load stalled at {} requests",
-                    done.load(Ordering::SeqCst)
-                );
+                assert!(Instant::now() < deadline, "load stalled at {} requests", done.load(Ordering::SeqCst));
                 tokio::time::sleep(Duration::from_millis(2)).await;
             }
         }
     };
     let far_past = Instant::now() - Duration::from_secs(3600);
-    let mut changes = vec![Change {
-        start: far_past,
-        end: far_past,
-        percentage: initial,
-    }];
+    let mut changes = vec![Change { start: far_past, end: far_past, percentage: initial }];
     for (i, &p) in percentages.iter().enumerate() {
         wait_for((i + 1) * PER_CHANGE).await;
         let start = Instant::now();
         apply(p).await;
-        changes.push(Change {
-            start,
-            end: Instant::now(),
-            percentage: p,
-        });
+        changes.push(Change { start, end: Instant::now(), percentage: p });
     }
     wait_for((percentages.len() + 1) * PER_CHANGE).await;
     stop.store(true, Ordering::SeqCst);
@@ -135,11 +115,7 @@ fn check(changes: &[Change], seen: &[Observation]) {
             .collect();
         let p = super::percentile(&o.user);
         let ok = candidates.iter().any(|&pct| (p < pct) == (o.backend == "v2"));
-        assert!(
-            ok,
-            "{} (percentile {p}) went to {} while {:?} were in force",
-            o.user, o.backend, candidates
-        );
+        assert!(ok, "{} (percentile {p}) went to {} while {:?} were in force", o.user, o.backend, candidates);
     }
 }
 

@@ -85,12 +85,8 @@ pub async fn echo_body(label: &str, req: Request<Incoming>) -> Value {
         .headers
         .keys()
         .map(|k| {
-            let vals = parts
-                .headers
-                .get_all(k)
-                .iter()
-                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-                .collect();
+            let vals =
+                parts.headers.get_all(k).iter().map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()).collect();
             (k.as_str().to_string(), vals)
         })
         .collect();
@@ -109,10 +105,7 @@ pub async fn echo_body(label: &str, req: Request<Incoming>) -> Value {
 pub async fn echo(label: &'static str) -> Upstream {
     upstream(move |req| async move {
         let v = echo_body(label, req).await;
-        Response::builder()
-            .header("content-type", "application/json")
-            .body(full(v.to_string()))
-            .unwrap()
+        Response::builder().header("content-type", "application/json").body(full(v.to_string())).unwrap()
     })
     .await
 }
@@ -178,10 +171,7 @@ impl Got {
         serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
     }
     pub fn backend(&self) -> &str {
-        self.headers
-            .get("x-switchyard-backend")
-            .map(|v| v.to_str().unwrap())
-            .unwrap_or("")
+        self.headers.get("x-switchyard-backend").map(|v| v.to_str().unwrap()).unwrap_or("")
     }
 }
 
@@ -191,17 +181,10 @@ pub async fn send(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, 
     for (k, v) in headers {
         b = b.header(*k, *v);
     }
-    let resp = client()
-        .request(b.body(full(body.to_string())).unwrap())
-        .await
-        .expect("request sent");
+    let resp = client().request(b.body(full(body.to_string())).unwrap()).await.expect("request sent");
     let (parts, body) = resp.into_parts();
     let body = body.collect().await.expect("whole body").to_bytes();
-    Got {
-        status: parts.status,
-        headers: parts.headers,
-        body,
-    }
+    Got { status: parts.status, headers: parts.headers, body }
 }
 
 /// GET with `x-user-id: user`.
@@ -220,18 +203,10 @@ pub fn percentile(user: &str) -> u8 {
 /// HS256 token with `claims`, signed with `secret`.
 pub fn jwt(secret: &str, claims: Value) -> String {
     use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
-    encode(
-        &Header::new(Algorithm::HS256),
-        &claims,
-        &EncodingKey::from_secret(secret.as_bytes()),
-    )
-    .unwrap()
+    encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(secret.as_bytes())).unwrap()
 }
 
 /// Seconds since the epoch.
 pub fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
 }

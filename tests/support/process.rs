@@ -24,12 +24,7 @@ pub fn write_config(name: &str, text: &str) -> PathBuf {
 pub fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(BIN);
     cmd.args(args);
-    for var in [
-        "V2_ROLLOUT_PERCENTAGE",
-        "SUPABASE_ENV",
-        "SUPABASE_V1_URL",
-        "SUPABASE_V2_URL",
-    ] {
+    for var in ["V2_ROLLOUT_PERCENTAGE", "SUPABASE_ENV", "SUPABASE_V1_URL", "SUPABASE_V2_URL"] {
         cmd.env_remove(var);
     }
     cmd.envs(env.iter().copied()).output().expect("switchyard runs")
@@ -57,25 +52,16 @@ impl Serving {
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let field = |name: &str| {
-                    line.split(name)
-                        .nth(1)
-                        .map(|r| r.split_whitespace().next().unwrap().to_string())
-                };
+                let field =
+                    |name: &str| line.split(name).nth(1).map(|r| r.split_whitespace().next().unwrap().to_string());
                 if let Some(addr) = field(" listen=") {
                     let _ = tx.send((addr, field(" admin=")));
                 }
             }
         });
-        let (addr, admin) = rx
-            .recv_timeout(Duration::from_secs(20))
-            .expect("switchyard said where it listens");
+        let (addr, admin) = rx.recv_timeout(Duration::from_secs(20)).expect("switchyard said where it listens");
         let admin = admin.and_then(|a| a.parse().ok());
-        Serving {
-            child,
-            addr: addr.parse().unwrap(),
-            admin,
-        }
+        Serving { child, addr: addr.parse().unwrap(), admin }
     }
 
     /// Peak resident memory so far, in bytes (VmHWM).
@@ -88,10 +74,7 @@ impl Serving {
 
     /// Sends `signal` (e.g. "TERM") to the process.
     pub fn signal(&self, signal: &str) {
-        let ok = Command::new("kill")
-            .args([&format!("-{signal}"), &self.child.id().to_string()])
-            .status()
-            .unwrap();
+        let ok = Command::new("kill").args([&format!("-{signal}"), &self.child.id().to_string()]).status().unwrap();
         assert!(ok.success());
     }
 

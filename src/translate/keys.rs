@@ -1,0 +1,105 @@
+//! Project credentials in pairs: v1's anon key ↔ v2's anon key, and so on for
+//! service_role, publishable and secret keys, and HS256 re-signing of user JWTs for
+//! the project that did not issue them.
+
+use jsonwebtoken::{Algorithm, EncodingKey};
+
+use crate::backend::{BackendId, PerBackend};
+use crate::config::{BackendConfig, Secret};
+
+/// The credentials of both projects, row by kind.
+pub struct KeyMap {
+    rows: Vec<PerBackend<Option<String>>>,
+    signers: PerBackend<Option<EncodingKey>>,
+}
+
+/// `{"alg":"HS256","typ":"JWT"}`, base64url: the header of every re-signed token.
+const HS256_HEADER: &str = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9";
+
+impl KeyMap {
+    /// Pairs up the keys configured for both backends.
+    pub fn new(backends: &PerBackend<BackendConfig>) -> KeyMap {
+        let pick = |f: fn(&BackendConfig) -> &Option<Secret>| PerBackend {
+            v1: f(&backends.v1).as_ref().map(|s| s.expose().to_string()),
+            v2: f(&backends.v2).as_ref().map(|s| s.expose().to_string()),
+        };
+        let rows = vec![
+            pick(|b| &b.anon_key),
+            pick(|b| &b.service_role_key),
+            pick(|b| &b.publishable_key),
+            pick(|b| &b.secret_key),
+        ];
+        let signer = |b: &BackendConfig| b.jwt_secret.as_ref().map(|s| EncodingKey::from_secret(s.expose().as_bytes()));
+        KeyMap { rows, signers: PerBackend { v1: signer(&backends.v1), v2: signer(&backends.v2) } }
+    }
+
+    /// `to`'s counterpart of a key that belongs to the other project, if both are known.
+    pub fn counterpart(&self, key: &str, to: BackendId) -> Option<&str> {
+        let from = to.other();
+        self.rows
+            .iter()
+            .find(|row| row.get(from).as_deref() == Some(key))
+            .and_then(|row| row.get(to).as_deref())
+            .filter(|k| *k != key)
+    }
+
+    /// `token` (already verified as issued by the other project) signed for `to`, every
+    /// claim byte for byte the same; `None` when `to`'s secret is not configured.
+    pub fn resign(&self, token: &str, to: BackendId) -> Option<String> {
+        let key = self.signers.get(to).as_ref()?;
+        let payload = token.split('.').nth(1)?;
+        let message = format!("{HS256_HEADER}.{payload}");
+        let signature = jsonwebtoken::crypto::sign(message.as_bytes(), key, Algorithm::HS256).ok()?;
+        Some(format!("{message}.{signature}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::BaseUrl;
+    use jsonwebtoken::{DecodingKey, Validation};
+
+    fn backend(n: u8, publishable: bool) -> BackendConfig {
+        BackendConfig {
+            url: BaseUrl::parse(&format!("http://127.0.0.1:{n}")).unwrap(),
+            anon_key: Some(Secret::new(format!("anon-{n}"))),
+            service_role_key: Some(Secret::new(format!("service-{n}"))),
+            publishable_key: publishable.then(|| Secret::new(format!("sb_publishable_{n}"))),
+            secret_key: None,
+            jwt_secret: Some(Secret::new(format!("secret-{n}"))),
+            issuer: format!("iss-{n}"),
+        }
+    }
+
+    #[test]
+    fn keys_translate_both_ways_and_unknown_keys_do_not() {
+        let m = KeyMap::new(&PerBackend { v1: backend(1, true), v2: backend(2, true) });
+        assert_eq!(m.counterpart("anon-1", BackendId::V2), Some("anon-2"));
+        assert_eq!(m.counterpart("service-2", BackendId::V1), Some("service-1"));
+        assert_eq!(m.counterpart("sb_publishable_1", BackendId::V2), Some("sb_publishable_2"));
+        assert_eq!(m.counterpart("anon-2", BackendId::V2), None, "already the target's key");
+        assert_eq!(m.counterpart("someone-else", BackendId::V2), None);
+        let half = KeyMap::new(&PerBackend { v1: backend(1, true), v2: backend(2, false) });
+        assert_eq!(half.counterpart("sb_publishable_1", BackendId::V2), None, "no v2 counterpart configured");
+    }
+
+    #[test]
+    fn resigned_tokens_keep_every_claim() {
+        let m = KeyMap::new(&PerBackend { v1: backend(1, false), v2: backend(2, false) });
+        let claims = serde_json::json!({"sub": "u", "exp": 4_000_000_000u64, "role": "authenticated", "x": [1, 2]});
+        let mut header = jsonwebtoken::Header::new(Algorithm::HS256);
+        header.kid = Some("v1-kid".into());
+        let token = jsonwebtoken::encode(&header, &claims, &EncodingKey::from_secret(b"secret-1")).unwrap();
+        let resigned = m.resign(&token, BackendId::V2).unwrap();
+        assert_eq!(resigned.split('.').nth(1), token.split('.').nth(1), "payload byte for byte");
+        let mut v = Validation::new(Algorithm::HS256);
+        v.validate_aud = false;
+        let got =
+            jsonwebtoken::decode::<serde_json::Value>(&resigned, &DecodingKey::from_secret(b"secret-2"), &v).unwrap();
+        assert_eq!(got.claims, claims);
+        assert!(
+            jsonwebtoken::decode::<serde_json::Value>(&resigned, &DecodingKey::from_secret(b"secret-1"), &v).is_err()
+        );
+    }
+}

@@ -1,0 +1,283 @@
+//! The schema map: where v2 keeps each v1 `public` table and RPC function
+//! (`schema` or `schema.new_name`), and the pure rewrites it implies for PostgREST
+//! paths and `select=` embeds.
+
+use std::collections::{BTreeMap, HashMap};
+
+/// Where a v1 name lives in the other project.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// The schema (PostgREST profile).
+    pub schema: String,
+    /// The table or function name there.
+    pub name: String,
+}
+
+/// v1 name → v2 location, for tables (with `prefix_*` patterns) and RPC functions.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SchemaMap {
+    tables: HashMap<String, Target>,
+    /// `smart_recall_*` style entries: (prefix, schema); the name is kept.
+    prefixes: Vec<(String, String)>,
+    rpc: HashMap<String, Target>,
+}
+
+fn identifier(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+fn target(key: &str, name: &str, value: &str) -> Result<Target, String> {
+    let (schema, new) = value.split_once('.').unwrap_or((value, name));
+    if !identifier(schema) || !identifier(new) {
+        return Err(format!("{key}.{name}: expected \"schema\" or \"schema.name\", got {value:?}"));
+    }
+    Ok(Target { schema: schema.to_string(), name: new.to_string() })
+}
+
+impl SchemaMap {
+    /// Builds a map from `[tables]` and `[rpc]` entries. Errors name the entry.
+    pub fn from_entries(
+        tables: &BTreeMap<String, String>,
+        rpc: &BTreeMap<String, String>,
+    ) -> Result<SchemaMap, String> {
+        let mut map = SchemaMap::default();
+        for (name, value) in tables {
+            if let Some(prefix) = name.strip_suffix('*') {
+                if !identifier(prefix) || value.contains('.') {
+                    return Err(format!("tables.{name}: a pattern maps to a schema only, got {value:?}"));
+                }
+                map.prefixes.push((prefix.to_string(), value.clone()));
+                continue;
+            }
+            if !identifier(name) {
+                return Err(format!("tables.{name}: not a table name"));
+            }
+            map.tables.insert(name.clone(), target("tables", name, value)?);
+        }
+        // Longest prefix first, so the most specific pattern wins.
+        map.prefixes.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        for (name, value) in rpc {
+            if !identifier(name) {
+                return Err(format!("rpc.{name}: not a function name"));
+            }
+            map.rpc.insert(name.clone(), target("rpc", name, value)?);
+        }
+        Ok(map)
+    }
+
+    /// Where table `name` lives, if it moved.
+    pub fn table(&self, name: &str) -> Option<Target> {
+        if let Some(t) = self.tables.get(name) {
+            return Some(t.clone());
+        }
+        self.prefixes
+            .iter()
+            .find(|(p, _)| name.starts_with(p.as_str()))
+            .map(|(_, schema)| Target { schema: schema.clone(), name: name.to_string() })
+    }
+
+    /// Where RPC function `name` lives, if it moved.
+    pub fn rpc(&self, name: &str) -> Option<Target> {
+        self.rpc.get(name).cloned()
+    }
+
+    /// The schema a v1 table ends up in: its target's, or `public` when not mapped.
+    fn schema_of(&self, name: &str) -> String {
+        self.table(name).map_or_else(|| "public".to_string(), |t| t.schema)
+    }
+
+    /// Number of entries (tables, patterns, functions).
+    pub fn len(&self) -> usize {
+        self.tables.len() + self.prefixes.len() + self.rpc.len()
+    }
+
+    /// Whether the map is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A PostgREST request path, by what it names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RestPath<'a> {
+    /// `/rest/v1/<table>`.
+    Table(&'a str),
+    /// `/rest/v1/rpc/<fn>`.
+    Rpc(&'a str),
+}
+
+impl<'a> RestPath<'a> {
+    /// Parses `/rest/v1/<table>` or `/rest/v1/rpc/<fn>`.
+    pub fn parse(path: &'a str) -> Option<RestPath<'a>> {
+        let rest = path.strip_prefix("/rest/v1/")?;
+        match rest.strip_prefix("rpc/") {
+            Some(f) if identifier(f) => Some(RestPath::Rpc(f)),
+            Some(_) => None,
+            None if identifier(rest) => Some(RestPath::Table(rest)),
+            None => None,
+        }
+    }
+}
+
+/// An embed v2 cannot resolve: the two tables live in different schemas there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CrossSchemaEmbed {
+    /// The table the embed hangs from (v1 name) and its v2 schema.
+    pub parent: (String, String),
+    /// The embedded table (v1 name) and its v2 schema.
+    pub child: (String, String),
+}
+
+/// One `select=` item that embeds a resource: `[alias:]name[!hint](...)` or `...name(...)`.
+struct Embed {
+    /// Byte range of the name within the select string.
+    name: std::ops::Range<usize>,
+    /// Byte range of the parenthesised body (without the parentheses).
+    body: std::ops::Range<usize>,
+}
+
+/// Top-level embeds of a select list (whose text is `s[range]`).
+fn embeds(s: &str, range: std::ops::Range<usize>) -> Vec<Embed> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::new();
+    let mut item_start = range.start;
+    let mut i = range.start;
+    while i < range.end {
+        match bytes[i] {
+            b'(' => {
+                // Find the matching parenthesis.
+                let mut depth = 1;
+                let mut j = i + 1;
+                while j < range.end && depth > 0 {
+                    match bytes[j] {
+                        b'(' => depth += 1,
+                        b')' => depth -= 1,
+                        _ => {}
+                    }
+                    j += 1;
+                }
+                let head = &s[item_start..i];
+                let head_start = item_start + head.rfind(':').map_or(0, |p| p + 1);
+                let head = &s[head_start..i];
+                let lead = head.len() - head.trim_start_matches('.').len();
+                let name_end = head_start + head.find('!').unwrap_or(head.len());
+                out.push(Embed { name: head_start + lead..name_end, body: i + 1..j.saturating_sub(1).max(i + 1) });
+                i = j;
+                continue;
+            }
+            b',' => item_start = i + 1,
+            _ => {}
+        }
+        i += 1;
+    }
+    out
+}
+
+/// Checks every embed of `select` (decoded) under `root` (a v1 table name) and renames
+/// embedded tables that v2 renamed. Returns the select to send (`None`: unchanged).
+pub fn rewrite_select(map: &SchemaMap, root: &str, select: &str) -> Result<Option<String>, CrossSchemaEmbed> {
+    let mut renames: Vec<(std::ops::Range<usize>, String)> = Vec::new();
+    let mut stack = vec![(root.to_string(), 0..select.len())];
+    while let Some((parent, range)) = stack.pop() {
+        let parent_schema = map.schema_of(&parent);
+        for e in embeds(select, range) {
+            let name = &select[e.name.clone()];
+            if name.is_empty() {
+                continue;
+            }
+            let child_schema = map.schema_of(name);
+            if child_schema != parent_schema {
+                return Err(CrossSchemaEmbed {
+                    parent: (parent.clone(), parent_schema),
+                    child: (name.to_string(), child_schema),
+                });
+            }
+            if let Some(t) = map.table(name)
+                && t.name != name
+            {
+                renames.push((e.name.clone(), t.name));
+            }
+            stack.push((name.to_string(), e.body));
+        }
+    }
+    if renames.is_empty() {
+        return Ok(None);
+    }
+    renames.sort_by_key(|(r, _)| std::cmp::Reverse(r.start));
+    let mut out = select.to_string();
+    for (range, name) in renames {
+        out.replace_range(range, &name);
+    }
+    Ok(Some(out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map() -> SchemaMap {
+        let tables: BTreeMap<String, String> = [
+            ("profiles", "shared_services"),
+            ("settings", "shared_services"),
+            ("orders", "marketplace"),
+            ("order_items", "marketplace"),
+            ("vendor_organizations", "vendors.organizations"),
+            ("vendor_api_keys_v2", "vendors.api_keys"),
+            ("smart_recall_*", "intelligence"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let rpc = [("search_memories".to_string(), "security_service".to_string())].into_iter().collect();
+        SchemaMap::from_entries(&tables, &rpc).unwrap()
+    }
+
+    #[test]
+    fn lookups() {
+        let m = map();
+        assert_eq!(m.table("vendor_api_keys_v2"), Some(Target { schema: "vendors".into(), name: "api_keys".into() }));
+        assert_eq!(m.table("smart_recall_notes").unwrap().schema, "intelligence");
+        assert_eq!(m.table("unknown"), None);
+        assert_eq!(m.rpc("search_memories").unwrap().schema, "security_service");
+        assert_eq!(RestPath::parse("/rest/v1/orders"), Some(RestPath::Table("orders")));
+        assert_eq!(RestPath::parse("/rest/v1/rpc/search_memories"), Some(RestPath::Rpc("search_memories")));
+        assert_eq!(RestPath::parse("/rest/v1/"), None);
+        assert_eq!(RestPath::parse("/rest/v1/a/b"), None);
+    }
+
+    #[test]
+    fn bad_entries_are_named() {
+        let t = |k: &str, v: &str| [(k.to_string(), v.to_string())].into_iter().collect::<BTreeMap<_, _>>();
+        let none = BTreeMap::new();
+        assert!(SchemaMap::from_entries(&t("a", "x.y.z"), &none).unwrap_err().starts_with("tables.a"));
+        assert!(SchemaMap::from_entries(&t("a", ""), &none).unwrap_err().starts_with("tables.a"));
+        assert!(SchemaMap::from_entries(&t("p_*", "s.n"), &none).unwrap_err().starts_with("tables.p_*"));
+        assert!(SchemaMap::from_entries(&none, &t("f", "s p")).unwrap_err().starts_with("rpc.f"));
+    }
+
+    #[test]
+    fn embeds_in_one_schema_pass_and_renames_apply() {
+        let m = map();
+        assert_eq!(rewrite_select(&m, "orders", "*,order_items(*)"), Ok(None));
+        assert_eq!(rewrite_select(&m, "orders", "id,items:order_items!inner(id,qty)"), Ok(None));
+        assert_eq!(
+            rewrite_select(&m, "vendor_organizations", "id,keys:vendor_api_keys_v2(id),vendor_api_keys_v2!fk(*)"),
+            Ok(Some("id,keys:api_keys(id),api_keys!fk(*)".to_string()))
+        );
+        assert_eq!(rewrite_select(&m, "profiles", "id,name"), Ok(None));
+        assert_eq!(rewrite_select(&m, "profiles", "...settings(theme)"), Ok(None));
+    }
+
+    #[test]
+    fn cross_schema_embeds_are_found_at_any_depth() {
+        let m = map();
+        let e = rewrite_select(&m, "profiles", "*,orders(*)").unwrap_err();
+        assert_eq!(e.parent, ("profiles".to_string(), "shared_services".to_string()));
+        assert_eq!(e.child, ("orders".to_string(), "marketplace".to_string()));
+        let deep = rewrite_select(&m, "orders", "id,order_items(id,owner:profiles(name))").unwrap_err();
+        assert_eq!(deep.parent.0, "order_items");
+        assert_eq!(deep.child.0, "profiles");
+        // An unmapped table stays in public on v2.
+        assert_eq!(rewrite_select(&m, "orders", "*,unmapped(*)").unwrap_err().child.1, "public");
+    }
+}
