@@ -55,7 +55,7 @@ impl SchemaMap {
             map.tables.insert(name.clone(), target("tables", name, value)?);
         }
         // Longest prefix first, so the most specific pattern wins.
-        map.prefixes.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        map.prefixes.sort_by_key(|p| std::cmp::Reverse(p.0.len()));
         for (name, value) in rpc {
             if !identifier(name) {
                 return Err(format!("rpc.{name}: not a function name"));
