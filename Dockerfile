@@ -14,7 +14,7 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --uid 10001 --no-create-home switchyard
 COPY --from=build /src/target/release/switchyard /usr/local/bin/switchyard
-COPY config/switchyard.toml /etc/switchyard/switchyard.toml
+COPY config/ /etc/switchyard/
 USER 10001
 EXPOSE 8080 9090
 HEALTHCHECK --interval=10s --timeout=4s --retries=3 \
