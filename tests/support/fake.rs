@@ -121,6 +121,7 @@ impl Fake {
     }
 
     /// Kong's API-key gate, then the JWT check PostgREST/GoTrue do.
+    #[allow(clippy::result_large_err)] // the refusal is the response itself
     fn authenticate(
         &self,
         headers: &HeaderMap,
@@ -377,12 +378,13 @@ fn decode(s: &str) -> String {
     let b = s.as_bytes();
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
-            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
-                out.push(v);
-                i += 3;
-                continue;
-            }
+        if b[i] == b'%'
+            && i + 2 < b.len()
+            && let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16)
+        {
+            out.push(v);
+            i += 3;
+            continue;
         }
         out.push(if b[i] == b'+' { b' ' } else { b[i] });
         i += 1;
