@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it. Self-sufficient on a fresh machine: it installs
-# what the tests need and is not already there (Debian's prometheus for promtool and a
-# real Prometheus server).
+# what the tests need and is not already there: Debian's prometheus (promtool and a
+# real Prometheus server), node with @supabase/supabase-js from npm.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,6 +20,14 @@ fi
 # Prometheus' Debian service must not hold the ports the tests use.
 pkill -x prometheus 2>/dev/null || true
 export SWITCHYARD_REQUIRE_PROMETHEUS=1
+
+# The real Supabase client for the end-to-end test, pinned by tests/node/package-lock.json.
+if ! command -v npm >/dev/null; then
+  echo "installing node and npm for the supabase-js test"
+  apt_install nodejs npm
+fi
+(cd tests/node && npm ci --no-audit --no-fund --loglevel=error)
+export SWITCHYARD_REQUIRE_NODE=1
 
 cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings
