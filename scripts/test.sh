@@ -46,6 +46,9 @@ for p in pathlib.Path("deploy").rglob("*"):
 print("deploy/: YAML and JSON parse")
 PY
 
+# Every fuzz target, briefly, from its committed corpus (longer runs: scripts/fuzz.sh 600).
+scripts/fuzz.sh 15
+
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 cargo test --all-targets 2>&1 | tee "$log"
