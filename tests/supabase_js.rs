@@ -30,7 +30,9 @@ async fn supabase_js_works_unchanged_for_both_cohorts() {
     let users: Vec<String> = ["v1", "v2", "v1", "v2"]
         .iter()
         .enumerate()
-        .map(|(n, cohort)| (0..).map(|k| format!("js-{n}-{k}")).find(|u| (percentile(u) < 50) == (*cohort == "v2")).unwrap())
+        .map(|(n, cohort)| {
+            (0..).map(|k| format!("js-{n}-{k}")).find(|u| (percentile(u) < 50) == (*cohort == "v2")).unwrap()
+        })
         .collect();
     let url = format!("http://{}", sy.addr);
     let anon = s1.anon.clone();
@@ -42,12 +44,17 @@ async fn supabase_js_works_unchanged_for_both_cohorts() {
     .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "supabase-js failed: {stderr}");
-    let lines: Vec<Value> = String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines: Vec<Value> =
+        String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(lines.len(), users.len(), "{stderr}");
     for (user, line) in users.iter().zip(&lines) {
         let cohort = if percentile(user) < 50 { "v2" } else { "v1" };
         assert_eq!(line["id"], user.as_str());
-        assert_eq!((line["inserted"].as_u64(), line["updated"].as_str(), line["selected"].as_str()), (Some(1), Some("second"), Some("second")), "{line}");
+        assert_eq!(
+            (line["inserted"].as_u64(), line["updated"].as_str(), line["selected"].as_str()),
+            (Some(1), Some("second"), Some("second")),
+            "{line}"
+        );
         assert_eq!(line["rpc"]["project"], cohort, "{line}");
         assert_eq!(line["rpc"]["sub"], user.as_str());
         assert_eq!(line["fn"]["project"], cohort);
@@ -58,7 +65,11 @@ async fn supabase_js_works_unchanged_for_both_cohorts() {
         let mine: Vec<&Value> = rows.iter().filter(|r| r["owner"] == user.as_str()).collect();
         assert_eq!(mine.len(), 1, "{user}: the kept row, the scratch row deleted");
         assert_eq!(mine[0]["name"], "second");
-        let elsewhere = ["public", "shared_services"].iter().flat_map(|s| other.rows(s, "profiles")).filter(|r| r["owner"] == user.as_str()).count();
+        let elsewhere = ["public", "shared_services"]
+            .iter()
+            .flat_map(|s| other.rows(s, "profiles"))
+            .filter(|r| r["owner"] == user.as_str())
+            .count();
         assert_eq!(elsewhere, 0, "{user} wrote to the other project");
     }
     // Sign-ins went to the auth home.
