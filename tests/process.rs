@@ -12,16 +12,8 @@ use hyper::body::Frame;
 use support::process::{Serving, run, write_config};
 use support::*;
 
-const MINIMAL: &str = r#"[server]
-listen = "127.0.0.1:8080"
-admin_listen = "127.0.0.1:9090"
-[rollout]
-percentage = 37
-[backends.v1]
-url = "http://127.0.0.1:18001"
-[backends.v2]
-url = "http://127.0.0.1:18002"
-"#;
+/// The minimal file of the core issue, accepted as it is.
+const MINIMAL: &str = include_str!("data/minimal.toml");
 
 fn route(path: &std::path::Path, user: &str, env: &[(&str, &str)]) -> serde_json::Value {
     let out = run(&["route", "--config", path.to_str().unwrap(), user], env);

@@ -36,6 +36,25 @@ fn file_config(v1: &Upstream, v2: &Upstream, pct: u8, extra: &str) -> String {
     config_text(&v1.url(), &v2.url(), pct, extra)
 }
 
+/// Two echo upstreams and a switchyard reading (and watching) a config file at `pct`.
+struct Watched {
+    ups: (Upstream, Upstream),
+    text: String,
+    path: PathBuf,
+    sy: switchyard::server::Running,
+    admin: std::net::SocketAddr,
+}
+
+async fn watched(name: &str, pct: u8, env: &[(&str, &str)]) -> Watched {
+    let v1 = echo("v1").await;
+    let v2 = echo("v2").await;
+    let text = file_config(&v1, &v2, pct, "");
+    let path = write_config(name, &text);
+    let sy = start_with(&text, env, Some(path.clone())).await;
+    let admin = sy.admin_addr.unwrap();
+    Watched { ups: (v1, v2), text, path, sy, admin }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_api_changes_under_load() {
     let (_v1, _v2, sy) = {
@@ -59,14 +78,11 @@ async fn fifty_api_changes_under_load() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_file_edits_under_load() {
-    let v1 = echo("v1").await;
-    let v2 = echo("v2").await;
-    let path = write_config("watch", &file_config(&v1, &v2, 0, ""));
-    let sy = start_with(&std::fs::read_to_string(&path).unwrap(), &[], Some(path.clone())).await;
-    let admin = sy.admin_addr.unwrap();
-    let (a, b) = (v1.url(), v2.url());
+    let w = watched("watch", 0, &[]).await;
+    let (sy, admin, path) = (&w.sy, w.admin, &w.path);
+    let (a, b) = (w.ups.0.url(), w.ups.1.url());
     let n = verify_under_load(sy.addr, 0, &percentages(2), |p| {
-        replace_file(&path, &config_text(&a, &b, p, ""));
+        replace_file(path, &config_text(&a, &b, p, ""));
         wait_in_force(admin, p)
     })
     .await;
@@ -91,23 +107,17 @@ async fn fifty_sighup_reloads_under_load() {
     })
     .await;
     assert!(n >= 2000, "only {n} requests");
-    let metrics = send(admin, "GET", "/metrics", &[], "").await;
-    let body = String::from_utf8_lossy(&metrics.body).into_owned();
+    let body = metrics_text(admin).await;
     assert!(body.contains("switchyard_config_reloads_total{result=\"success\"} 50"), "{body}");
 }
 
 #[tokio::test]
 async fn an_invalid_reload_keeps_the_old_config() {
-    let v1 = echo("v1").await;
-    let v2 = echo("v2").await;
-    let good = file_config(&v1, &v2, 30, "");
-    let path = write_config("invalid", &good);
-    let sy = start_with(&good, &[], Some(path.clone())).await;
-    let admin = sy.admin_addr.unwrap();
+    let Watched { text: good, path, sy, admin, .. } = watched("invalid", 30, &[]).await;
     replace_file(&path, &good.replace("percentage = 30", "percentage = 101"));
     let started = Instant::now();
     let metrics = loop {
-        let m = String::from_utf8_lossy(&send(admin, "GET", "/metrics", &[], "").await.body).into_owned();
+        let m = metrics_text(admin).await;
         if m.contains("switchyard_config_last_reload_success 0") {
             break m;
         }
@@ -154,18 +164,13 @@ async fn admin_writes_need_the_token() {
     assert_eq!(ok.status, 200);
     let status = rollout_status(admin).await;
     assert_eq!((status["percentage"].as_u64(), status["source"].as_str()), (Some(50), Some("api")));
-    let gauge = String::from_utf8_lossy(&send(admin, "GET", "/metrics", &[], "").await.body).into_owned();
+    let gauge = metrics_text(admin).await;
     assert!(gauge.contains("switchyard_rollout_percentage 50"));
 }
 
 #[tokio::test]
 async fn an_unchanged_file_does_not_undo_an_api_change() {
-    let v1 = echo("v1").await;
-    let v2 = echo("v2").await;
-    let text = file_config(&v1, &v2, 10, "");
-    let path = write_config("precedence", &text);
-    let sy = start_with(&text, &[("SWITCHYARD_ADMIN_TOKEN", TOKEN)], Some(path.clone())).await;
-    let admin = sy.admin_addr.unwrap();
+    let Watched { text, path, admin, .. } = watched("precedence", 10, &[("SWITCHYARD_ADMIN_TOKEN", TOKEN)]).await;
     assert_eq!(put_rollout(admin, Some(TOKEN), r#"{"percentage": 0}"#).await.status, 200);
     // Touch the file with another change that keeps the percentage.
     replace_file(&path, &text.replace("shutdown_grace_seconds = 5", "shutdown_grace_seconds = 6"));

@@ -355,17 +355,7 @@ fn backend(id: BackendId, raw: Option<file::BackendFile>) -> Result<BackendConfi
 mod tests {
     use super::*;
 
-    const MINIMAL: &str = r#"
-[server]
-listen = "127.0.0.1:8080"
-admin_listen = "127.0.0.1:9090"
-[rollout]
-percentage = 37
-[backends.v1]
-url = "http://127.0.0.1:18001"
-[backends.v2]
-url = "http://127.0.0.1:18002"
-"#;
+    const MINIMAL: &str = include_str!("../../tests/data/minimal.toml");
 
     fn no_env(_: &str) -> Option<String> {
         None

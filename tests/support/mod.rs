@@ -135,6 +135,11 @@ pub async fn start_with(
     switchyard::server::start(cfg, path).await.expect("switchyard starts")
 }
 
+/// The Prometheus text of the admin listener at `admin`.
+pub async fn metrics_text(admin: SocketAddr) -> String {
+    String::from_utf8_lossy(&send(admin, "GET", "/metrics", &[], "").await.body).into_owned()
+}
+
 /// GET /admin/rollout on `admin`.
 pub async fn rollout_status(admin: SocketAddr) -> Value {
     send(admin, "GET", "/admin/rollout", &[], "").await.json()
