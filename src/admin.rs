@@ -98,8 +98,28 @@ async fn put_rollout(admin: &Admin, req: Request<Incoming>) -> Response<Full<Byt
         }
     };
     match u8::try_from(wanted).ok().filter(|p| *p <= 100) {
-        Some(p) => json(StatusCode::OK, serde_json::json!(admin.control.set_percentage(p))),
+        Some(p) => outcome(admin.control.set_percentage(p)),
         None => error(StatusCode::BAD_REQUEST, &format!("percentage must be 0 to 100, got {wanted}")),
+    }
+}
+
+/// A change's answer: the new status, or 409 saying what holds it back.
+fn outcome(result: Result<crate::control::RolloutStatus, crate::control::Refused>) -> Response<Full<Bytes>> {
+    match result {
+        Ok(status) => json(StatusCode::OK, serde_json::json!(status)),
+        Err(refused) => error(StatusCode::CONFLICT, &refused.to_string()),
+    }
+}
+
+/// The admin writes that take no body.
+fn command(
+    admin: &Admin,
+    req: &Request<Incoming>,
+    run: impl FnOnce(&Control) -> Response<Full<Bytes>>,
+) -> Response<Full<Bytes>> {
+    match refuse_write(admin, req.headers()) {
+        Some(refused) => refused,
+        None => run(&admin.control),
     }
 }
 
@@ -118,6 +138,12 @@ async fn handle(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> 
         (&Method::GET, "/metrics") => text(StatusCode::OK, "text/plain; version=0.0.4", proxy.metrics.render()),
         (&Method::GET, "/admin/rollout") => json(StatusCode::OK, serde_json::json!(admin.control.status())),
         (&Method::PUT, "/admin/rollout") => put_rollout(admin, req).await,
+        (&Method::POST, "/admin/rollout/pause") => command(admin, &req, |c| outcome(c.pause_schedule(true))),
+        (&Method::POST, "/admin/rollout/resume") => command(admin, &req, |c| outcome(c.pause_schedule(false))),
+        (&Method::POST, "/admin/guard/clear") => command(admin, &req, |c| {
+            let cleared = c.clear_guard();
+            json(StatusCode::OK, serde_json::json!({ "cleared": cleared, "rollout": c.status() }))
+        }),
         (_, "/admin/rollout") => error(StatusCode::METHOD_NOT_ALLOWED, "use GET or PUT"),
         _ => error(StatusCode::NOT_FOUND, "not found"),
     }

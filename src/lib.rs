@@ -10,6 +10,7 @@ pub mod config;
 pub mod control;
 pub mod demo;
 pub mod error;
+pub mod guard;
 pub mod identity;
 pub mod metrics;
 pub mod proxy;

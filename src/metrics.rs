@@ -33,6 +33,9 @@ pub struct Metrics {
     pub config_last_reload_success: IntGauge,
     translations: IntCounterVec,
     auth_rejections: IntCounterVec,
+    guard_rollbacks: IntCounterVec,
+    /// 1 while the canary guard holds the rollout back.
+    pub guard_tripped: IntGauge,
 }
 
 fn method_label(m: &Method) -> &'static str {
@@ -125,6 +128,19 @@ impl Metrics {
         .expect("valid");
         reg(Box::new(translations.clone()));
         reg(Box::new(auth_rejections.clone()));
+        let guard_rollbacks = IntCounterVec::new(
+            Opts::new("switchyard_guard_rollbacks_total", "Automatic rollbacks by the canary guard, by reason."),
+            &["reason"],
+        )
+        .expect("valid");
+        let guard_tripped =
+            IntGauge::new("switchyard_guard_tripped", "1 while the canary guard holds the rollout back.")
+                .expect("valid");
+        for reason in ["error_ratio", "latency"] {
+            guard_rollbacks.with_label_values(&[reason]);
+        }
+        reg(Box::new(guard_rollbacks.clone()));
+        reg(Box::new(guard_tripped.clone()));
         Metrics {
             registry,
             requests,
@@ -137,7 +153,15 @@ impl Metrics {
             config_last_reload_success,
             translations,
             auth_rejections,
+            guard_rollbacks,
+            guard_tripped,
         }
+    }
+
+    /// Counts one guard rollback and marks the guard tripped.
+    pub fn guard_rollback(&self, reason: crate::guard::TripReason) {
+        self.guard_rollbacks.with_label_values(&[reason.as_str()]).inc();
+        self.guard_tripped.set(1);
     }
 
     /// Counts one translation.

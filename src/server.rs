@@ -73,6 +73,10 @@ pub async fn start(config: Config, path: Option<PathBuf>) -> io::Result<Running>
     let control = Arc::new(Control::new(state.clone(), metrics.clone(), path.clone()));
     let proxy = Arc::new(Proxy::new(state, upstream, metrics));
     let shutdown = CancellationToken::new();
+    tokio::spawn(guard_loop(proxy.clone(), control.clone(), shutdown.clone()));
+    if control.start_schedule() {
+        tokio::spawn(schedule_loop(control.clone(), shutdown.clone()));
+    }
     if let (Some(path), true) = (&path, server.watch_config) {
         watch::watch_file(path, control.clone(), shutdown.clone()).map_err(io::Error::other)?;
     }
@@ -105,6 +109,36 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+/// Evaluates the canary guard every second and rolls back when it trips.
+async fn guard_loop(proxy: Arc<Proxy>, control: Arc<Control>, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        let snap = proxy.state.load();
+        let cfg = &snap.config.guard;
+        if !cfg.enabled || snap.config.rollout.force.is_some() || control.is_tripped() {
+            continue;
+        }
+        if let Some(trip) = proxy.guard.evaluate(cfg) {
+            control.trip(trip, cfg.rollback_to);
+        }
+    }
+}
+
+/// Drives `[rollout.schedule]` until its last step (or shutdown).
+async fn schedule_loop(control: Arc<Control>, shutdown: CancellationToken) {
+    while let Some(wait) = control.advance_schedule() {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            // Re-checked at least every second, so pause, resume and trips apply promptly.
+            _ = tokio::time::sleep(wait.min(Duration::from_secs(1))) => {}
+        }
     }
 }
 

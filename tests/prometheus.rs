@@ -137,8 +137,10 @@ async fn dashboard_and_alert_queries_work_on_real_prometheus() {
         format!("http://{}", l.local_addr().unwrap())
     };
     let token = [("SWITCHYARD_ADMIN_TOKEN", "t")];
-    let a = start_with(&config_text(&v1.url(), &slow_v2.url(), 30, ""), &token, None).await;
-    let b_text = config_text(&v1.url(), &closed, 60, "");
+    // The guard would roll both replicas back: this test wants the failures visible.
+    let no_guard = "[guard]\nenabled = false\n";
+    let a = start_with(&config_text(&v1.url(), &slow_v2.url(), 30, no_guard), &token, None).await;
+    let b_text = config_text(&v1.url(), &closed, 60, no_guard);
     let b_path = write_config("prom-replica-b", &b_text);
     let b = start_with(&b_text, &[], Some(b_path.clone())).await;
     let Some(prom) = start_prometheus(&[a.admin_addr.unwrap(), b.admin_addr.unwrap()]) else {

@@ -27,6 +27,7 @@ pub fn apply(file: &mut FileConfig, get: &dyn Fn(&str) -> Option<String>) -> Res
         seen.percentage = true;
     }
     file.server.admin_token = get("SWITCHYARD_ADMIN_TOKEN");
+    file.overrides.qa_token = get("SWITCHYARD_QA_TOKEN");
     if let Some(v) = get("SUPABASE_ENV") {
         let force = match v.trim() {
             "production" | "v1" => "v1",

@@ -16,6 +16,9 @@ pub struct FileConfig {
     pub upstream: UpstreamFile,
     pub backends: BackendsFile,
     pub translation: TranslationFile,
+    pub guard: super::safety::GuardFile,
+    pub shadow: super::safety::ShadowFile,
+    pub overrides: super::safety::OverridesFile,
 }
 
 /// Name maps for requests sent to a project whose layout differs from the client's.
@@ -86,6 +89,7 @@ pub struct RolloutFile {
     pub hash_seed: String,
     /// `v1` or `v2`: send everything there whatever the percentage.
     pub force_backend: Option<String>,
+    pub schedule: Option<super::safety::ScheduleFile>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -4,6 +4,7 @@
 
 pub mod env;
 pub mod file;
+pub mod safety;
 pub mod secret;
 pub mod url;
 
@@ -49,6 +50,10 @@ pub enum PercentageSource {
     Env,
     /// `PUT /admin/rollout`.
     Api,
+    /// The canary guard's automatic rollback.
+    Guard,
+    /// A step of `[rollout.schedule]`.
+    Schedule,
 }
 
 /// A validated configuration.
@@ -61,6 +66,9 @@ pub struct Config {
     pub upstream: UpstreamConfig,
     pub backends: PerBackend<BackendConfig>,
     pub translation: TranslationConfig,
+    pub guard: safety::GuardConfig,
+    pub shadow: safety::ShadowConfig,
+    pub overrides: safety::OverridesConfig,
 }
 
 /// What changes in a request sent to the project whose layout is not the client's.
@@ -96,6 +104,8 @@ pub struct RolloutConfig {
     pub hash_seed: Vec<u8>,
     /// Everything to one backend (`SUPABASE_ENV`), whatever the percentage.
     pub force: Option<BackendId>,
+    /// Staged steps, if any.
+    pub schedule: Option<safety::ScheduleConfig>,
 }
 
 #[derive(Debug, Clone)]
@@ -306,6 +316,7 @@ fn validate(raw: file::FileConfig, seen: env::Overridden) -> Result<Config, Conf
             percentage_source: if seen.percentage { PercentageSource::Env } else { PercentageSource::File },
             hash_seed: raw.rollout.hash_seed.into_bytes(),
             force,
+            schedule: safety::schedule(raw.rollout.schedule)?,
         },
         identity: IdentityConfig {
             sources,
@@ -321,6 +332,9 @@ fn validate(raw: file::FileConfig, seen: env::Overridden) -> Result<Config, Conf
             v2: backend(BackendId::V2, raw.backends.v2)?,
         },
         translation: TranslationConfig::default(),
+        guard: safety::guard(raw.guard)?,
+        shadow: safety::shadow(raw.shadow)?,
+        overrides: safety::overrides(raw.overrides)?,
     })
 }
 

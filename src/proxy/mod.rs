@@ -18,6 +18,7 @@ use hyper::body::Incoming;
 use prometheus::IntGauge;
 
 use crate::error::{Error, Kind as ErrorKind};
+use crate::guard::Guard;
 use crate::metrics::Metrics;
 use crate::routing::service::Service;
 use crate::state::{Snapshot, State};
@@ -36,6 +37,8 @@ pub struct Proxy {
     pub metrics: Arc<Metrics>,
     /// Open WebSocket tunnels.
     pub tunnels: tunnel::Tunnels,
+    /// Outcome windows the canary guard judges.
+    pub guard: Arc<Guard>,
     upstream: Upstream,
 }
 
@@ -43,7 +46,8 @@ impl Proxy {
     /// A proxy over `state`, sending through `upstream`.
     pub fn new(state: Arc<State>, upstream: Upstream, metrics: Arc<Metrics>) -> Proxy {
         let tunnels = tunnel::Tunnels::new(metrics.tunnels.clone());
-        Proxy { state, metrics, tunnels, upstream }
+        let guard = Arc::new(Guard::new(state.load().config.guard.window));
+        Proxy { state, metrics, tunnels, guard, upstream }
     }
 
     /// Handles one request from `peer`, end to end. Never fails: errors become
@@ -63,7 +67,15 @@ impl Proxy {
                 self.metrics.auth_rejected(reason);
                 Err(Error::unauthorized(decision.backend, reason))
             }
-            None => self.forward(req, &snap, &route, peer).await,
+            None => {
+                let result = self.forward(req, &snap, &route, peer).await;
+                // The guard judges the backends, not the clients' requests.
+                if result.as_ref().map_or_else(|e| e.is_upstream(), |_| true) {
+                    let status = result.as_ref().map_or_else(|e| e.status(), |r| r.status());
+                    self.guard.record(decision.backend, service, status, started.elapsed());
+                }
+                result
+            }
         };
         let mut resp = match result {
             Ok(resp) => resp,
