@@ -114,6 +114,10 @@ impl Proxy {
         let target = &snap.config.backends.get(backend).url;
         headers::prepare_request(&mut parts, target, peer.ip(), upgrade)
             .map_err(|e| Error::bad_request(backend, e.to_string()))?;
+        if let Some(qa) = &snap.config.overrides.qa_header {
+            // It carries a secret: never forwarded, valid or not.
+            parts.headers.remove(qa);
+        }
         let mut applied = snap
             .translator
             .request(&mut parts, backend, route.token.as_ref())

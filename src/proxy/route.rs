@@ -3,7 +3,9 @@
 
 use http::{HeaderMap, Uri};
 
+use crate::backend::BackendId;
 use crate::config::Config;
+use crate::config::safety::OverridesConfig;
 use crate::identity::{self, AuthReason, Token};
 use crate::routing::service::Service;
 use crate::routing::{self, Decision, Reason, Rollout, Subject};
@@ -29,6 +31,15 @@ fn signed_url_token<'a>(path: &str, query: Option<&'a str>) -> Option<&'a str> {
     query?.split('&').find_map(|pair| pair.strip_prefix("token="))
 }
 
+/// The backend a QA override header asks for (`<qa_header>: v1|v2:<token>`), when its
+/// token matches the configured one (compared in constant time).
+fn qa_override(headers: &HeaderMap, overrides: &OverridesConfig) -> Option<BackendId> {
+    let (name, expected) = (overrides.qa_header.as_ref()?, overrides.qa_token.as_ref()?);
+    let (backend, token) = headers.get(name)?.to_str().ok()?.split_once(':')?;
+    let same: bool = subtle::ConstantTimeEq::ct_eq(token.trim().as_bytes(), expected.expose().as_bytes()).into();
+    same.then(|| BackendId::parse(backend.trim())).flatten()
+}
+
 /// Decides where a request goes, from its head under `snap`. A refused bearer token
 /// still gets a decision (as an anonymous request), so that the refusal is counted
 /// against the backend the request was meant for.
@@ -43,9 +54,13 @@ pub fn route(snap: &Snapshot, service: Service, headers: &HeaderMap, uri: &Uri) 
     if let Some(backend) = signed_url_token(path, uri.query()).and_then(|t| snap.verifier.signed_by(t)) {
         return Route { decision: Decision::fixed(backend, Reason::SignedUrl), token: identity.token, refused };
     }
-    let subject = match &identity.user {
-        Some((user, _)) => Subject::User(user),
-        None => Subject::Anonymous { cookie: identity::cookie_percentile(headers, &id.cookie_name) },
+    let overrides = &snap.config.overrides;
+    let pinned = qa_override(headers, overrides)
+        .or_else(|| identity.user.as_ref().and_then(|(u, _)| overrides.users.get(u).copied()));
+    let subject = match (&identity.user, pinned) {
+        (_, Some(b)) => Subject::Pinned(b),
+        (Some((user, _)), None) => Subject::User(user),
+        (None, None) => Subject::Anonymous { cookie: identity::cookie_percentile(headers, &id.cookie_name) },
     };
     let policy = snap.config.services.get(service);
     let decision = routing::decide(&rollout(&snap.config), policy, subject, || fastrand::u8(0..100));

@@ -26,6 +26,8 @@ pub enum Reason {
     Anonymous,
     /// A Storage signed URL, sent to the project whose secret signed it.
     SignedUrl,
+    /// A user pinned in `[overrides]`, or the QA override header.
+    Override,
 }
 
 /// The inputs of a decision that come from configuration.
@@ -44,6 +46,8 @@ pub struct Rollout<'a> {
 /// Who is asking, as far as routing cares.
 #[derive(Debug, Clone, Copy)]
 pub enum Subject<'a> {
+    /// Someone whose backend is chosen for them (pinned user, QA header).
+    Pinned(BackendId),
     /// A user id.
     User(&'a str),
     /// No user id; the cohort cookie's percentile if the browser has one.
@@ -85,6 +89,7 @@ pub fn decide(rollout: &Rollout<'_>, policy: Policy, subject: Subject<'_>, draw:
         return Decision::fixed(b, Reason::Pinned);
     }
     match subject {
+        Subject::Pinned(b) => Decision::fixed(b, Reason::Override),
         Subject::User(id) => Decision::by_percentile(percentile(rollout.seed, id), rollout.percentage, Reason::Cohort),
         Subject::Anonymous { cookie } => match rollout.anonymous {
             AnonymousPolicy::V1 => Decision::fixed(BackendId::V1, Reason::Anonymous),
@@ -135,6 +140,14 @@ mod tests {
         r.force = Some(BackendId::V1);
         let d = decide(&r, Policy::V2, Subject::User("u"), never);
         assert_eq!((d.backend, d.reason), (BackendId::V1, Reason::Forced));
+    }
+
+    #[test]
+    fn overrides_beat_cohorts_but_not_pins() {
+        let r = rollout(0, AnonymousPolicy::V1);
+        let d = decide(&r, Policy::Rollout, Subject::Pinned(BackendId::V2), never);
+        assert_eq!((d.backend, d.reason), (BackendId::V2, Reason::Override));
+        assert_eq!(decide(&r, Policy::V1, Subject::Pinned(BackendId::V2), never).backend, BackendId::V1);
     }
 
     #[test]
