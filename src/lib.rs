@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod proxy;
 pub mod routing;
 pub mod server;
+pub mod shadow;
 pub mod state;
 pub mod translate;
 pub mod upstream;

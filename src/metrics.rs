@@ -34,6 +34,7 @@ pub struct Metrics {
     translations: IntCounterVec,
     auth_rejections: IntCounterVec,
     guard_rollbacks: IntCounterVec,
+    shadow: IntCounterVec,
     /// 1 while the canary guard holds the rollout back.
     pub guard_tripped: IntGauge,
 }
@@ -140,6 +141,12 @@ impl Metrics {
             guard_rollbacks.with_label_values(&[reason]);
         }
         reg(Box::new(guard_rollbacks.clone()));
+        let shadow = IntCounterVec::new(
+            Opts::new("switchyard_shadow_total", "Shadow reads sent to the other backend, by service and result."),
+            &["service", "result"],
+        )
+        .expect("valid");
+        reg(Box::new(shadow.clone()));
         reg(Box::new(guard_tripped.clone()));
         Metrics {
             registry,
@@ -155,7 +162,13 @@ impl Metrics {
             auth_rejections,
             guard_rollbacks,
             guard_tripped,
+            shadow,
         }
+    }
+
+    /// Counts one shadow read by its result.
+    pub fn shadow(&self, service: Service, result: &str) {
+        self.shadow.with_label_values(&[service.as_str(), result]).inc();
     }
 
     /// Counts one guard rollback and marks the guard tripped.

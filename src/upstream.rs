@@ -6,7 +6,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::{Request, Response};
+use http_body_util::{Either, Empty};
 use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
@@ -17,10 +19,14 @@ use crate::backend::BackendId;
 use crate::config::UpstreamConfig;
 use crate::error::Error;
 
+/// What the proxy sends upstream: the client's body, streamed, or nothing (shadow
+/// reads).
+pub type OutBody = Either<Incoming, Empty<Bytes>>;
+
 /// The shared upstream client.
 #[derive(Clone)]
 pub struct Upstream {
-    client: Client<HttpsConnector<HttpConnector>, Incoming>,
+    client: Client<HttpsConnector<HttpConnector>, OutBody>,
 }
 
 impl Upstream {
@@ -59,7 +65,7 @@ impl Upstream {
     pub async fn send(
         &self,
         backend: BackendId,
-        req: Request<Incoming>,
+        req: Request<OutBody>,
         timeout: Duration,
     ) -> Result<Response<Incoming>, Error> {
         match tokio::time::timeout(timeout, self.client.request(req)).await {

@@ -17,17 +17,22 @@ use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use prometheus::IntGauge;
 
+use crate::backend::BackendId;
 use crate::error::{Error, Kind as ErrorKind};
 use crate::guard::Guard;
+use crate::identity::Token;
 use crate::metrics::Metrics;
 use crate::routing::service::Service;
+use crate::shadow::{self, Shadow, tap::Tapped};
 use crate::state::{Snapshot, State};
 use crate::translate;
+use crate::translate::Applied;
 use crate::upstream::Upstream;
 pub use route::{Route, route, route_user};
 
-/// The body of every proxied response: the upstream's, streamed, or the proxy's own.
-pub type Body = Either<Incoming, Full<Bytes>>;
+/// The body of every proxied response: the upstream's, streamed (and perhaps tapped
+/// for a shadow comparison), or the proxy's own.
+pub type Body = Either<Tapped, Full<Bytes>>;
 
 /// The proxy: shared by every connection.
 pub struct Proxy {
@@ -39,6 +44,7 @@ pub struct Proxy {
     pub tunnels: tunnel::Tunnels,
     /// Outcome windows the canary guard judges.
     pub guard: Arc<Guard>,
+    shadow: Arc<Shadow>,
     upstream: Upstream,
 }
 
@@ -46,8 +52,10 @@ impl Proxy {
     /// A proxy over `state`, sending through `upstream`.
     pub fn new(state: Arc<State>, upstream: Upstream, metrics: Arc<Metrics>) -> Proxy {
         let tunnels = tunnel::Tunnels::new(metrics.tunnels.clone());
-        let guard = Arc::new(Guard::new(state.load().config.guard.window));
-        Proxy { state, metrics, tunnels, guard, upstream }
+        let config = &state.load().config;
+        let guard = Arc::new(Guard::new(config.guard.window));
+        let shadow = Arc::new(Shadow::new(config.shadow.max_concurrent, metrics.clone(), upstream.clone()));
+        Proxy { state, metrics, tunnels, guard, shadow, upstream }
     }
 
     /// Handles one request from `peer`, end to end. Never fails: errors become
@@ -68,7 +76,7 @@ impl Proxy {
                 Err(Error::unauthorized(decision.backend, reason))
             }
             None => {
-                let result = self.forward(req, &snap, &route, peer).await;
+                let result = self.forward(req, &snap, &route, peer, service).await;
                 // The guard judges the backends, not the clients' requests.
                 if result.as_ref().map_or_else(|e| e.is_upstream(), |_| true) {
                     let status = result.as_ref().map_or_else(|e| e.status(), |r| r.status());
@@ -103,27 +111,25 @@ impl Proxy {
     async fn forward(
         &self,
         mut req: Request<Incoming>,
-        snap: &Snapshot,
+        snap: &Arc<Snapshot>,
         route: &Route,
         peer: SocketAddr,
+        service: Service,
     ) -> Result<Response<Body>, Error> {
         let backend = route.decision.backend;
         let upgrade = headers::is_upgrade(req.headers());
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
-        let target = &snap.config.backends.get(backend).url;
-        headers::prepare_request(&mut parts, target, peer.ip(), upgrade)
-            .map_err(|e| Error::bad_request(backend, e.to_string()))?;
-        if let Some(qa) = &snap.config.overrides.qa_header {
-            // It carries a secret: never forwarded, valid or not.
-            parts.headers.remove(qa);
-        }
-        let mut applied = snap
-            .translator
-            .request(&mut parts, backend, route.token.as_ref())
-            .map_err(|e| Error::cross_schema_embed(backend, &e))?;
-        let mut resp =
-            self.upstream.send(backend, Request::from_parts(parts, body), snap.config.upstream.timeout).await?;
+        let shadow = (!upgrade && shadow::wanted(&parts.method, snap.config.shadow.fraction)).then(|| shadow::Copy {
+            head: clone_head(&parts),
+            token: route.token.clone(),
+            to: backend.other(),
+            service,
+            peer: peer.ip(),
+        });
+        let mut applied = prepare(snap, &mut parts, backend, route.token.as_ref(), peer.ip(), upgrade)?;
+        let req = Request::from_parts(parts, Either::Left(body));
+        let mut resp = self.upstream.send(backend, req, snap.config.upstream.timeout).await?;
         let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
         if let (true, Some(client)) = (switching, client_upgrade) {
             self.tunnels.spawn(client, hyper::upgrade::on(&mut resp));
@@ -133,8 +139,38 @@ impl Proxy {
         for kind in applied.kinds {
             self.metrics.translated(kind);
         }
-        Ok(resp.map(Either::Left))
+        let tap = shadow.and_then(|copy| self.shadow.start(snap.clone(), copy, resp.status()));
+        Ok(resp.map(|body| Either::Left(Tapped::new(body, tap))))
     }
+}
+
+/// Turns a client request head into the head sent to backend `to`: addressed to it,
+/// hop-by-hop and QA headers removed, credentials and names translated for it.
+pub fn prepare(
+    snap: &Snapshot,
+    parts: &mut http::request::Parts,
+    to: BackendId,
+    token: Option<&Token>,
+    peer: std::net::IpAddr,
+    upgrade: bool,
+) -> Result<Applied, Error> {
+    let target = &snap.config.backends.get(to).url;
+    headers::prepare_request(parts, target, peer, upgrade).map_err(|e| Error::bad_request(to, e.to_string()))?;
+    if let Some(qa) = &snap.config.overrides.qa_header {
+        // It carries a secret: never forwarded, valid or not.
+        parts.headers.remove(qa);
+    }
+    snap.translator.request(parts, to, token).map_err(|e| Error::cross_schema_embed(to, &e))
+}
+
+/// A copy of a request head without its extensions (which hold the connection's
+/// upgrade handle and are not clonable).
+fn clone_head(parts: &http::request::Parts) -> http::request::Parts {
+    let mut b = Request::builder().method(parts.method.clone()).uri(parts.uri.clone()).version(parts.version);
+    if let Some(h) = b.headers_mut() {
+        *h = parts.headers.clone();
+    }
+    b.body(()).expect("parts of a valid request").into_parts().0
 }
 
 /// Keeps the in-flight gauge right even when the client goes away mid-request and
