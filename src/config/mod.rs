@@ -172,7 +172,8 @@ fn from_toml<T: serde::de::DeserializeOwned>(text: &str, prefix: &str) -> Result
     let de = toml::Deserializer::parse(text).map_err(|e| ConfigError::new(at("config".into()), e.to_string()))?;
     serde_path_to_error::deserialize(de).map_err(|e| {
         let key = e.path().to_string();
-        let key = if key == "." { "config".to_string() } else { key };
+        // The root, or a key that is itself empty (`'' = 1`).
+        let key = if key == "." || key.trim_matches('.').is_empty() { "config".to_string() } else { key };
         ConfigError::new(at(key), e.into_inner().message().to_string())
     })
 }
@@ -405,6 +406,9 @@ mod tests {
         assert_eq!(err(&MINIMAL.replace("\"127.0.0.1:8080\"", "\"nowhere\"")).key, "server.listen");
         assert_eq!(err("[backends.v3]\nurl = \"http://x\"").key, "backends.v3");
         assert_eq!(err("[rollout\n").key, "config");
+        // Found by fuzzing: empty keys still name where the error is.
+        assert_eq!(err("'' = ''").key, "config");
+        assert_eq!(err("\n['']\n").key, "config");
         assert_eq!(err(&format!("{MINIMAL}\n[services]\nauth = \"v3\"")).key, "services.auth");
     }
 
