@@ -34,6 +34,10 @@ pub enum Kind {
     BadRequest,
     /// A `select=` embed that the target project cannot resolve (schemas differ).
     CrossSchemaEmbed,
+    /// Too many requests in flight: shed with 503 and `Retry-After`.
+    Overloaded,
+    /// The request body is over `limits.max_body_bytes`.
+    PayloadTooLarge,
 }
 
 /// An error on the request path.
@@ -73,9 +77,21 @@ impl Error {
         Error::new(Kind::CrossSchemaEmbed, backend, detail)
     }
 
+    /// The proxy sheds this request.
+    pub fn overloaded(backend: BackendId) -> Error {
+        Error::new(Kind::Overloaded, backend, "")
+    }
+
+    /// A body over the limit.
+    pub fn too_large(backend: BackendId, limit: u64) -> Error {
+        Error::new(Kind::PayloadTooLarge, backend, format!("limit {limit} bytes"))
+    }
+
     /// Classifies a client error from the upstream pool.
     pub fn upstream(backend: BackendId, err: hyper_util::client::legacy::Error) -> Error {
-        let kind = if is_tls(&err) {
+        let kind = if let Some(limit) = find::<crate::proxy::capped::TooLarge>(&err) {
+            return Error::too_large(backend, limit.0);
+        } else if is_tls(&err) {
             Kind::Tls
         } else if err.is_connect() {
             Kind::Connect
@@ -129,7 +145,11 @@ impl Error {
             Kind::Reset => "reset",
             Kind::Tls => "tls",
             Kind::Protocol => "protocol",
-            Kind::Unauthorized(_) | Kind::BadRequest | Kind::CrossSchemaEmbed => "none",
+            Kind::Unauthorized(_)
+            | Kind::BadRequest
+            | Kind::CrossSchemaEmbed
+            | Kind::Overloaded
+            | Kind::PayloadTooLarge => "none",
         }
     }
 
@@ -139,6 +159,8 @@ impl Error {
             Kind::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Kind::Timeout => StatusCode::GATEWAY_TIMEOUT,
             Kind::BadRequest | Kind::CrossSchemaEmbed => StatusCode::BAD_REQUEST,
+            Kind::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+            Kind::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Kind::Connect | Kind::Reset | Kind::Tls | Kind::Protocol => StatusCode::BAD_GATEWAY,
         }
     }
@@ -155,6 +177,8 @@ impl Error {
             Kind::Tls => ("SWY502", "upstream_tls", format!("TLS with upstream {b} failed")),
             Kind::Protocol => ("SWY502", "upstream_protocol", format!("upstream {b} sent an invalid response")),
             Kind::BadRequest => ("SWY400", "validation_failed", "request cannot be forwarded".into()),
+            Kind::Overloaded => ("SWY503", "over_request_rate_limit", "switchyard is overloaded, retry shortly".into()),
+            Kind::PayloadTooLarge => ("SWY413", "request_too_large", "request body too large".into()),
             Kind::CrossSchemaEmbed => (
                 "PGRST200",
                 "validation_failed",
@@ -181,6 +205,10 @@ impl Error {
             let desc = if r == AuthReason::Expired { "JWT expired" } else { "JWT invalid" };
             let v = format!("Bearer error=\"invalid_token\", error_description=\"{desc}\"");
             h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_str(&v).expect("ascii"));
+        }
+        if self.kind == Kind::Overloaded {
+            // supabase-js retries GET/HEAD on 503, honouring Retry-After.
+            h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         if versioned && service.speaks_gotrue() {
             h.insert("x-sb-error-code", HeaderValue::from_static(gotrue));

@@ -19,7 +19,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin;
-use crate::config::Config;
+use crate::config::limits::LimitsConfig;
+use crate::config::{Config, ServerConfig};
 use crate::control::Control;
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
@@ -81,7 +82,8 @@ pub async fn start(config: Config, path: Option<PathBuf>) -> io::Result<Running>
         watch::watch_file(path, control.clone(), shutdown.clone()).map_err(io::Error::other)?;
     }
 
-    let mut tasks = vec![tokio::spawn(serve(listener, proxy.clone(), shutdown.clone(), server))];
+    let limits = proxy.state.load().config.limits.clone();
+    let mut tasks = vec![tokio::spawn(serve(listener, proxy.clone(), shutdown.clone(), server, limits))];
     if let Some(l) = admin_listener {
         let admin = admin::Admin { proxy: proxy.clone(), control: control.clone() };
         tasks.push(tokio::spawn(admin::serve(l, Arc::new(admin), shutdown.clone())));
@@ -142,11 +144,20 @@ async fn schedule_loop(control: Arc<Control>, shutdown: CancellationToken) {
     }
 }
 
-fn builder(server: &crate::config::ServerConfig) -> auto::Builder<TokioExecutor> {
+fn builder(server: &ServerConfig, limits: &LimitsConfig) -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
-    // Without a timer the header read timeout does nothing (design.md §9).
-    b.http1().timer(TokioTimer::new()).header_read_timeout(server.header_read_timeout);
-    b.http2().timer(TokioTimer::new());
+    // Without a timer the header read timeout does nothing (design.md §9). It also
+    // bounds how long an idle keep-alive connection waits for its next request.
+    b.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(server.header_read_timeout)
+        .max_headers(limits.max_header_count)
+        .max_buf_size(limits.max_header_bytes);
+    b.http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+        .keep_alive_interval(server.header_read_timeout)
+        .keep_alive_timeout(server.header_read_timeout);
     b
 }
 
@@ -154,11 +165,18 @@ async fn serve(
     listener: TcpListener,
     proxy: Arc<Proxy>,
     shutdown: CancellationToken,
-    server: crate::config::ServerConfig,
+    server: ServerConfig,
+    limits: LimitsConfig,
 ) {
-    let builder = builder(&server);
+    let builder = builder(&server, &limits);
     let graceful = GracefulShutdown::new();
+    // At the limit, new connections wait in the kernel's backlog instead of being served.
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     loop {
+        let slot = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            slot = slots.clone().acquire_owned() => slot.expect("never closed"),
+        };
         let (stream, peer) = tokio::select! {
             _ = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
@@ -180,6 +198,7 @@ async fn serve(
         let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
+            let _slot = slot;
             if let Err(e) = conn.await {
                 tracing::debug!(%peer, error = %e, "client connection ended with an error");
             }

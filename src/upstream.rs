@@ -18,10 +18,11 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use crate::backend::BackendId;
 use crate::config::UpstreamConfig;
 use crate::error::Error;
+use crate::proxy::capped::Capped;
 
 /// What the proxy sends upstream: the client's body, streamed, or nothing (shadow
 /// reads).
-pub type OutBody = Either<Incoming, Empty<Bytes>>;
+pub type OutBody = Either<Capped, Empty<Bytes>>;
 
 /// The shared upstream client.
 #[derive(Clone)]

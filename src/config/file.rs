@@ -19,6 +19,7 @@ pub struct FileConfig {
     pub guard: super::safety::GuardFile,
     pub shadow: super::safety::ShadowFile,
     pub overrides: super::safety::OverridesFile,
+    pub limits: super::limits::LimitsFile,
 }
 
 /// Name maps for requests sent to a project whose layout differs from the client's.

@@ -4,6 +4,7 @@
 
 pub mod env;
 pub mod file;
+pub mod limits;
 pub mod safety;
 pub mod secret;
 pub mod url;
@@ -69,6 +70,7 @@ pub struct Config {
     pub guard: safety::GuardConfig,
     pub shadow: safety::ShadowConfig,
     pub overrides: safety::OverridesConfig,
+    pub limits: limits::LimitsConfig,
 }
 
 /// What changes in a request sent to the project whose layout is not the client's.
@@ -336,6 +338,7 @@ fn validate(raw: file::FileConfig, seen: env::Overridden) -> Result<Config, Conf
         guard: safety::guard(raw.guard)?,
         shadow: safety::shadow(raw.shadow)?,
         overrides: safety::overrides(raw.overrides)?,
+        limits: limits::limits(raw.limits)?,
     })
 }
 

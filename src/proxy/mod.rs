@@ -3,6 +3,7 @@
 //! ([`crate::identity`], [`crate::routing`], [`headers`]); this module only wires them
 //! to I/O and counts what happened.
 
+pub mod capped;
 pub mod headers;
 pub mod route;
 pub mod tunnel;
@@ -28,6 +29,7 @@ use crate::state::{Snapshot, State};
 use crate::translate;
 use crate::translate::Applied;
 use crate::upstream::Upstream;
+use capped::Capped;
 pub use route::{Route, route, route_user};
 
 /// The body of every proxied response: the upstream's, streamed (and perhaps tapped
@@ -71,6 +73,12 @@ impl Proxy {
         let route = route::route(&snap, service, req.headers(), req.uri());
         let decision = route.decision;
         let result = match route.refused {
+            _ if self.metrics.in_flight.get() > snap.config.limits.max_in_flight as i64 => {
+                Err(Error::overloaded(decision.backend))
+            }
+            _ if declared_too_large(&req, snap.config.limits.max_body_bytes) => {
+                Err(Error::too_large(decision.backend, snap.config.limits.max_body_bytes.unwrap_or(0)))
+            }
             Some(reason) => {
                 self.metrics.auth_rejected(reason);
                 Err(Error::unauthorized(decision.backend, reason))
@@ -128,7 +136,7 @@ impl Proxy {
             peer: peer.ip(),
         });
         let mut applied = prepare(snap, &mut parts, backend, route.token.as_ref(), peer.ip(), upgrade)?;
-        let req = Request::from_parts(parts, Either::Left(body));
+        let req = Request::from_parts(parts, Either::Left(Capped::new(body, snap.config.limits.max_body_bytes)));
         let mut resp = self.upstream.send(backend, req, snap.config.upstream.timeout).await?;
         let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
         if let (true, Some(client)) = (switching, client_upgrade) {
@@ -161,6 +169,16 @@ pub fn prepare(
         parts.headers.remove(qa);
     }
     snap.translator.request(parts, to, token).map_err(|e| Error::cross_schema_embed(to, &e))
+}
+
+/// Whether the request declares a body longer than `limit`.
+fn declared_too_large(req: &Request<Incoming>, limit: Option<u64>) -> bool {
+    let Some(limit) = limit else { return false };
+    req.headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .is_some_and(|n| n > limit)
 }
 
 /// A copy of a request head without its extensions (which hold the connection's

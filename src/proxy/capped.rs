@@ -1,0 +1,54 @@
+//! A request body with an optional size cap, for bodies that do not declare their
+//! length (chunked uploads): past the cap the stream errors, the upstream request is
+//! aborted, and the client is answered 413.
+
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use bytes::Bytes;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+
+/// The error a capped body ends with.
+#[derive(Debug, thiserror::Error)]
+#[error("request body over the {0}-byte limit")]
+pub struct TooLarge(pub u64);
+
+/// A client body, streamed, that errors past `limit` bytes.
+pub struct Capped {
+    inner: Incoming,
+    left: Option<u64>,
+    limit: u64,
+}
+
+impl Capped {
+    /// Caps `inner` at `limit` bytes (`None`: no cap).
+    pub fn new(inner: Incoming, limit: Option<u64>) -> Capped {
+        Capped { inner, left: limit, limit: limit.unwrap_or(0) }
+    }
+}
+
+impl Body for Capped {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        let frame = ready!(Pin::new(&mut this.inner).poll_frame(cx));
+        if let (Some(Ok(f)), Some(left)) = (&frame, this.left.as_mut()) {
+            let n = f.data_ref().map_or(0, |d| d.len() as u64);
+            if n > *left {
+                return Poll::Ready(Some(Err(Box::new(TooLarge(this.limit)))));
+            }
+            *left -= n;
+        }
+        Poll::Ready(frame.map(|r| r.map_err(Into::into)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

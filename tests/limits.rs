@@ -1,0 +1,131 @@
+//! Client-side limits through real sockets: header count and size (431), body size
+//! (413), in-flight requests (503 + Retry-After), connections, slow headers and idle
+//! keep-alive connections.
+
+mod support;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Frame;
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+async fn stack_with(extra: &str) -> (Upstream, Upstream, switchyard::server::Running) {
+    let v1 = echo("v1").await;
+    let v2 = echo("v2").await;
+    let sy = start(&config_text(&v1.url(), &v2.url(), 0, extra)).await;
+    (v1, v2, sy)
+}
+
+/// Writes `raw` on a fresh connection and reads the status line (or "" when closed).
+async fn raw_status(addr: std::net::SocketAddr, raw: &[u8]) -> String {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(raw).await.unwrap();
+    let mut buf = vec![0u8; 512];
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await.expect("an answer").unwrap_or(0);
+    String::from_utf8_lossy(&buf[..n]).lines().next().unwrap_or("").to_string()
+}
+
+#[tokio::test]
+async fn oversized_headers_are_431() {
+    let (v1, _v2, sy) = stack_with("[limits]\nmax_header_count = 20\nmax_header_bytes = 8192\n").await;
+    let many: String = (0..40).map(|i| format!("x-h{i}: v\r\n")).collect();
+    let req = format!("GET /rest/v1/t HTTP/1.1\r\nhost: x\r\n{many}\r\n");
+    assert!(raw_status(sy.addr, req.as_bytes()).await.contains("431"), "too many headers");
+    let big = format!("GET /rest/v1/t HTTP/1.1\r\nhost: x\r\nx-big: {}\r\n\r\n", "a".repeat(20_000));
+    assert!(raw_status(sy.addr, big.as_bytes()).await.contains("431"), "too large a head");
+    assert_eq!(v1.hits(), 0);
+    assert_eq!(get_as(sy.addr, "/rest/v1/t", "u").await.status, 200, "normal requests still pass");
+}
+
+#[tokio::test]
+async fn oversized_bodies_are_413() {
+    let (v1, _v2, sy) = stack_with("[limits]\nmax_body_bytes = 1000\n").await;
+    let got = send(sy.addr, "POST", "/rest/v1/t", &[], &"x".repeat(2000)).await;
+    assert_eq!(got.status, 413);
+    assert_eq!(got.json()["code"], "SWY413");
+    assert_eq!(v1.hits(), 0, "refused before forwarding");
+    assert_eq!(send(sy.addr, "POST", "/rest/v1/t", &[], &"x".repeat(1000)).await.status, 200);
+    // Chunked, no declared length: cut off at the limit.
+    let chunks =
+        futures_util::stream::iter((0..4).map(|_| Ok::<_, BoxError>(Frame::data(Bytes::from(vec![b'y'; 600])))));
+    let req =
+        Request::post(format!("http://{}/rest/v1/t", sy.addr)).body(BodyExt::boxed(StreamBody::new(chunks))).unwrap();
+    let resp = client().request(req).await.unwrap();
+    assert_eq!(resp.status(), 413);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn excess_requests_are_shed_with_retry_after() {
+    let slow = upstream(|_req| async move {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        Response::new(full("[]"))
+    })
+    .await;
+    let v2 = echo("v2").await;
+    let sy = start(&config_text(&slow.url(), &v2.url(), 0, "[limits]\nmax_in_flight = 2\n")).await;
+    let addr = sy.addr;
+    let calls = (0..6).map(|i| async move { get_as(addr, "/rest/v1/t", &format!("u{i}")).await });
+    let answers = futures_util::future::join_all(calls).await;
+    let shed: Vec<&Got> = answers.iter().filter(|g| g.status == 503).collect();
+    assert!(!shed.is_empty() && shed.len() <= 4, "{} shed", shed.len());
+    assert_eq!(answers.iter().filter(|g| g.status == 200).count() + shed.len(), 6);
+    assert_eq!(shed[0].headers["retry-after"], "1");
+    assert_eq!(shed[0].json()["code"], "SWY503");
+}
+
+#[tokio::test]
+async fn connections_over_the_limit_wait() {
+    let (_v1, _v2, sy) = stack_with("[limits]\nmax_connections = 1\n").await;
+    // One idle keep-alive connection holds the only slot.
+    let mut held = TcpStream::connect(sy.addr).await.unwrap();
+    held.write_all(b"GET /rest/v1/t HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let _ = held.read(&mut buf).await.unwrap();
+    let waiting = tokio::spawn({
+        let addr = sy.addr;
+        async move { get_as(addr, "/rest/v1/t", "second").await.status }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiting.is_finished(), "served past max_connections");
+    drop(held);
+    let status =
+        tokio::time::timeout(Duration::from_secs(5), waiting).await.expect("served once a slot freed").unwrap();
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn slow_headers_and_idle_connections_are_closed() {
+    let v1 = echo("v1").await;
+    let text = config_text(&v1.url(), &v1.url(), 0, "")
+        .replace("shutdown_grace_seconds = 5", "shutdown_grace_seconds = 5\nheader_read_timeout_seconds = 0.3");
+    let sy = start(&text).await;
+    let addr = sy.addr;
+    // Slowloris: half a request head, then silence.
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /rest/v1/t HTTP/1.1\r\nhost: x\r\n").await.unwrap();
+    let mut buf = vec![0u8; 512];
+    let n =
+        tokio::time::timeout(Duration::from_secs(3), s.read(&mut buf)).await.expect("closed by the proxy").unwrap_or(0);
+    let answer = String::from_utf8_lossy(&buf[..n]);
+    assert!(n == 0 || answer.contains("408"), "{answer}");
+    // Idle keep-alive: answered, then closed after the timeout.
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /rest/v1/t HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
+    let n = s.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    let closed = tokio::time::timeout(Duration::from_secs(3), async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => continue,
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "idle connection kept open");
+}
