@@ -99,15 +99,6 @@ async fn h2c_prior_knowledge_clients_reach_http1_upstreams() {
     }
 }
 
-fn frame_stream(rx: mpsc::Receiver<Bytes>) -> Body {
-    let s = tokio_stream_from(rx).map(|b| Ok::<_, BoxError>(Frame::data(b)));
-    BodyExt::boxed(StreamBody::new(s))
-}
-
-fn tokio_stream_from(mut rx: mpsc::Receiver<Bytes>) -> impl futures_util::Stream<Item = Bytes> + Send + 'static {
-    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
-}
-
 #[tokio::test]
 async fn response_bodies_stream_without_buffering() {
     let release = Arc::new(Notify::new());
@@ -121,7 +112,7 @@ async fn response_bodies_stream_without_buffering() {
                 gate.notified().await;
                 tx.send(Bytes::from_static(b"second")).await.unwrap();
             });
-            Response::new(frame_stream(rx))
+            Response::new(channel_body(rx))
         }
     })
     .await;
@@ -162,7 +153,7 @@ async fn request_bodies_stream_without_buffering() {
     let v2 = echo("v2").await;
     let sy = start(&config_text(&v1.url(), &v2.url(), 0, "")).await;
     let (tx, rx) = mpsc::channel(1);
-    let req = Request::post(format!("http://{}/functions/v1/upload", sy.addr)).body(frame_stream(rx)).unwrap();
+    let req = Request::post(format!("http://{}/functions/v1/upload", sy.addr)).body(channel_body(rx)).unwrap();
     let pending = tokio::spawn(async move { client().request(req).await });
     tx.send(Bytes::from_static(b"part-one")).await.unwrap();
     let first = tokio::time::timeout(Duration::from_secs(5), seen_rx.recv())

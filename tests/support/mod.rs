@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::Bytes;
+use futures_util::StreamExt;
 use http::{HeaderMap, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, combinators::BoxBody};
 use hyper::body::Incoming;
@@ -26,6 +27,13 @@ use tokio::net::TcpListener;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type Body = BoxBody<Bytes, BoxError>;
+
+/// A streamed body fed by a channel: each message is one data frame.
+pub fn channel_body(mut rx: tokio::sync::mpsc::Receiver<Bytes>) -> Body {
+    let frames = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+        .map(|b| Ok::<_, BoxError>(hyper::body::Frame::data(b)));
+    BodyExt::boxed(http_body_util::StreamBody::new(frames))
+}
 
 /// A body from bytes.
 pub fn full(b: impl Into<Bytes>) -> Body {
@@ -187,9 +195,15 @@ pub async fn send(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, 
     for (k, v) in headers {
         b = b.header(*k, *v);
     }
-    let resp = client().request(b.body(full(body.to_string())).unwrap()).await.expect("request sent");
+    // Every test request is bounded in time: a hang fails the test instead of CI.
+    let limit = std::time::Duration::from_secs(30);
+    let resp = tokio::time::timeout(limit, client().request(b.body(full(body.to_string())).unwrap()))
+        .await
+        .expect("an answer within 30 s")
+        .expect("request sent");
     let (parts, body) = resp.into_parts();
-    let body = body.collect().await.expect("whole body").to_bytes();
+    let body =
+        tokio::time::timeout(limit, body.collect()).await.expect("a body within 30 s").expect("whole body").to_bytes();
     Got { status: parts.status, headers: parts.headers, body }
 }
 
