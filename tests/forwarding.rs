@@ -167,27 +167,8 @@ async fn request_bodies_stream_without_buffering() {
 }
 
 #[tokio::test]
-#[allow(clippy::result_large_err)] // tungstenite's callback signature
 async fn websocket_echo_through_the_proxy() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let ws_addr = listener.local_addr().unwrap();
-    let (req_tx, mut req_rx) = mpsc::channel::<(String, String)>(1);
-    tokio::spawn(async move {
-        let (stream, _) = listener.accept().await.unwrap();
-        let callback = |req: &tokio_tungstenite::tungstenite::handshake::server::Request,
-                        resp: tokio_tungstenite::tungstenite::handshake::server::Response| {
-            let host = req.headers()["host"].to_str().unwrap().to_string();
-            req_tx.try_send((req.uri().to_string(), host)).unwrap();
-            Ok(resp)
-        };
-        let mut ws = tokio_tungstenite::accept_hdr_async(stream, callback).await.unwrap();
-        while let Some(Ok(msg)) = ws.next().await {
-            if msg.is_close() {
-                break;
-            }
-            ws.send(msg).await.unwrap();
-        }
-    });
+    let (ws_addr, mut req_rx) = ws_echo().await;
     let v2 = echo("v2").await;
     let sy = start(&config_text(&format!("http://{ws_addr}"), &v2.url(), 100, "")).await;
     let url = format!("ws://{}/realtime/v1/websocket?apikey=anon-key&vsn=2.0.0", sy.addr);

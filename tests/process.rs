@@ -135,3 +135,41 @@ async fn sigterm_lets_in_flight_requests_finish() {
     assert_eq!(code.0, Some(0), "exit status after SIGTERM");
     assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "still accepting after shutdown");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_drains_websocket_tunnels_then_closes_them_at_the_deadline() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let (ws_addr, _handshakes) = ws_echo().await;
+    let v2 = echo("v2").await;
+    let text = config_text(&format!("http://{ws_addr}"), &v2.url(), 0, "")
+        .replace("admin_listen = \"127.0.0.1:0\"", "admin_listen = \"\"")
+        .replace("shutdown_grace_seconds = 5", "shutdown_grace_seconds = 1.5");
+    let mut serving = Serving::start(&write_config("ws-drain", &text));
+    let url = format!("ws://{}/realtime/v1/websocket?apikey=k&vsn=2.0.0", serving.addr);
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    ws.send(Message::text("before")).await.unwrap();
+    assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("before"));
+    let signalled = std::time::Instant::now();
+    serving.signal("TERM");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    ws.send(Message::text("draining")).await.unwrap();
+    let echoed = tokio::time::timeout(Duration::from_secs(1), ws.next()).await.expect("the tunnel still works");
+    assert_eq!(echoed.unwrap().unwrap(), Message::text("draining"));
+    // At the deadline the tunnel is closed and the process exits.
+    let end = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match ws.next().await {
+                None | Some(Err(_)) => return,
+                Some(Ok(m)) if m.is_close() => return,
+                Some(Ok(_)) => continue,
+            }
+        }
+    })
+    .await;
+    assert!(end.is_ok(), "the tunnel outlived the grace period");
+    let waited = signalled.elapsed();
+    assert!(waited >= Duration::from_millis(1200), "closed before the deadline: {waited:?}");
+    let code = tokio::task::spawn_blocking(move || serving.wait_exit(Duration::from_secs(5))).await.unwrap();
+    assert_eq!(code, Some(0));
+}

@@ -119,6 +119,36 @@ pub async fn echo(label: &'static str) -> Upstream {
     .await
 }
 
+/// A WebSocket echo server on 127.0.0.1:0; each handshake's (uri, host) is sent on
+/// the returned channel.
+#[allow(clippy::result_large_err)] // tungstenite's callback signature
+pub async fn ws_echo() -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<(String, String)>) {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::handshake::server::{Request as WsRequest, Response as WsResponse};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let callback = |req: &WsRequest, resp: WsResponse| {
+                    let host = req.headers()["host"].to_str().unwrap().to_string();
+                    let _ = tx.send((req.uri().to_string(), host));
+                    Ok(resp)
+                };
+                let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(stream, callback).await else { return };
+                while let Some(Ok(msg)) = ws.next().await {
+                    if msg.is_close() || ws.send(msg).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    (addr, rx)
+}
+
 /// Config text for two backends plus `extra` TOML (appended, so it may add tables).
 pub fn config_text(v1: &str, v2: &str, percentage: u8, extra: &str) -> String {
     format!(
