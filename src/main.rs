@@ -27,6 +27,9 @@ enum Command {
     Serve {
         #[arg(long, default_value = "config/switchyard.toml")]
         config: PathBuf,
+        /// Worker threads (default: one per core). 1 for a single-core deployment.
+        #[arg(long, env = "SWITCHYARD_WORKERS")]
+        workers: Option<usize>,
     },
     /// Validate a config (file plus environment) without serving.
     Check {
@@ -91,14 +94,25 @@ fn main() -> ExitCode {
 }
 
 fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime")
+    runtime_with(None)
+}
+
+fn runtime_with(workers: Option<usize>) -> tokio::runtime::Runtime {
+    let mut b = match workers {
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        _ => tokio::runtime::Builder::new_multi_thread(),
+    };
+    if let Some(n) = workers.filter(|n| *n > 1) {
+        b.worker_threads(n);
+    }
+    b.enable_all().build().expect("tokio runtime")
 }
 
 fn run(command: Command) -> Result<(), ExitCode> {
     match command {
-        Command::Serve { config } => {
+        Command::Serve { config, workers } => {
             let cfg = load(&config)?;
-            runtime().block_on(server::run(cfg, Some(config))).map_err(|e| {
+            runtime_with(workers).block_on(server::run(cfg, Some(config))).map_err(|e| {
                 eprintln!("switchyard: {e}");
                 ExitCode::FAILURE
             })

@@ -2,11 +2,13 @@
 //! everywhere (design.md §7). One explicit [`Registry`] per proxy, so tests and
 //! several proxies in one process never share series.
 
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use http::{Method, StatusCode};
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 use crate::backend::BackendId;
@@ -18,6 +20,7 @@ const BUCKETS: [f64; 14] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 
 /// Every metric the proxy exports.
 pub struct Metrics {
     registry: Registry,
+    series: Series,
     requests: IntCounterVec,
     duration: HistogramVec,
     upstream_errors: IntCounterVec,
@@ -39,28 +42,32 @@ pub struct Metrics {
     pub guard_tripped: IntGauge,
 }
 
-fn method_label(m: &Method) -> &'static str {
+/// Method labels; arbitrary methods share `OTHER` (bounded cardinality).
+const METHODS: [&str; 8] = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "OTHER"];
+const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+const SERVICES: usize = Service::ALL.len();
+
+fn method_index(m: &Method) -> usize {
     match *m {
-        Method::GET => "GET",
-        Method::HEAD => "HEAD",
-        Method::POST => "POST",
-        Method::PUT => "PUT",
-        Method::PATCH => "PATCH",
-        Method::DELETE => "DELETE",
-        Method::OPTIONS => "OPTIONS",
-        // Bounded cardinality: arbitrary methods share one label.
-        _ => "OTHER",
+        Method::GET => 0,
+        Method::HEAD => 1,
+        Method::POST => 2,
+        Method::PUT => 3,
+        Method::PATCH => 4,
+        Method::DELETE => 5,
+        Method::OPTIONS => 6,
+        _ => 7,
     }
 }
 
-fn status_class(s: StatusCode) -> &'static str {
-    match s.as_u16() {
-        100..=199 => "1xx",
-        200..=299 => "2xx",
-        300..=399 => "3xx",
-        400..=499 => "4xx",
-        _ => "5xx",
-    }
+fn class_index(s: StatusCode) -> usize {
+    (usize::from(s.as_u16() / 100)).clamp(1, 5) - 1
+}
+
+/// Series resolved once and kept, so the request path does no label hashing.
+struct Series {
+    requests: Vec<OnceLock<IntCounter>>,
+    duration: Vec<OnceLock<Histogram>>,
 }
 
 impl Metrics {
@@ -148,8 +155,13 @@ impl Metrics {
         .expect("valid");
         reg(Box::new(shadow.clone()));
         reg(Box::new(guard_tripped.clone()));
+        let series = Series {
+            requests: (0..2 * SERVICES * METHODS.len() * CLASSES.len()).map(|_| OnceLock::new()).collect(),
+            duration: (0..2 * SERVICES).map(|_| OnceLock::new()).collect(),
+        };
         Metrics {
             registry,
+            series,
             requests,
             duration,
             upstream_errors,
@@ -189,9 +201,16 @@ impl Metrics {
 
     /// Counts one finished request.
     pub fn observe(&self, backend: BackendId, service: Service, method: &Method, status: StatusCode, took: Duration) {
-        let b = backend.as_str();
-        self.requests.with_label_values(&[b, service.as_str(), method_label(method), status_class(status)]).inc();
-        self.duration.with_label_values(&[b, service.as_str()]).observe(took.as_secs_f64());
+        let (b, s, m, c) = (backend.index(), service.index(), method_index(method), class_index(status));
+        let pair = b * SERVICES + s;
+        self.series.requests[(pair * METHODS.len() + m) * CLASSES.len() + c]
+            .get_or_init(|| {
+                self.requests.with_label_values(&[backend.as_str(), service.as_str(), METHODS[m], CLASSES[c]])
+            })
+            .inc();
+        self.series.duration[pair]
+            .get_or_init(|| self.duration.with_label_values(&[backend.as_str(), service.as_str()]))
+            .observe(took.as_secs_f64());
     }
 
     /// Counts one upstream failure.

@@ -12,6 +12,8 @@ pub struct BaseUrl {
     pub authority: Authority,
     /// Path prefix without a trailing slash (usually empty).
     pub prefix: String,
+    /// The `Host` header value for this upstream, built once.
+    pub host: http::HeaderValue,
 }
 
 impl BaseUrl {
@@ -30,7 +32,8 @@ impl BaseUrl {
             return Err(format!("a backend URL takes no query string: {raw:?}"));
         }
         let prefix = uri.path().trim_end_matches('/').to_string();
-        Ok(BaseUrl { scheme, authority, prefix })
+        let host = http::HeaderValue::from_str(authority.as_str()).map_err(|_| format!("bad host in {raw:?}"))?;
+        Ok(BaseUrl { scheme, authority, prefix, host })
     }
 
     /// The upstream URI for a request's path and query, which are kept byte for byte.

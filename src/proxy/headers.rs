@@ -80,7 +80,7 @@ pub fn prepare_request(
 
     let h = &mut parts.headers;
     // The upstream's own host: Supabase (and Realtime's tenant lookup) key on it.
-    h.insert(header::HOST, HeaderValue::from_str(upstream.authority.as_str())?);
+    h.insert(header::HOST, upstream.host.clone());
     let xff = match h.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
         Some(prev) => HeaderValue::from_str(&format!("{prev}, {peer}"))?,
         None => HeaderValue::from_str(&peer.to_string())?,

@@ -71,48 +71,58 @@ impl Proxy {
         let versioned = req.headers().contains_key("x-supabase-api-version");
 
         let route = route::route(&snap, service, req.headers(), req.uri());
-        let decision = route.decision;
-        let result = match route.refused {
-            _ if self.metrics.in_flight.get() > snap.config.limits.max_in_flight as i64 => {
-                Err(Error::overloaded(decision.backend))
-            }
-            _ if declared_too_large(&req, snap.config.limits.max_body_bytes) => {
-                Err(Error::too_large(decision.backend, snap.config.limits.max_body_bytes.unwrap_or(0)))
-            }
-            Some(reason) => {
-                self.metrics.auth_rejected(reason);
-                Err(Error::unauthorized(decision.backend, reason))
-            }
-            None => {
+        let backend = route.decision.backend;
+        let (result, judged) = match self.admit(&snap, &route, &req) {
+            Err(err) => (Err(err), false),
+            Ok(()) => {
                 let result = self.forward(req, &snap, &route, peer, service).await;
                 // The guard judges the backends, not the clients' requests.
-                if result.as_ref().map_or_else(|e| e.is_upstream(), |_| true) {
-                    let status = result.as_ref().map_or_else(|e| e.status(), |r| r.status());
-                    self.guard.record(decision.backend, service, status, started.elapsed());
-                }
-                result
+                let judged = result.as_ref().map_or_else(Error::is_upstream, |_| true);
+                (result, judged)
             }
         };
-        let mut resp = match result {
-            Ok(resp) => resp,
-            Err(err) => {
-                if err.kind() == ErrorKind::CrossSchemaEmbed {
-                    self.metrics.translated(translate::Kind::EmbedRejected);
-                }
-                if err.is_upstream() {
-                    self.metrics.upstream_error(err.backend(), err.upstream_label());
-                    tracing::warn!(backend = %err.backend(), service = service.as_str(), error = %err, "upstream failed");
-                }
-                let mut resp = err.into_response(service, versioned).map(Either::Right);
-                headers::prepare_response(resp.headers_mut(), false, decision.backend);
-                resp
-            }
-        };
-        if let Some(p) = decision.set_cookie {
+        let mut resp = result.unwrap_or_else(|err| self.error_response(err, service, versioned));
+        if let Some(p) = route.decision.set_cookie {
             let cookie = headers::cohort_cookie(&snap.config.identity.cookie_name, p);
             resp.headers_mut().append(header::SET_COOKIE, cookie);
         }
-        self.metrics.observe(decision.backend, service, &method, resp.status(), started.elapsed());
+        let took = started.elapsed();
+        if judged {
+            self.guard.record(backend, service, resp.status(), took);
+        }
+        self.metrics.observe(backend, service, &method, resp.status(), took);
+        resp
+    }
+
+    /// Whether the request may go upstream at all: load shedding, declared body size,
+    /// a refused bearer token.
+    fn admit(&self, snap: &Snapshot, route: &Route, req: &Request<Incoming>) -> Result<(), Error> {
+        let (backend, limits) = (route.decision.backend, &snap.config.limits);
+        if self.metrics.in_flight.get() > limits.max_in_flight as i64 {
+            return Err(Error::overloaded(backend));
+        }
+        if declared_too_large(req, limits.max_body_bytes) {
+            return Err(Error::too_large(backend, limits.max_body_bytes.unwrap_or(0)));
+        }
+        if let Some(reason) = route.refused {
+            self.metrics.auth_rejected(reason);
+            return Err(Error::unauthorized(backend, reason));
+        }
+        Ok(())
+    }
+
+    /// The one place a request-path error becomes a response (counted and logged).
+    fn error_response(&self, err: Error, service: Service, versioned: bool) -> Response<Body> {
+        if err.kind() == ErrorKind::CrossSchemaEmbed {
+            self.metrics.translated(translate::Kind::EmbedRejected);
+        }
+        if err.is_upstream() {
+            self.metrics.upstream_error(err.backend(), err.upstream_label());
+            tracing::warn!(backend = %err.backend(), service = service.as_str(), error = %err, "upstream failed");
+        }
+        let backend = err.backend();
+        let mut resp = err.into_response(service, versioned).map(Either::Right);
+        headers::prepare_response(resp.headers_mut(), false, backend);
         resp
     }
 

@@ -115,10 +115,15 @@ impl Translator {
     ) -> Result<Applied, CrossSchemaEmbed> {
         let mut applied = Applied::default();
         self.credentials(parts, to, token, &mut applied);
-        let path = parts.uri.path().to_string();
+        // Paths are copied only when a map may apply to them.
+        let path = parts.uri.path();
         if let Some(rest) = path.strip_prefix("/functions/v1/") {
-            self.edge_function(parts, to, rest, &mut applied);
-        } else if to == BackendId::V2 && !self.schema.is_empty() {
+            if !self.edge.get(to).is_empty() {
+                let rest = rest.to_string();
+                self.edge_function(parts, to, &rest, &mut applied);
+            }
+        } else if to == BackendId::V2 && !self.schema.is_empty() && path.starts_with("/rest/v1/") {
+            let path = path.to_string();
             self.rest(parts, &path, &mut applied)?;
         }
         Ok(applied)

@@ -1,0 +1,150 @@
+#!/usr/bin/env bash
+# Load comparison on one machine, one run: nginx `return 200` as the v1 and v2
+# backends, and in front of them (a) nothing, (b) switchyard, (c) nginx doing the same
+# rollout (split_clients + proxy_pass with upstream keepalive), (d) HAProxy. Each proxy
+# gets one core and one worker, wrk the other core. Prints requests/s, p50, p99, the
+# proxy's CPU time per request (from /proc), its RSS, and switchyard/nginx ratios.
+#   benches/load/run.sh [SECONDS] [CONNECTIONS]
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" || true
+secs=${1:-10}
+conns=${2:-64}
+here=benches/load
+work=$(mktemp -d)
+trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
+
+need() { command -v "$1" >/dev/null || { export DEBIAN_FRONTEND=noninteractive; apt-get update -qq; apt-get install -y -qq "$2" >/dev/null; }; }
+need nginx nginx; need haproxy haproxy; need wrk wrk
+cargo build --release --quiet --bin switchyard
+bin=target/release/switchyard
+ncpu=$(nproc)
+proxy_cpu=0
+load_cpu=$(( ncpu > 1 ? 1 : 0 ))
+
+# Backends: one nginx, two servers.
+cat > "$work/backend.conf" <<CONF
+worker_processes 1; pid $work/backend.pid; error_log $work/backend.err;
+events { worker_connections 4096; }
+http { access_log off; keepalive_requests 100000;
+  server { listen 127.0.0.1:18101; location / { return 200 '[{"id":1,"project":"v1"}]'; } }
+  server { listen 127.0.0.1:18102; location / { return 200 '[{"id":1,"project":"v2"}]'; } } }
+CONF
+taskset -c $load_cpu nginx -c "$work/backend.conf" -g 'daemon off;' &
+
+# switchyard, with and without a JWT secret.
+secret="load-test-secret-0123456789abcdef"
+cat > "$work/switchyard.toml" <<CONF
+[server]
+listen = "127.0.0.1:18200"
+admin_listen = ""
+[rollout]
+percentage = 37
+[guard]
+enabled = false
+[limits]
+max_connections = 20000
+max_in_flight = 20000
+[backends.v1]
+url = "http://127.0.0.1:18101"
+jwt_secret = "$secret"
+issuer = "load"
+[backends.v2]
+url = "http://127.0.0.1:18102"
+CONF
+RUST_LOG=warn taskset -c $proxy_cpu $bin serve --workers 1 --config "$work/switchyard.toml" 2>"$work/switchyard.err" &
+sy_pid=$!
+
+# nginx as the rollout proxy.
+cat > "$work/nginx-proxy.conf" <<CONF
+worker_processes 1; worker_cpu_affinity auto; pid $work/proxy.pid; error_log $work/proxy.err;
+events { worker_connections 20000; }
+http { access_log off; keepalive_requests 100000;
+  split_clients "\$http_x_user_id" \$cohort { 37% v2; * v1; }
+  upstream v1 { server 127.0.0.1:18101; keepalive 256; }
+  upstream v2 { server 127.0.0.1:18102; keepalive 256; }
+  server { listen 127.0.0.1:18201;
+    location / { proxy_pass http://\$cohort; proxy_http_version 1.1; proxy_set_header Connection "";
+      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for; add_header x-switchyard-backend \$cohort; } } }
+CONF
+taskset -c $proxy_cpu nginx -c "$work/nginx-proxy.conf" -g 'daemon off;' &
+
+# HAProxy doing the same.
+cat > "$work/haproxy.cfg" <<CONF
+global
+  nbthread 1
+  maxconn 9000
+defaults
+  mode http
+  timeout connect 3s
+  timeout client 30s
+  timeout server 30s
+  option http-keep-alive
+frontend fe
+  bind 127.0.0.1:18202
+  http-request set-var(txn.p) req.hdr(x-user-id),crc32,mod(100)
+  use_backend v2 if { var(txn.p) -m int lt 37 }
+  default_backend v1
+backend v1
+  http-reuse always
+  server s1 127.0.0.1:18101
+backend v2
+  http-reuse always
+  server s2 127.0.0.1:18102
+CONF
+taskset -c $proxy_cpu haproxy -f "$work/haproxy.cfg" -db >/dev/null 2>&1 &
+sleep 1.5
+
+# Bearer tokens for the JWT runs (HS256, verified by switchyard).
+python3 - "$secret" > "$work/tokens.txt" <<'PY'
+import base64, hmac, hashlib, json, sys, time
+secret = sys.argv[1].encode()
+b64 = lambda b: base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+head = b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
+for i in range(1000):
+    claims = {"sub": f"user-{i}", "iss": "load", "aud": "authenticated", "role": "authenticated", "exp": int(time.time()) + 3600}
+    msg = head + "." + b64(json.dumps(claims).encode())
+    print(msg + "." + b64(hmac.new(secret, msg.encode(), hashlib.sha256).digest()))
+PY
+
+pid_of() { # the process listening on a port
+  ss -ltnp "sport = :$1" | grep -o 'pid=[0-9]*' | head -1 | cut -d= -f2
+}
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
+tck=$(getconf CLK_TCK)
+
+printf '%-26s %10s %9s %9s %12s %9s\n' "target" "req/s" "p50 ms" "p99 ms" "cpu us/req" "RSS MiB"
+declare -A RPS P50 P99 CPU RSS
+run() { # name port [tokens]
+  local name=$1 port=$2 tokens=${3:-}
+  local pid; pid=$(pid_of "$port")
+  local before; before=$(cpu_ticks "$pid")
+  local out
+  out=$(TOKENS=$tokens taskset -c $load_cpu wrk -t1 -c"$conns" -d"${secs}s" --latency -s $here/users.lua "http://127.0.0.1:$port/" 2>&1)
+  local after; after=$(cpu_ticks "$pid")
+  local reqs; reqs=$(echo "$out" | awk '/requests in/ {print $1}')
+  local rps; rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
+  local ms; ms() { echo "$out" | awk -v q="$1" '$1 == q { v=$2; if (v ~ /us$/) { sub(/us/,"",v); v=v/1000 } else if (v ~ /ms$/) { sub(/ms/,"",v) } else if (v ~ /s$/) { sub(/s/,"",v); v=v*1000 } print v }'; }
+  local p50; p50=$(ms 50%); local p99; p99=$(ms 99%)
+  local cpu; cpu=$(awk -v a="$before" -v b="$after" -v n="$reqs" -v t="$tck" 'BEGIN { printf "%.2f", (b - a) / t * 1e6 / n }')
+  local rss; rss=$(awk -v k="$(rss_kib "$pid")" 'BEGIN { printf "%.1f", k / 1024 }')
+  RPS[$name]=$rps; P50[$name]=$p50; P99[$name]=$p99; CPU[$name]=$cpu; RSS[$name]=$rss
+  printf '%-26s %10s %9s %9s %12s %9s\n' "$name" "$rps" "$p50" "$p99" "$cpu" "$rss"
+}
+run "backend direct" 18101
+run "switchyard (x-user-id)" 18200
+run "switchyard (JWT HS256)" 18200 "$work/tokens.txt"
+run "nginx split_clients" 18201
+run "haproxy" 18202
+conns_saved=$conns; conns=1000
+run "switchyard 1000 conns" 18200
+run "nginx 1000 conns" 18201
+conns=$conns_saved
+
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
+echo
+echo "switchyard / nginx (x-user-id): throughput $(ratio "${RPS[switchyard (x-user-id)]}" "${RPS[nginx split_clients]}")," \
+  "p99 $(ratio "${P99[switchyard (x-user-id)]}" "${P99[nginx split_clients]}")," \
+  "cpu per request $(ratio "${CPU[switchyard (x-user-id)]}" "${CPU[nginx split_clients]}")," \
+  "RSS at 1000 connections ${RSS[switchyard 1000 conns]} MiB vs ${RSS[nginx 1000 conns]} MiB"
