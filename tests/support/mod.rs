@@ -150,10 +150,13 @@ pub async fn ws_echo() -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<(Str
 }
 
 /// Config text for two backends plus `extra` TOML (appended, so it may add tables).
+/// The canary guard is off unless `extra` configures it: a rollback in the middle of
+/// a test about something else would only make it flaky.
 pub fn config_text(v1: &str, v2: &str, percentage: u8, extra: &str) -> String {
+    let guard = if extra.contains("[guard]") { "" } else { "[guard]\nenabled = false\n" };
     format!(
         "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nshutdown_grace_seconds = 5\n\
-         [rollout]\npercentage = {percentage}\n[backends.v1]\nurl = \"{v1}\"\n[backends.v2]\nurl = \"{v2}\"\n{extra}"
+         [rollout]\npercentage = {percentage}\n[backends.v1]\nurl = \"{v1}\"\n[backends.v2]\nurl = \"{v2}\"\n{guard}{extra}"
     )
 }
 
