@@ -87,23 +87,25 @@ impl Error {
         Error::new(Kind::PayloadTooLarge, backend, format!("limit {limit} bytes"))
     }
 
-    /// Classifies a client error from the upstream pool.
-    pub fn upstream(backend: BackendId, err: hyper_util::client::legacy::Error) -> Error {
-        let kind = if let Some(limit) = find::<crate::proxy::capped::TooLarge>(&err) {
+    /// Classifies why the upstream gave no response.
+    pub fn upstream(backend: BackendId, failure: crate::upstream::Failure) -> Error {
+        use crate::upstream::Failure;
+        let err: &(dyn std::error::Error + 'static) = match &failure {
+            Failure::Connect(e) => e.as_ref(),
+            Failure::Http(e) => e,
+        };
+        let kind = if let Some(limit) = find::<crate::proxy::capped::TooLarge>(err) {
             return Error::too_large(backend, limit.0);
-        } else if is_tls(&err) {
+        } else if is_tls(err) {
             Kind::Tls
-        } else if err.is_connect() {
+        } else if matches!(failure, Failure::Connect(_)) {
             Kind::Connect
-        } else if find::<hyper::Error>(&err).is_some_and(|e| e.is_parse()) {
+        } else if find::<hyper::Error>(err).is_some_and(|e| e.is_parse()) {
             Kind::Protocol
         } else {
             Kind::Reset
         };
-        let detail = std::iter::successors(Some(&err as &dyn std::error::Error), |e| e.source())
-            .last()
-            .map(|e| e.to_string())
-            .unwrap_or_default();
+        let detail = std::iter::successors(Some(err), |e| e.source()).last().map(|e| e.to_string()).unwrap_or_default();
         Error::new(kind, backend, detail)
     }
 

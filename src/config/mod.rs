@@ -126,6 +126,8 @@ pub struct UpstreamConfig {
     pub timeout: Duration,
     pub pool_idle_timeout: Duration,
     pub pool_max_idle_per_host: usize,
+    /// Connections to one upstream host at once (busy, connecting or idle).
+    pub max_connections_per_host: usize,
     /// Trusted for https upstreams besides the webpki roots.
     pub extra_roots: Vec<rustls_pki_types::CertificateDer<'static>>,
 }
@@ -299,6 +301,10 @@ fn validate(raw: file::FileConfig, seen: env::Overridden) -> Result<Config, Conf
         timeout: seconds("upstream.timeout_seconds", u.timeout_seconds)?,
         pool_idle_timeout: seconds("upstream.pool_idle_timeout_seconds", u.pool_idle_timeout_seconds)?,
         pool_max_idle_per_host: u.pool_max_idle_per_host,
+        max_connections_per_host: match u.max_connections_per_host {
+            0 => return Err(ConfigError::new("upstream.max_connections_per_host", "must be at least 1, got 0")),
+            n => n,
+        },
         extra_roots: match &u.ca_file {
             None => Vec::new(),
             Some(path) => ca_certificates(path)?,

@@ -5,8 +5,10 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use bytes::{Bytes, BytesMut};
-use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::body::{Body, Frame, SizeHint};
 use tokio::sync::oneshot;
+
+use crate::upstream::UpstreamBody;
 
 /// Why no copy was delivered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,13 +60,13 @@ impl Drop for Tap {
 
 /// An upstream body, optionally tapped.
 pub struct Tapped {
-    inner: Incoming,
+    inner: UpstreamBody,
     tap: Option<Tap>,
 }
 
 impl Tapped {
     /// Wraps `inner`; with `tap`, a copy goes to the shadow comparison.
-    pub fn new(inner: Incoming, tap: Option<Tap>) -> Tapped {
+    pub fn new(inner: UpstreamBody, tap: Option<Tap>) -> Tapped {
         Tapped { inner, tap }
     }
 }

@@ -40,10 +40,11 @@ pub fn full(b: impl Into<Bytes>) -> Body {
     Full::new(b.into()).map_err(|never| match never {}).boxed()
 }
 
-/// A test upstream: counts requests, answers with `handler`.
+/// A test upstream: counts requests and accepted connections, answers with `handler`.
 pub struct Upstream {
     pub addr: SocketAddr,
     pub hits: Arc<AtomicUsize>,
+    pub conns: Arc<AtomicUsize>,
 }
 
 impl Upstream {
@@ -52,6 +53,9 @@ impl Upstream {
     }
     pub fn hits(&self) -> usize {
         self.hits.load(Ordering::SeqCst)
+    }
+    pub fn connections(&self) -> usize {
+        self.conns.load(Ordering::SeqCst)
     }
 }
 
@@ -66,8 +70,11 @@ where
     let hits = Arc::new(AtomicUsize::new(0));
     let handler = Arc::new(handler);
     let counter = hits.clone();
+    let conns = Arc::new(AtomicUsize::new(0));
+    let accepted = conns.clone();
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
+            accepted.fetch_add(1, Ordering::SeqCst);
             let handler = handler.clone();
             let counter = counter.clone();
             tokio::spawn(async move {
@@ -83,7 +90,7 @@ where
             });
         }
     });
-    Upstream { addr, hits }
+    Upstream { addr, hits, conns }
 }
 
 /// What an echo upstream saw, as JSON: label, method, path, raw query, headers, body.

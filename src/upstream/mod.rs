@@ -1,0 +1,171 @@
+//! The upstream client: HTTP/1.1 (TLS through rustls) to the projects, over one
+//! bounded connection [`pool`] per scheme + authority, so pools outlive every config
+//! change. HTTP/1.1 only, as nginx does upstream: it keeps WebSocket upgrades simple
+//! and every Supabase service speaks it.
+
+mod body;
+mod idle;
+mod pool;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::uri::{Authority, Scheme};
+use http::{Request, Response, Uri};
+use http_body_util::{Either, Empty};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+
+pub use body::UpstreamBody;
+pub use pool::{Failure, Settings};
+
+use crate::backend::BackendId;
+use crate::config::UpstreamConfig;
+use crate::error::Error;
+use crate::proxy::capped::Capped;
+use pool::Pool;
+
+/// What the proxy sends upstream: the client's body, streamed, or nothing (shadow
+/// reads).
+pub type OutBody = Either<Capped, Empty<Bytes>>;
+
+type Key = (Scheme, Authority);
+
+/// The shared upstream client.
+#[derive(Clone)]
+pub struct Upstream {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    connector: HttpsConnector<HttpConnector>,
+    settings: Settings,
+    /// Read on every request without a lock; written when a new host first appears.
+    pools: ArcSwap<HashMap<Key, Arc<Pool>>>,
+}
+
+impl Upstream {
+    /// Builds the client, and the task that closes expired idle connections (it ends
+    /// with the last clone). Connect and pool settings are fixed for the process.
+    pub fn new(cfg: &UpstreamConfig) -> Upstream {
+        let settings = Settings {
+            max_connections: cfg.max_connections_per_host,
+            max_idle: cfg.pool_max_idle_per_host,
+            idle_timeout: cfg.pool_idle_timeout,
+        };
+        let inner = Arc::new(Inner { connector: connector(cfg), settings, pools: ArcSwap::default() });
+        tokio::spawn(reap(Arc::downgrade(&inner), (cfg.pool_idle_timeout / 4).clamp(REAP_MIN, REAP_MAX)));
+        Upstream { inner }
+    }
+
+    /// Sends `req` (absolute URI) to `backend`, waiting at most `timeout` for a
+    /// connection and the response headers. The body then streams for as long as it
+    /// takes.
+    pub async fn send(
+        &self,
+        backend: BackendId,
+        mut req: Request<OutBody>,
+        timeout: Duration,
+    ) -> Result<Response<UpstreamBody>, Error> {
+        let Some(key) = origin_form(req.uri_mut()) else {
+            return Err(Error::bad_request(backend, "upstream URL without scheme or host"));
+        };
+        let pool = self.pool(key);
+        match tokio::time::timeout(timeout, pool.send(req)).await {
+            Ok(Ok(resp)) => Ok(resp),
+            Ok(Err(failure)) => Err(Error::upstream(backend, failure)),
+            Err(_) => Err(Error::timeout(backend, timeout)),
+        }
+    }
+
+    fn pool(&self, key: Key) -> Arc<Pool> {
+        if let Some(pool) = self.inner.pools.load().get(&key) {
+            return pool.clone();
+        }
+        let inner = &self.inner;
+        let mut created = None;
+        inner.pools.rcu(|pools| {
+            let mut pools = HashMap::clone(pools);
+            let pool = pools.entry(key.clone()).or_insert_with(|| {
+                let target = Uri::from_parts(target_parts(&key)).expect("scheme, authority and / make a URI");
+                Arc::new(Pool::new(target, inner.connector.clone(), inner.settings))
+            });
+            created = Some(pool.clone());
+            pools
+        });
+        created.expect("rcu ran at least once")
+    }
+}
+
+const REAP_MIN: Duration = Duration::from_millis(100);
+const REAP_MAX: Duration = Duration::from_secs(5);
+
+async fn reap(inner: Weak<Inner>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(inner) = inner.upgrade() else { return };
+        for pool in inner.pools.load().values() {
+            pool.reap();
+        }
+    }
+}
+
+/// Strips scheme and authority from `uri` (HTTP/1.1 requests to an origin carry the
+/// path only) and returns them as the pool key.
+fn origin_form(uri: &mut Uri) -> Option<Key> {
+    let mut parts = std::mem::take(uri).into_parts();
+    let key = (parts.scheme.take()?, parts.authority.take()?);
+    if parts.path_and_query.is_none() {
+        parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+    }
+    *uri = Uri::from_parts(parts).ok()?;
+    Some(key)
+}
+
+fn target_parts((scheme, authority): &Key) -> http::uri::Parts {
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(scheme.clone());
+    parts.authority = Some(authority.clone());
+    parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+    parts
+}
+
+fn connector(cfg: &UpstreamConfig) -> HttpsConnector<HttpConnector> {
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(cfg.connect_timeout));
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
+    // Parsed at config load, so nothing is left to refuse here.
+    let (_added, _ignored) = roots.add_parsable_certificates(cfg.extra_roots.iter().cloned());
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default TLS versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_or_http().enable_http1().wrap_connector(http)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_go_out_in_origin_form() {
+        let mut uri: Uri = "https://abc.supabase.co/rest/v1/t?select=*".parse().unwrap();
+        let (scheme, authority) = origin_form(&mut uri).unwrap();
+        assert_eq!((scheme.as_str(), authority.as_str()), ("https", "abc.supabase.co"));
+        assert_eq!(uri.to_string(), "/rest/v1/t?select=*");
+        let mut bare: Uri = "http://127.0.0.1:9".parse().unwrap();
+        assert!(origin_form(&mut bare).is_some());
+        assert_eq!(bare.to_string(), "/");
+        let mut relative: Uri = "/no/host".parse().unwrap();
+        assert!(origin_form(&mut relative).is_none());
+    }
+}

@@ -1,0 +1,100 @@
+//! The upstream connection pool, seen from a real upstream: connections are bounded
+//! and reused, bodiless answers give theirs back too, idle ones expire, and an
+//! upstream that closes after each answer costs a new connection, not an error.
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use http::{Response, StatusCode};
+use support::{config_text, full, get_as, start, upstream};
+
+/// An upstream answering after `delay`, recording the most requests it had at once.
+async fn slow(delay: Duration) -> (support::Upstream, Arc<AtomicUsize>) {
+    let (now, peak) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let seen = peak.clone();
+    let up = upstream(move |_req| {
+        let (now, peak) = (now.clone(), peak.clone());
+        async move {
+            let n = now.fetch_add(1, Ordering::SeqCst) + 1;
+            peak.fetch_max(n, Ordering::SeqCst);
+            tokio::time::sleep(delay).await;
+            now.fetch_sub(1, Ordering::SeqCst);
+            Response::new(full("[]"))
+        }
+    })
+    .await;
+    (up, seen)
+}
+
+#[tokio::test]
+async fn connections_are_bounded_and_reused() {
+    let (v1, peak) = slow(Duration::from_millis(40)).await;
+    let sy = start(&config_text(&v1.url(), &v1.url(), 0, "[upstream]\nmax_connections_per_host = 4\n")).await;
+    let requests = (0..40).map(|i| get_as(sy.addr, "/rest/v1/t", if i % 2 == 0 { "a" } else { "b" }));
+    for got in futures_util::future::join_all(requests).await {
+        assert_eq!(got.status, StatusCode::OK);
+    }
+    assert_eq!(peak.load(Ordering::SeqCst), 4, "40 concurrent requests share exactly 4 connections");
+    assert_eq!(v1.connections(), 4);
+    for _ in 0..10 {
+        assert_eq!(get_as(sy.addr, "/rest/v1/t", "a").await.status, StatusCode::OK);
+    }
+    assert_eq!(v1.connections(), 4, "sequential requests reuse pooled connections");
+    assert_eq!(v1.hits(), 50);
+}
+
+#[tokio::test]
+async fn bodiless_answers_give_their_connection_back() {
+    let v1 = upstream(|req| async move {
+        let status = if req.method() == http::Method::HEAD { StatusCode::OK } else { StatusCode::NO_CONTENT };
+        Response::builder().status(status).header("content-length", "0").body(full("")).unwrap()
+    })
+    .await;
+    let sy = start(&config_text(&v1.url(), &v1.url(), 0, "")).await;
+    for method in ["GET", "HEAD", "DELETE", "GET", "HEAD"] {
+        let got = support::send(sy.addr, method, "/rest/v1/t?id=eq.1", &[], "").await;
+        assert!(got.status.is_success(), "{method}: {}", got.status);
+    }
+    assert_eq!(v1.connections(), 1);
+}
+
+#[tokio::test]
+async fn idle_connections_expire() {
+    let v1 = support::echo("v1").await;
+    let extra = "[upstream]\npool_idle_timeout_seconds = 0.3\n";
+    let sy = start(&config_text(&v1.url(), &v1.url(), 0, extra)).await;
+    get_as(sy.addr, "/rest/v1/t", "a").await;
+    get_as(sy.addr, "/rest/v1/t", "a").await;
+    assert_eq!(v1.connections(), 1);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(get_as(sy.addr, "/rest/v1/t", "a").await.status, StatusCode::OK);
+    assert_eq!(v1.connections(), 2, "a connection idle past the timeout is not reused");
+}
+
+#[tokio::test]
+async fn upstream_closing_each_connection_is_not_an_error() {
+    let v1 =
+        upstream(|_req| async { Response::builder().header("connection", "close").body(full("[]")).unwrap() }).await;
+    let sy = start(&config_text(&v1.url(), &v1.url(), 0, "")).await;
+    for _ in 0..5 {
+        assert_eq!(get_as(sy.addr, "/rest/v1/t", "a").await.status, StatusCode::OK);
+    }
+    assert_eq!(v1.connections(), 5);
+}
+
+#[tokio::test]
+async fn waiting_for_a_connection_counts_against_the_timeout() {
+    let (v1, _) = slow(Duration::from_millis(400)).await;
+    let extra = "[upstream]\nmax_connections_per_host = 1\ntimeout_seconds = 0.6\n";
+    let sy = start(&config_text(&v1.url(), &v1.url(), 0, extra)).await;
+    let (first, second) = tokio::join!(get_as(sy.addr, "/rest/v1/t", "a"), async {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        get_as(sy.addr, "/rest/v1/t", "b").await
+    });
+    assert_eq!(first.status, StatusCode::OK);
+    assert_eq!(second.status, StatusCode::GATEWAY_TIMEOUT, "queued 350 ms, then 400 ms upstream: over 600 ms");
+    assert_eq!(second.json()["code"], "SWY504");
+}
