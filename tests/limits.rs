@@ -113,6 +113,10 @@ async fn slow_headers_and_idle_connections_are_closed() {
         tokio::time::timeout(Duration::from_secs(3), s.read(&mut buf)).await.expect("closed by the proxy").unwrap_or(0);
     let answer = String::from_utf8_lossy(&buf[..n]);
     assert!(n == 0 || answer.contains("408"), "{answer}");
+    // A client that connects and never says anything.
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let silent = tokio::time::timeout(Duration::from_secs(3), s.read(&mut buf)).await;
+    assert!(matches!(silent, Ok(Ok(0)) | Ok(Err(_))), "silent connection kept open: {silent:?}");
     // Idle keep-alive: answered, then closed after the timeout.
     let mut s = TcpStream::connect(addr).await.unwrap();
     s.write_all(b"GET /rest/v1/t HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
@@ -128,4 +132,19 @@ async fn slow_headers_and_idle_connections_are_closed() {
     })
     .await;
     assert!(closed.is_ok(), "idle connection kept open");
+}
+
+#[tokio::test]
+async fn a_request_starting_like_the_http2_preface_is_still_http1() {
+    let (_v1, _v2, sy) = support::stack(0, "").await;
+    // "P" is where the HTTP/2 preface and PATCH/POST/PUT part ways: the connection takes
+    // the full protocol detection, which must still serve HTTP/1.
+    let mut s = TcpStream::connect(sy.addr).await.unwrap();
+    s.write_all(b"P").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    s.write_all(b"OST /rest/v1/t HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n\r\n{}").await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(3), s.read(&mut buf)).await.expect("answered").unwrap();
+    let answer = String::from_utf8_lossy(&buf[..n]);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
 }

@@ -150,7 +150,7 @@ impl Default for UpstreamFile {
             timeout_seconds: 30.0,
             pool_idle_timeout_seconds: 50.0,
             pool_max_idle_per_host: 256,
-            max_connections_per_host: 256,
+            max_connections_per_host: 128,
             ca_file: None,
         }
     }

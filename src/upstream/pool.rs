@@ -87,7 +87,8 @@ impl Pool {
         loop {
             let (mut sender, reused) = match self.unpark() {
                 Some(sender) => (sender, true),
-                None => (self.connect().await?, false),
+                // Boxed: every request's future would otherwise carry the rare connect's state.
+                None => (Box::pin(self.connect()).await?, false),
             };
             if let Err(e) = sender.ready().await {
                 if reused {

@@ -3,6 +3,8 @@
 //! gracefully: stop accepting, let in-flight requests and tunnels finish within the
 //! grace period, then close what is left.
 
+mod sniff;
+
 use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
@@ -10,11 +12,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use http::Response;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -23,10 +26,13 @@ use crate::config::limits::LimitsConfig;
 use crate::config::{Config, ServerConfig};
 use crate::control::Control;
 use crate::metrics::Metrics;
-use crate::proxy::Proxy;
+use crate::proxy::{Body, Proxy};
 use crate::state::State;
 use crate::upstream::Upstream;
 use crate::watch;
+use sniff::Opening;
+
+type Handled = std::pin::Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
 
 /// A running proxy.
 pub struct Running {
@@ -105,6 +111,54 @@ pub async fn run(config: Config, path: Option<PathBuf>) -> io::Result<()> {
     Ok(())
 }
 
+/// Serves one client connection until it closes (or shutdown closes it).
+async fn connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    proxy: Arc<Proxy>,
+    builders: Arc<Builders>,
+    watcher: Watcher,
+    shutdown: CancellationToken,
+) {
+    let opening = tokio::select! {
+        _ = shutdown.cancelled() => return,
+        opening = tokio::time::timeout(builders.opening, sniff::opening(&stream)) => opening,
+    };
+    let service = service_fn(move |req| {
+        let proxy = proxy.clone();
+        // Boxed per request: hyper keeps a slot the size of this future in every
+        // connection, idle ones included, for as long as the connection lives.
+        let handled: Handled = Box::pin(async move { Ok(proxy.handle(req, peer).await) });
+        handled
+    });
+    let io = TokioIo::new(stream);
+    let ended = match opening {
+        Ok(Ok(Some(Opening::Http1))) => {
+            // hyper-util's graceful watch has no hook for this connection type: shutdown
+            // is driven from the token, and holding the watcher keeps the drain waiting.
+            let _watcher = watcher;
+            let mut conn = std::pin::pin!(builders.http1.serve_connection(io, service).with_upgrades());
+            let ended = tokio::select! {
+                ended = conn.as_mut() => ended,
+                _ = shutdown.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            ended.map_err(Into::into)
+        }
+        Ok(Ok(Some(Opening::MaybeHttp2))) => {
+            // Boxed: rare, and every connection's task would otherwise be its size.
+            Box::pin(watcher.watch(builders.detect.serve_connection_with_upgrades(io, service))).await
+        }
+        // Closed, failed, or silent for the whole header read timeout.
+        _ => return,
+    };
+    if let Err(e) = ended {
+        tracing::debug!(%peer, error = %e, "client connection ended with an error");
+    }
+}
+
 async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
@@ -144,21 +198,40 @@ async fn schedule_loop(control: Arc<Control>, shutdown: CancellationToken) {
     }
 }
 
-fn builder(server: &ServerConfig, limits: &LimitsConfig) -> auto::Builder<TokioExecutor> {
-    let mut b = auto::Builder::new(TokioExecutor::new());
-    // Without a timer the header read timeout does nothing (design.md §9). It also
-    // bounds how long an idle keep-alive connection waits for its next request.
-    b.http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(server.header_read_timeout)
-        .max_headers(limits.max_header_count)
-        .max_buf_size(limits.max_header_bytes);
-    b.http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
-        .keep_alive_interval(server.header_read_timeout)
-        .keep_alive_timeout(server.header_read_timeout);
-    b
+/// The connection builders: hyper's HTTP/1 server for plain HTTP/1 connections (most
+/// of them), and one that detects the protocol for connections that may be h2c.
+struct Builders {
+    http1: hyper::server::conn::http1::Builder,
+    detect: auto::Builder<TokioExecutor>,
+    /// How long a client may take to send its first bytes (the header read timeout).
+    opening: Duration,
+}
+
+impl Builders {
+    fn new(server: &ServerConfig, limits: &LimitsConfig) -> Builders {
+        let mut detect = auto::Builder::new(TokioExecutor::new());
+        // Without a timer the header read timeout does nothing (design.md §9). It also
+        // bounds how long an idle keep-alive connection waits for its next request.
+        detect
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(server.header_read_timeout)
+            .max_headers(limits.max_header_count)
+            .max_buf_size(limits.max_header_bytes);
+        detect
+            .http2()
+            .timer(TokioTimer::new())
+            .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+            .keep_alive_interval(server.header_read_timeout)
+            .keep_alive_timeout(server.header_read_timeout);
+        let mut http1 = hyper::server::conn::http1::Builder::new();
+        http1
+            .timer(TokioTimer::new())
+            .header_read_timeout(server.header_read_timeout)
+            .max_headers(limits.max_header_count)
+            .max_buf_size(limits.max_header_bytes);
+        Builders { http1, detect, opening: server.header_read_timeout }
+    }
 }
 
 async fn serve(
@@ -168,7 +241,7 @@ async fn serve(
     server: ServerConfig,
     limits: LimitsConfig,
 ) {
-    let builder = builder(&server, &limits);
+    let builders = Arc::new(Builders::new(&server, &limits));
     let graceful = GracefulShutdown::new();
     // At the limit, new connections wait in the kernel's backlog instead of being served.
     let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
@@ -190,18 +263,10 @@ async fn serve(
             },
         };
         let _ = stream.set_nodelay(true);
-        let proxy = proxy.clone();
-        let service = service_fn(move |req| {
-            let proxy = proxy.clone();
-            async move { Ok::<_, Infallible>(proxy.handle(req, peer).await) }
-        });
-        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
-        let conn = graceful.watch(conn);
+        let conn = connection(stream, peer, proxy.clone(), builders.clone(), graceful.watcher(), shutdown.clone());
         tokio::spawn(async move {
             let _slot = slot;
-            if let Err(e) = conn.await {
-                tracing::debug!(%peer, error = %e, "client connection ended with an error");
-            }
+            conn.await;
         });
     }
     drop(listener);
