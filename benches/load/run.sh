@@ -3,7 +3,8 @@
 # backends, and in front of them (a) nothing, (b) switchyard, (c) nginx doing the same
 # rollout (split_clients + proxy_pass with upstream keepalive), (d) HAProxy. Each proxy
 # gets one core and one worker, wrk the other core. Prints requests/s, p50, p99, the
-# proxy's CPU time per request (from /proc), its RSS, and switchyard/nginx ratios.
+# proxy's CPU time per request (from /proc), its RSS (with 1000 idle keep-alive
+# connections, measured first, and after each load run), and switchyard/nginx ratios.
 #   benches/load/run.sh [SECONDS] [CONNECTIONS]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -114,11 +115,12 @@ cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
 tck=$(getconf CLK_TCK)
 
-printf '%-26s %10s %9s %9s %12s %9s\n' "target" "req/s" "p50 ms" "p99 ms" "cpu us/req" "RSS MiB"
 declare -A RPS P50 P99 CPU RSS
 run() { # name port [tokens]
   local name=$1 port=$2 tokens=${3:-}
   local pid; pid=$(pid_of "$port")
+  # The same warm-up for every target: connections opened, caches and pools filled.
+  TOKENS=$tokens taskset -c $load_cpu wrk -t1 -c"$conns" -d1s -s $here/users.lua "http://127.0.0.1:$port/" >/dev/null 2>&1
   local before; before=$(cpu_ticks "$pid")
   local out
   out=$(TOKENS=$tokens taskset -c $load_cpu wrk -t1 -c"$conns" -d"${secs}s" --latency -s $here/users.lua "http://127.0.0.1:$port/" 2>&1)
@@ -132,6 +134,13 @@ run() { # name port [tokens]
   RPS[$name]=$rps; P50[$name]=$p50; P99[$name]=$p99; CPU[$name]=$cpu; RSS[$name]=$rss
   printf '%-26s %10s %9s %9s %12s %9s\n' "$name" "$rps" "$p50" "$p99" "$cpu" "$rss"
 }
+# Idle first: RSS is a high-water mark, so this is measured before any load.
+idle_rss() { # port: MiB with 1000 idle keep-alive connections, each after one request
+  awk -v k="$(python3 $here/hold.py "$1" 1000 "$(pid_of "$1")")" 'BEGIN { printf "%.1f", k / 1024 }'
+}
+IDLE_SY=$(idle_rss 18200); IDLE_NG=$(idle_rss 18201)
+echo "RSS with 1000 idle keep-alive connections: switchyard $IDLE_SY MiB, nginx $IDLE_NG MiB"
+printf '%-26s %10s %9s %9s %12s %9s\n' "target" "req/s" "p50 ms" "p99 ms" "cpu us/req" "RSS MiB"
 run "backend direct" 18101
 run "switchyard (x-user-id)" 18200
 run "switchyard (JWT HS256)" 18200 "$work/tokens.txt"
@@ -139,6 +148,7 @@ run "nginx split_clients" 18201
 run "haproxy" 18202
 conns_saved=$conns; conns=1000
 run "switchyard 1000 conns" 18200
+run "switchyard 1000 conns JWT" 18200 "$work/tokens.txt"
 run "nginx 1000 conns" 18201
 conns=$conns_saved
 
@@ -147,4 +157,8 @@ echo
 echo "switchyard / nginx (x-user-id): throughput $(ratio "${RPS[switchyard (x-user-id)]}" "${RPS[nginx split_clients]}")," \
   "p99 $(ratio "${P99[switchyard (x-user-id)]}" "${P99[nginx split_clients]}")," \
   "cpu per request $(ratio "${CPU[switchyard (x-user-id)]}" "${CPU[nginx split_clients]}")," \
-  "RSS at 1000 connections ${RSS[switchyard 1000 conns]} MiB vs ${RSS[nginx 1000 conns]} MiB"
+  "RSS after 1000 busy connections ${RSS[switchyard 1000 conns JWT]} MiB vs ${RSS[nginx 1000 conns]} MiB," \
+  "with 1000 idle ones $IDLE_SY MiB vs $IDLE_NG MiB"
+echo "at 1000 connections: throughput $(ratio "${RPS[switchyard 1000 conns]}" "${RPS[nginx 1000 conns]}")," \
+  "p99 $(ratio "${P99[switchyard 1000 conns]}" "${P99[nginx 1000 conns]}")," \
+  "cpu per request $(ratio "${CPU[switchyard 1000 conns]}" "${CPU[nginx 1000 conns]}")"

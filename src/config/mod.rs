@@ -419,6 +419,8 @@ mod tests {
         assert_eq!(err("'' = ''").key, "config");
         assert_eq!(err("\n['']\n").key, "config");
         assert_eq!(err(&format!("{MINIMAL}\n[services]\nauth = \"v3\"")).key, "services.auth");
+        let no_connections = format!("{MINIMAL}\n[upstream]\nmax_connections_per_host = 0");
+        assert_eq!(err(&no_connections).key, "upstream.max_connections_per_host");
     }
 
     #[test]
