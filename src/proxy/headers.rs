@@ -4,6 +4,7 @@
 
 use std::net::IpAddr;
 
+use bytes::BytesMut;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Version, request};
 
@@ -98,6 +99,37 @@ pub fn prepare_request(
     Ok(())
 }
 
+/// Copies a request head's header values and origin-form URI into one buffer of their
+/// own. hyper parses them as slices of the connection's read buffer and, while the
+/// request is in flight, reads the socket again to notice a client hang-up: with the
+/// buffer still shared it allocates a fresh 8 KiB one for every request. Detached, the
+/// old buffer is reclaimed in place, for one small allocation instead.
+pub fn detach(parts: &mut request::Parts) {
+    let origin_form = parts.uri.scheme().is_none() && parts.uri.authority().is_none();
+    let path = if origin_form { parts.uri.path_and_query().map_or("", |p| p.as_str()) } else { "" };
+    let mut buf = BytesMut::with_capacity(path.len() + parts.headers.values().map(HeaderValue::len).sum::<usize>());
+    buf.extend_from_slice(path.as_bytes());
+    for v in parts.headers.values() {
+        buf.extend_from_slice(v.as_bytes());
+    }
+    let buf = buf.freeze();
+    let mut at = path.len();
+    for v in parts.headers.values_mut() {
+        let copy = buf.slice(at..at + v.len());
+        at += v.len();
+        // The bytes were a valid value already; on the impossible failure keep the original.
+        if let Ok(mut copy) = HeaderValue::from_maybe_shared(copy) {
+            copy.set_sensitive(v.is_sensitive());
+            *v = copy;
+        }
+    }
+    if !path.is_empty()
+        && let Ok(pq) = http::uri::PathAndQuery::from_maybe_shared(buf.slice(..path.len()))
+    {
+        parts.uri = http::Uri::from(pq);
+    }
+}
+
 /// Cleans an upstream response head and labels it with the backend. `switching` is
 /// true for a `101 Switching Protocols` answer to an upgrade.
 pub fn prepare_response(headers: &mut HeaderMap, switching: bool, backend: BackendId) {
@@ -167,6 +199,23 @@ mod tests {
         assert_eq!(p.headers["upgrade"], "websocket");
         assert_eq!(p.headers["x-forwarded-host"], "proxy:8080");
         assert_eq!(p.uri.to_string(), "http://127.0.0.1:9/realtime/v1/websocket?apikey=a&vsn=2.0.0");
+    }
+
+    #[test]
+    fn detached_heads_are_unchanged() {
+        let mut p =
+            parts("/rest/v1/t?select=*&id=eq.%C3%A9", &[("apikey", "k1"), ("x-a", "1"), ("x-a", "2"), ("host", "h")]);
+        p.headers.get_mut("apikey").unwrap().set_sensitive(true);
+        let before = p.headers.clone();
+        detach(&mut p);
+        assert_eq!(p.uri, "/rest/v1/t?select=*&id=eq.%C3%A9");
+        assert_eq!(p.headers, before);
+        let all: Vec<_> = p.headers.get_all("x-a").iter().collect();
+        assert_eq!(all, ["1", "2"], "repeated values keep their order");
+        assert!(p.headers["apikey"].is_sensitive());
+        let mut absolute = parts("http://proxy:8080/p?q", &[]);
+        detach(&mut absolute);
+        assert_eq!(absolute.uri, "http://proxy:8080/p?q", "other URI forms are left as they are");
     }
 
     #[test]

@@ -12,7 +12,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::Response;
+use http::{Request, Response};
+use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -26,7 +27,7 @@ use crate::config::limits::LimitsConfig;
 use crate::config::{Config, ServerConfig};
 use crate::control::Control;
 use crate::metrics::Metrics;
-use crate::proxy::{Body, Proxy};
+use crate::proxy::{Body, Proxy, headers};
 use crate::state::State;
 use crate::upstream::Upstream;
 use crate::watch;
@@ -124,8 +125,12 @@ async fn connection(
         _ = shutdown.cancelled() => return,
         opening = tokio::time::timeout(builders.opening, sniff::opening(&stream)) => opening,
     };
-    let service = service_fn(move |req| {
+    let service = service_fn(move |req: Request<Incoming>| {
         let proxy = proxy.clone();
+        // Now, before hyper reads the socket again: see `headers::detach`.
+        let (mut head, body) = req.into_parts();
+        headers::detach(&mut head);
+        let req = Request::from_parts(head, body);
         // Boxed per request: hyper keeps a slot the size of this future in every
         // connection, idle ones included, for as long as the connection lives.
         let handled: Handled = Box::pin(async move { Ok(proxy.handle(req, peer).await) });
