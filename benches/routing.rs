@@ -71,6 +71,19 @@ fn benches(c: &mut Criterion) {
             criterion::BatchSize::SmallInput,
         )
     });
+    // As hyper parses them: origin-form URI, the same headers.
+    let mut parsed = template.clone();
+    *parsed.uri_mut() = "/rest/v1/orders?select=*&id=eq.1".parse().unwrap();
+    c.bench_function("headers/detach", |b| {
+        b.iter_batched(
+            || parsed.clone().into_parts().0,
+            |mut parts| {
+                headers::detach(&mut parts);
+                parts
+            },
+            criterion::BatchSize::SmallInput,
+        )
+    });
 }
 
 criterion_group!(routing_benches, benches);
