@@ -20,13 +20,13 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 
 pub use body::UpstreamBody;
-pub use pool::{Failure, Settings};
+pub use pool::Failure;
 
 use crate::backend::BackendId;
 use crate::config::UpstreamConfig;
 use crate::error::Error;
 use crate::proxy::capped::Capped;
-use pool::Pool;
+use pool::{Pool, Settings};
 
 /// What the proxy sends upstream: the client's body, streamed, or nothing (shadow
 /// reads).

@@ -4,7 +4,7 @@
 //! the idle timeout. A connection goes back to the pool when its response body has
 //! ended, from the body itself ([`super::body`]): no task per request.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use http::{Request, Response, StatusCode, Uri};
@@ -111,13 +111,18 @@ impl Pool {
         }
     }
 
-    /// Closes idle connections past the idle timeout; returns how many.
-    pub fn reap(&self) -> usize {
-        self.idle.lock().expect("idle stack poisoned").expire(Instant::now())
+    /// Closes idle connections past the idle timeout.
+    pub fn reap(&self) {
+        self.stack().expire(Instant::now());
+    }
+
+    /// The idle stack; a push or a pop, never held across an await.
+    fn stack(&self) -> MutexGuard<'_, IdleStack<SendRequest<OutBody>>> {
+        self.idle.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn unpark(&self) -> Option<SendRequest<OutBody>> {
-        self.idle.lock().expect("idle stack poisoned").pop(Instant::now(), |s| !s.is_closed())
+        self.stack().pop(Instant::now(), |s| !s.is_closed())
     }
 
     fn park(&self, sender: SendRequest<OutBody>) {
@@ -125,7 +130,7 @@ impl Pool {
             return;
         }
         // A full stack hands the sender back; dropping it closes that connection.
-        drop(self.idle.lock().expect("idle stack poisoned").push(sender, Instant::now()));
+        drop(self.stack().push(sender, Instant::now()));
     }
 
     async fn connect(&self) -> Result<SendRequest<OutBody>, Failure> {
