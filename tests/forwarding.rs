@@ -72,6 +72,26 @@ async fn every_method_is_forwarded() {
 }
 
 #[tokio::test]
+async fn a_backend_mounted_under_a_path_gets_translated_paths_under_it() {
+    let v1 = echo("v1").await;
+    let v2 = echo("v2").await;
+    let extra = "[translation.tables]\nprofiles = \"shared_services\"\n\
+                 [translation.edge_functions.v2]\nmemory-create = \"memory/create\"\n";
+    let text = config_text(&format!("{}/base/", v1.url()), &format!("{}/mounted", v2.url()), 100, extra);
+    let sy = start(&text).await;
+    // Translation sees the client's path, then the prefix goes in front.
+    let got = send(sy.addr, "GET", "/rest/v1/profiles?select=id&id=eq.%C3%A9", &[], "").await;
+    assert_eq!(got.status, 200);
+    assert_eq!(
+        (got.json()["path"].as_str(), got.json()["query"].as_str()),
+        (Some("/mounted/rest/v1/profiles"), Some("select=id&id=eq.%C3%A9"))
+    );
+    assert_eq!(got.json()["headers"]["accept-profile"][0], "shared_services");
+    let got = send(sy.addr, "POST", "/functions/v1/memory-create", &[], "{}").await;
+    assert_eq!(got.json()["path"], "/mounted/functions/v1/memory/create");
+}
+
+#[tokio::test]
 async fn h2c_prior_knowledge_clients_reach_http1_upstreams() {
     let (v1, _v2, sy) = stack(0, "").await;
     let tcp = tokio::net::TcpStream::connect(sy.addr).await.unwrap();

@@ -36,15 +36,14 @@ impl BaseUrl {
         Ok(BaseUrl { scheme, authority, prefix, host })
     }
 
-    /// The upstream URI for a request's path and query, which are kept byte for byte.
-    pub fn join(&self, path_and_query: Option<&PathAndQuery>) -> Result<Uri, http::Error> {
-        let pq = path_and_query.map_or("/", |pq| pq.as_str());
-        let builder = Uri::builder().scheme(self.scheme.clone()).authority(self.authority.clone());
+    /// `uri` (origin form) under this backend's path prefix; unchanged without one.
+    /// The path and query are kept byte for byte.
+    pub fn prefixed(&self, uri: Uri) -> Result<Uri, http::Error> {
         if self.prefix.is_empty() {
-            builder.path_and_query(pq).build()
-        } else {
-            builder.path_and_query(format!("{}{}", self.prefix, pq)).build()
+            return Ok(uri);
         }
+        let pq = uri.path_and_query().map_or("/", PathAndQuery::as_str);
+        Ok(Uri::from(PathAndQuery::try_from(format!("{}{pq}", self.prefix))?))
     }
 }
 
@@ -59,13 +58,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parses_and_joins() {
+    fn parses_and_prefixes() {
         let b = BaseUrl::parse("https://abc.supabase.co/").unwrap();
         assert_eq!(b.to_string(), "https://abc.supabase.co");
-        let pq: PathAndQuery = "/rest/v1/t?select=*&id=eq.1%20x".parse().unwrap();
-        assert_eq!(b.join(Some(&pq)).unwrap().to_string(), "https://abc.supabase.co/rest/v1/t?select=*&id=eq.1%20x");
-        let p = BaseUrl::parse("http://127.0.0.1:9/base").unwrap();
-        assert_eq!(p.join(Some(&pq)).unwrap().path(), "/base/rest/v1/t");
+        let uri: Uri = "/rest/v1/t?select=*&id=eq.1%20x".parse().unwrap();
+        assert_eq!(b.prefixed(uri.clone()).unwrap(), uri);
+        let p = BaseUrl::parse("http://127.0.0.1:9/base/").unwrap();
+        assert_eq!(p.prefixed(uri).unwrap().to_string(), "/base/rest/v1/t?select=*&id=eq.1%20x");
     }
 
     #[test]

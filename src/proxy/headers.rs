@@ -6,7 +6,8 @@ use std::net::IpAddr;
 
 use bytes::BytesMut;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Version, request};
+use http::uri::PathAndQuery;
+use http::{Uri, Version, request};
 
 use crate::backend::BackendId;
 use crate::config::BaseUrl;
@@ -63,7 +64,9 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     }
 }
 
-/// Turns a client request head into the upstream request head for `upstream`.
+/// Turns a client request head into the upstream request head for `upstream`: the
+/// URI in origin form (the backend's path prefix is added last, by
+/// [`BaseUrl::prefixed`], after translation has seen the client's path).
 pub fn prepare_request(
     parts: &mut request::Parts,
     upstream: &BaseUrl,
@@ -76,7 +79,10 @@ pub fn prepare_request(
         .cloned()
         .or_else(|| parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
     strip_hop_by_hop(&mut parts.headers, upgrade);
-    parts.uri = upstream.join(parts.uri.path_and_query())?;
+    if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
+        let pq = parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
+        parts.uri = Uri::from(pq);
+    }
     parts.version = Version::HTTP_11;
 
     let h = &mut parts.headers;
@@ -173,7 +179,7 @@ mod tests {
         );
         let up = BaseUrl::parse("https://abc.supabase.co").unwrap();
         prepare_request(&mut p, &up, "127.0.0.1".parse().unwrap(), false).unwrap();
-        assert_eq!(p.uri.to_string(), "https://abc.supabase.co/rest/v1/t?select=*,a(b)&id=eq.%C3%A9");
+        assert_eq!(p.uri.to_string(), "/rest/v1/t?select=*,a(b)&id=eq.%C3%A9", "origin form, byte for byte");
         assert_eq!(p.version, Version::HTTP_11);
         let h = &p.headers;
         assert_eq!(h["host"], "abc.supabase.co");
@@ -198,7 +204,7 @@ mod tests {
         assert_eq!(p.headers["connection"], "upgrade");
         assert_eq!(p.headers["upgrade"], "websocket");
         assert_eq!(p.headers["x-forwarded-host"], "proxy:8080");
-        assert_eq!(p.uri.to_string(), "http://127.0.0.1:9/realtime/v1/websocket?apikey=a&vsn=2.0.0");
+        assert_eq!(p.uri.to_string(), "/realtime/v1/websocket?apikey=a&vsn=2.0.0");
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! to I/O and counts what happened.
 
 pub mod capped;
+mod handling;
 pub mod headers;
 pub mod route;
 pub mod tunnel;
@@ -13,9 +14,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::{Request, Response, StatusCode, header};
+use futures_util::FutureExt;
+use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
 use prometheus::IntGauge;
 
 use crate::backend::BackendId;
@@ -28,8 +31,9 @@ use crate::shadow::{self, Shadow, tap::Tapped};
 use crate::state::{Snapshot, State};
 use crate::translate;
 use crate::translate::Applied;
-use crate::upstream::Upstream;
+use crate::upstream::{Upstream, UpstreamBody};
 use capped::Capped;
+pub use handling::Handling;
 pub use route::{Route, route, route_user};
 
 /// The body of every proxied response: the upstream's, streamed (and perhaps tapped
@@ -60,38 +64,36 @@ impl Proxy {
         Proxy { state, metrics, tunnels, guard, shadow, upstream }
     }
 
-    /// Handles one request from `peer`, end to end. Never fails: errors become
-    /// responses in the client's native shape.
-    pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    /// Handles one request from `peer`, end to end: the decisions are made here, before
+    /// anything is awaited; the returned future only waits for the upstream. It never
+    /// fails: errors become responses in the client's native shape.
+    pub fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Handling<impl Future<Output = Result<(Response<UpstreamBody>, After), Error>> + Send + 'static + use<>> {
         let started = Instant::now();
-        let _in_flight = InFlight::enter(&self.metrics.in_flight);
+        let in_flight = InFlight::enter(&self.metrics.in_flight);
         let snap = self.state.load();
         let service = Service::from_path(req.uri().path());
         let method = req.method().clone();
         let versioned = req.headers().contains_key("x-supabase-api-version");
 
         let route = route::route(&snap, service, req.headers(), req.uri());
-        let backend = route.decision.backend;
-        let (result, judged) = match self.admit(&snap, &route, &req) {
-            Err(err) => (Err(err), false),
-            Ok(()) => {
-                let result = self.forward(req, &snap, &route, peer, service).await;
-                // The guard judges the backends, not the clients' requests.
-                let judged = result.as_ref().map_or_else(Error::is_upstream, |_| true);
-                (result, judged)
-            }
+        let exchange = self.admit(&snap, &route, &req).and_then(|()| self.start(req, &snap, &route, peer, service));
+        let decision = route.decision;
+        let done = Done {
+            proxy: self,
+            snap,
+            started,
+            _in_flight: in_flight,
+            method,
+            service,
+            versioned,
+            backend: decision.backend,
+            set_cookie: decision.set_cookie,
         };
-        let mut resp = result.unwrap_or_else(|err| self.error_response(err, service, versioned));
-        if let Some(p) = route.decision.set_cookie {
-            let cookie = headers::cohort_cookie(&snap.config.identity.cookie_name, p);
-            resp.headers_mut().append(header::SET_COOKIE, cookie);
-        }
-        let took = started.elapsed();
-        if judged {
-            self.guard.record(backend, service, resp.status(), took);
-        }
-        self.metrics.observe(backend, service, &method, resp.status(), took);
-        resp
+        Handling::new(exchange, done)
     }
 
     /// Whether the request may go upstream at all: load shedding, declared body size,
@@ -126,28 +128,47 @@ impl Proxy {
         resp
     }
 
-    async fn forward(
+    /// Turns the request into the one for its backend and starts sending it.
+    fn start(
         &self,
         mut req: Request<Incoming>,
         snap: &Arc<Snapshot>,
         route: &Route,
         peer: SocketAddr,
         service: Service,
-    ) -> Result<Response<Body>, Error> {
+    ) -> Result<impl Future<Output = Result<(Response<UpstreamBody>, After), Error>> + Send + 'static + use<>, Error>
+    {
         let backend = route.decision.backend;
         let upgrade = headers::is_upgrade(req.headers());
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
-        let shadow = (!upgrade && shadow::wanted(&parts.method, snap.config.shadow.fraction)).then(|| shadow::Copy {
-            head: clone_head(&parts),
-            token: route.token.clone(),
-            to: backend.other(),
-            service,
-            peer: peer.ip(),
+        let shadow = (!upgrade && shadow::wanted(&parts.method, snap.config.shadow.fraction)).then(|| {
+            Box::new(shadow::Copy {
+                head: clone_head(&parts),
+                token: route.token.clone(),
+                to: backend.other(),
+                service,
+                peer: peer.ip(),
+            })
         });
-        let mut applied = prepare(snap, &mut parts, backend, route.token.as_ref(), peer.ip(), upgrade)?;
+        let applied = prepare(snap, &mut parts, backend, route.token.as_ref(), peer.ip(), upgrade)?;
         let req = Request::from_parts(parts, Either::Left(Capped::new(body, snap.config.limits.max_body_bytes)));
-        let mut resp = self.upstream.send(backend, req, snap.config.upstream.timeout).await?;
+        let target = &snap.config.backends.get(backend).url;
+        let after = After { client_upgrade, applied, shadow };
+        let send = self.upstream.send(target, backend, req, snap.config.upstream.timeout);
+        Ok(send.map(|sent| sent.map(|resp| (resp, after))))
+    }
+
+    /// The upstream's response, made the client's: tunnel started for an upgrade,
+    /// headers cleaned and translated back, shadow comparison fed.
+    fn answer(
+        &self,
+        snap: &Arc<Snapshot>,
+        backend: BackendId,
+        after: After,
+        mut resp: Response<UpstreamBody>,
+    ) -> Response<Body> {
+        let After { client_upgrade, mut applied, shadow } = after;
         let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
         if let (true, Some(client)) = (switching, client_upgrade) {
             self.tunnels.spawn(client, hyper::upgrade::on(&mut resp));
@@ -157,8 +178,48 @@ impl Proxy {
         for kind in applied.kinds {
             self.metrics.translated(kind);
         }
-        let tap = shadow.and_then(|copy| self.shadow.start(snap.clone(), copy, resp.status()));
-        Ok(resp.map(|body| Either::Left(Tapped::new(body, tap))))
+        let tap = shadow.and_then(|copy| self.shadow.start(snap.clone(), *copy, resp.status()));
+        resp.map(|body| Either::Left(Tapped::new(body, tap)))
+    }
+}
+
+/// What a request sent upstream still needs when the answer comes.
+pub struct After {
+    client_upgrade: Option<OnUpgrade>,
+    applied: Applied,
+    shadow: Option<Box<shadow::Copy>>,
+}
+
+/// Everything that makes the final response and records it, whatever happened.
+struct Done {
+    proxy: Arc<Proxy>,
+    snap: Arc<Snapshot>,
+    started: Instant,
+    _in_flight: InFlight,
+    method: Method,
+    service: Service,
+    versioned: bool,
+    backend: BackendId,
+    set_cookie: Option<u8>,
+}
+
+impl Done {
+    fn finish(self, result: Result<(Response<UpstreamBody>, After), Error>, went_upstream: bool) -> Response<Body> {
+        let Done { proxy, snap, started, method, service, versioned, backend, set_cookie, .. } = self;
+        let result = result.map(|(resp, after)| proxy.answer(&snap, backend, after, resp));
+        // The guard judges the backends, not the clients' requests.
+        let judged = went_upstream && result.as_ref().map_or_else(Error::is_upstream, |_| true);
+        let mut resp = result.unwrap_or_else(|err| proxy.error_response(err, service, versioned));
+        if let Some(p) = set_cookie {
+            let cookie = headers::cohort_cookie(&snap.config.identity.cookie_name, p);
+            resp.headers_mut().append(header::SET_COOKIE, cookie);
+        }
+        let took = started.elapsed();
+        if judged {
+            proxy.guard.record(backend, service, resp.status(), took);
+        }
+        proxy.metrics.observe(backend, service, &method, resp.status(), took);
+        resp
     }
 }
 
@@ -178,7 +239,9 @@ pub fn prepare(
         // It carries a secret: never forwarded, valid or not.
         parts.headers.remove(qa);
     }
-    snap.translator.request(parts, to, token).map_err(|e| Error::cross_schema_embed(to, &e))
+    let applied = snap.translator.request(parts, to, token).map_err(|e| Error::cross_schema_embed(to, &e))?;
+    parts.uri = target.prefixed(std::mem::take(&mut parts.uri)).map_err(|e| Error::bad_request(to, e.to_string()))?;
+    Ok(applied)
 }
 
 /// Whether the request declares a body longer than `limit`.

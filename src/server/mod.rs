@@ -3,22 +3,23 @@
 //! gracefully: stop accepting, let in-flight requests and tunnels finish within the
 //! grace period, then close what is left.
 
+mod signal;
 mod sniff;
 
-use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{Request, Response};
+use http::Request;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -27,13 +28,12 @@ use crate::config::limits::LimitsConfig;
 use crate::config::{Config, ServerConfig};
 use crate::control::Control;
 use crate::metrics::Metrics;
-use crate::proxy::{Body, Proxy, headers};
+use crate::proxy::{Proxy, headers};
 use crate::state::State;
 use crate::upstream::Upstream;
 use crate::watch;
+use signal::Shutdown;
 use sniff::Opening;
-
-type Handled = std::pin::Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
 
 /// A running proxy.
 pub struct Running {
@@ -112,7 +112,8 @@ pub async fn run(config: Config, path: Option<PathBuf>) -> io::Result<()> {
     Ok(())
 }
 
-/// Serves one client connection until it closes (or shutdown closes it).
+/// Serves one client connection until it closes (or shutdown closes it). `_slot` is
+/// its place under `limits.max_connections`.
 async fn connection(
     stream: TcpStream,
     peer: SocketAddr,
@@ -120,9 +121,11 @@ async fn connection(
     builders: Arc<Builders>,
     watcher: Watcher,
     shutdown: CancellationToken,
+    _slot: OwnedSemaphorePermit,
 ) {
+    let mut shutdown = std::pin::pin!(Shutdown::new(&shutdown));
     let opening = tokio::select! {
-        _ = shutdown.cancelled() => return,
+        _ = shutdown.as_mut() => return,
         opening = tokio::time::timeout(builders.opening, sniff::opening(&stream)) => opening,
     };
     let service = service_fn(move |req: Request<Incoming>| {
@@ -131,10 +134,7 @@ async fn connection(
         let (mut head, body) = req.into_parts();
         headers::detach(&mut head);
         let req = Request::from_parts(head, body);
-        // Boxed per request: hyper keeps a slot the size of this future in every
-        // connection, idle ones included, for as long as the connection lives.
-        let handled: Handled = Box::pin(async move { Ok(proxy.handle(req, peer).await) });
-        handled
+        proxy.handle(req, peer)
     });
     let io = TokioIo::new(stream);
     let ended = match opening {
@@ -144,8 +144,9 @@ async fn connection(
             let _watcher = watcher;
             let mut conn = std::pin::pin!(builders.http1.serve_connection(io, service).with_upgrades());
             let ended = tokio::select! {
+                biased;
                 ended = conn.as_mut() => ended,
-                _ = shutdown.cancelled() => {
+                _ = shutdown.as_mut() => {
                     conn.as_mut().graceful_shutdown();
                     conn.await
                 }
@@ -268,11 +269,15 @@ async fn serve(
             },
         };
         let _ = stream.set_nodelay(true);
-        let conn = connection(stream, peer, proxy.clone(), builders.clone(), graceful.watcher(), shutdown.clone());
-        tokio::spawn(async move {
-            let _slot = slot;
-            conn.await;
-        });
+        tokio::spawn(connection(
+            stream,
+            peer,
+            proxy.clone(),
+            builders.clone(),
+            graceful.watcher(),
+            shutdown.clone(),
+            slot,
+        ));
     }
     drop(listener);
     let grace = server.shutdown_grace;

@@ -7,12 +7,12 @@ mod body;
 mod idle;
 mod pool;
 
-use std::collections::HashMap;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
+use futures_util::FutureExt;
 use http::uri::{Authority, Scheme};
 use http::{Request, Response, Uri};
 use http_body_util::{Either, Empty};
@@ -23,7 +23,7 @@ pub use body::UpstreamBody;
 pub use pool::Failure;
 
 use crate::backend::BackendId;
-use crate::config::UpstreamConfig;
+use crate::config::{BaseUrl, UpstreamConfig};
 use crate::error::Error;
 use crate::proxy::capped::Capped;
 use pool::{Pool, Settings};
@@ -32,7 +32,8 @@ use pool::{Pool, Settings};
 /// reads).
 pub type OutBody = Either<Capped, Empty<Bytes>>;
 
-type Key = (Scheme, Authority);
+/// The pools, one per scheme + authority.
+type Pools = Vec<(Scheme, Authority, Arc<Pool>)>;
 
 /// The shared upstream client.
 #[derive(Clone)]
@@ -44,7 +45,7 @@ struct Inner {
     connector: HttpsConnector<HttpConnector>,
     settings: Settings,
     /// Read on every request without a lock; written when a new host first appears.
-    pools: ArcSwap<HashMap<Key, Arc<Pool>>>,
+    pools: ArcSwap<Pools>,
 }
 
 impl Upstream {
@@ -61,39 +62,43 @@ impl Upstream {
         Upstream { inner }
     }
 
-    /// Sends `req` (absolute URI) to `backend`, waiting at most `timeout` for a
-    /// connection and the response headers. The body then streams for as long as it
+    /// Sends `req` (origin-form URI) to `backend` at `to`, waiting at most `timeout` for
+    /// a connection and the response headers. The body then streams for as long as it
     /// takes.
-    pub async fn send(
+    pub fn send(
         &self,
+        to: &BaseUrl,
         backend: BackendId,
-        mut req: Request<OutBody>,
+        req: Request<OutBody>,
         timeout: Duration,
-    ) -> Result<Response<UpstreamBody>, Error> {
-        let Some(key) = origin_form(req.uri_mut()) else {
-            return Err(Error::bad_request(backend, "upstream URL without scheme or host"));
-        };
-        let pool = self.pool(key);
-        match tokio::time::timeout(timeout, pool.send(req)).await {
+    ) -> impl Future<Output = Result<Response<UpstreamBody>, Error>> + Send + 'static + use<> {
+        let pool = self.pool(&to.scheme, &to.authority);
+        tokio::time::timeout(timeout, pool.send(req)).map(move |sent| match sent {
             Ok(Ok(resp)) => Ok(resp),
             Ok(Err(failure)) => Err(Error::upstream(backend, failure)),
             Err(_) => Err(Error::timeout(backend, timeout)),
-        }
+        })
     }
 
-    fn pool(&self, key: Key) -> Arc<Pool> {
-        if let Some(pool) = self.inner.pools.load().get(&key) {
-            return pool.clone();
+    /// The pool for `scheme://authority`, made on first use. A linear scan: there is
+    /// one host per backend, so a handful at most.
+    fn pool(&self, scheme: &Scheme, authority: &Authority) -> Arc<Pool> {
+        let found = |pools: &Pools| pools.iter().find(|(s, a, _)| s == scheme && a == authority).map(|p| p.2.clone());
+        if let Some(pool) = found(&self.inner.pools.load()) {
+            return pool;
         }
         let inner = &self.inner;
         let mut created = None;
         inner.pools.rcu(|pools| {
-            let mut pools = HashMap::clone(pools);
-            let pool = pools.entry(key.clone()).or_insert_with(|| {
-                let target = Uri::from_parts(target_parts(&key)).expect("scheme, authority and / make a URI");
-                Arc::new(Pool::new(target, inner.connector.clone(), inner.settings))
+            let mut pools = Pools::clone(pools);
+            let pool = found(&pools).unwrap_or_else(|| {
+                let target =
+                    Uri::from_parts(target_parts(scheme, authority)).expect("scheme, authority and / make a URI");
+                let pool = Arc::new(Pool::new(target, inner.connector.clone(), inner.settings));
+                pools.push((scheme.clone(), authority.clone(), pool.clone()));
+                pool
             });
-            created = Some(pool.clone());
+            created = Some(pool);
             pools
         });
         created.expect("rcu ran at least once")
@@ -109,25 +114,13 @@ async fn reap(inner: Weak<Inner>, every: Duration) {
     loop {
         tick.tick().await;
         let Some(inner) = inner.upgrade() else { return };
-        for pool in inner.pools.load().values() {
+        for (_, _, pool) in inner.pools.load().iter() {
             pool.reap();
         }
     }
 }
 
-/// Strips scheme and authority from `uri` (HTTP/1.1 requests to an origin carry the
-/// path only) and returns them as the pool key.
-fn origin_form(uri: &mut Uri) -> Option<Key> {
-    let mut parts = std::mem::take(uri).into_parts();
-    let key = (parts.scheme.take()?, parts.authority.take()?);
-    if parts.path_and_query.is_none() {
-        parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
-    }
-    *uri = Uri::from_parts(parts).ok()?;
-    Some(key)
-}
-
-fn target_parts((scheme, authority): &Key) -> http::uri::Parts {
+fn target_parts(scheme: &Scheme, authority: &Authority) -> http::uri::Parts {
     let mut parts = http::uri::Parts::default();
     parts.scheme = Some(scheme.clone());
     parts.authority = Some(authority.clone());
@@ -150,22 +143,4 @@ fn connector(cfg: &UpstreamConfig) -> HttpsConnector<HttpConnector> {
         .with_root_certificates(roots)
         .with_no_client_auth();
     hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_or_http().enable_http1().wrap_connector(http)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn requests_go_out_in_origin_form() {
-        let mut uri: Uri = "https://abc.supabase.co/rest/v1/t?select=*".parse().unwrap();
-        let (scheme, authority) = origin_form(&mut uri).unwrap();
-        assert_eq!((scheme.as_str(), authority.as_str()), ("https", "abc.supabase.co"));
-        assert_eq!(uri.to_string(), "/rest/v1/t?select=*");
-        let mut bare: Uri = "http://127.0.0.1:9".parse().unwrap();
-        assert!(origin_form(&mut bare).is_some());
-        assert_eq!(bare.to_string(), "/");
-        let mut relative: Uri = "/no/host".parse().unwrap();
-        assert!(origin_form(&mut relative).is_none());
-    }
 }

@@ -82,31 +82,37 @@ impl Pool {
 
     /// Sends `req` (origin-form URI) on a pooled or new connection. A request that a
     /// reused connection never wrote (it was closing) is tried again on another one.
-    pub async fn send(self: &Arc<Self>, mut req: Request<OutBody>) -> Result<Response<UpstreamBody>, Failure> {
-        let permit = self.permits.clone().acquire_owned().await.expect("the semaphore is never closed");
-        loop {
-            let (mut sender, reused) = match self.unpark() {
-                Some(sender) => (sender, true),
-                // Boxed: every request's future would otherwise carry the rare connect's state.
-                None => (Box::pin(self.connect()).await?, false),
-            };
-            if let Err(e) = sender.ready().await {
-                if reused {
-                    continue;
+    #[allow(clippy::manual_async_fn, reason = "an async fn stores its arguments twice")]
+    pub fn send(
+        self: Arc<Self>,
+        mut req: Request<OutBody>,
+    ) -> impl Future<Output = Result<Response<UpstreamBody>, Failure>> + Send + 'static + use<> {
+        async move {
+            let permit = self.permits.clone().acquire_owned().await.expect("the semaphore is never closed");
+            loop {
+                let (mut sender, reused) = match self.unpark() {
+                    Some(sender) => (sender, true),
+                    // Boxed: every request's future would otherwise carry the rare connect's state.
+                    None => (Box::pin(self.connect()).await?, false),
+                };
+                if let Err(e) = sender.ready().await {
+                    if reused {
+                        continue;
+                    }
+                    return Err(Failure::Http(e));
                 }
-                return Err(Failure::Http(e));
-            }
-            match sender.try_send_request(req).await {
-                Ok(resp) => {
-                    let lease = Lease { sender, pool: self.clone(), _permit: permit };
-                    // After a 101 the connection belongs to the tunnel, never to the pool.
-                    let reusable = resp.status() != StatusCode::SWITCHING_PROTOCOLS;
-                    return Ok(resp.map(|body| UpstreamBody::new(body, lease, reusable)));
+                match sender.try_send_request(req).await {
+                    Ok(resp) => {
+                        let lease = Lease { sender, pool: self.clone(), _permit: permit };
+                        // After a 101 the connection belongs to the tunnel, never to the pool.
+                        let reusable = resp.status() != StatusCode::SWITCHING_PROTOCOLS;
+                        return Ok(resp.map(|body| UpstreamBody::new(body, lease, reusable)));
+                    }
+                    Err(mut e) => match e.take_message() {
+                        Some(unsent) if reused => req = unsent,
+                        _ => return Err(Failure::Http(e.into_error())),
+                    },
                 }
-                Err(mut e) => match e.take_message() {
-                    Some(unsent) if reused => req = unsent,
-                    _ => return Err(Failure::Http(e.into_error())),
-                },
             }
         }
     }
