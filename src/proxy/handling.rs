@@ -22,6 +22,7 @@ pin_project! {
     pub struct Handling<F> {
         #[pin]
         exchange: Option<F>,
+        after: Option<After>,
         refused: Option<Error>,
         done: Option<Done>,
     }
@@ -30,25 +31,28 @@ pin_project! {
 impl<F> Handling<F> {
     /// A request that is sent upstream by `exchange` (or was refused before that), and
     /// answered through `done`.
-    pub(super) fn new(exchange: Result<F, Error>, done: Done) -> Handling<F> {
-        let (exchange, refused) = match exchange {
-            Ok(f) => (Some(f), None),
-            Err(e) => (None, Some(e)),
+    pub(super) fn new(exchange: Result<(F, After), Error>, done: Done) -> Handling<F> {
+        let (exchange, after, refused) = match exchange {
+            Ok((f, after)) => (Some(f), Some(after), None),
+            Err(e) => (None, None, Some(e)),
         };
-        Handling { exchange, refused, done: Some(done) }
+        Handling { exchange, after, refused, done: Some(done) }
     }
 }
 
 impl<F> Future for Handling<F>
 where
-    F: Future<Output = Result<(Response<UpstreamBody>, After), Error>>,
+    F: Future<Output = Result<Response<UpstreamBody>, Error>>,
 {
     type Output = Result<Response<Body>, Infallible>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let (result, went_upstream) = match this.exchange.as_pin_mut() {
-            Some(exchange) => (ready!(exchange.poll(cx)), true),
+            Some(exchange) => {
+                let answered = ready!(exchange.poll(cx));
+                (answered.map(|resp| (resp, this.after.take().unwrap_or_default())), true)
+            }
             None => (Err(this.refused.take().expect("a refused request has its error")), false),
         };
         let done = this.done.take().expect("Handling polled after it completed");

@@ -14,7 +14,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use futures_util::FutureExt;
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
@@ -71,7 +70,7 @@ impl Proxy {
         self: Arc<Self>,
         req: Request<Incoming>,
         peer: SocketAddr,
-    ) -> Handling<impl Future<Output = Result<(Response<UpstreamBody>, After), Error>> + Send + 'static + use<>> {
+    ) -> Handling<impl Future<Output = Result<Response<UpstreamBody>, Error>> + Send + 'static + use<>> {
         let started = Instant::now();
         let in_flight = InFlight::enter(&self.metrics.in_flight);
         let snap = self.state.load();
@@ -136,8 +135,7 @@ impl Proxy {
         route: &Route,
         peer: SocketAddr,
         service: Service,
-    ) -> Result<impl Future<Output = Result<(Response<UpstreamBody>, After), Error>> + Send + 'static + use<>, Error>
-    {
+    ) -> Result<(impl Future<Output = Result<Response<UpstreamBody>, Error>> + Send + 'static + use<>, After), Error> {
         let backend = route.decision.backend;
         let upgrade = headers::is_upgrade(req.headers());
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
@@ -155,8 +153,7 @@ impl Proxy {
         let req = Request::from_parts(parts, Either::Left(Capped::new(body, snap.config.limits.max_body_bytes)));
         let target = &snap.config.backends.get(backend).url;
         let after = After { client_upgrade, applied, shadow };
-        let send = self.upstream.send(target, backend, req, snap.config.upstream.timeout);
-        Ok(send.map(|sent| sent.map(|resp| (resp, after))))
+        Ok((self.upstream.send(target, backend, req, snap.config.upstream.timeout), after))
     }
 
     /// The upstream's response, made the client's: tunnel started for an upgrade,
@@ -184,7 +181,8 @@ impl Proxy {
 }
 
 /// What a request sent upstream still needs when the answer comes.
-pub struct After {
+#[derive(Default)]
+struct After {
     client_upgrade: Option<OnUpgrade>,
     applied: Applied,
     shadow: Option<Box<shadow::Copy>>,

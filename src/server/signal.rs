@@ -3,7 +3,7 @@
 //! A connection's task is polled several times per request, and `select!` polls every
 //! branch each time. Polling a `CancellationToken` future takes two mutex locks, so
 //! this wrapper polls it only when it has woken the task itself; every other poll is
-//! an atomic load and a waker check.
+//! a waker comparison and an atomic load.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -17,7 +17,8 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 pub struct Shutdown {
     cancelled: Pin<Box<WaitForCancellationFutureOwned>>,
     woken: Arc<Woken>,
-    polled: bool,
+    /// The task waker last handed to `woken`, to skip registering the same one again.
+    registered: Option<Waker>,
 }
 
 /// The waker given to the token's future: notes the wake-up, then wakes the task.
@@ -41,7 +42,7 @@ impl Wake for Woken {
 impl Shutdown {
     /// Waits for `token`.
     pub fn new(token: &CancellationToken) -> Shutdown {
-        Shutdown { cancelled: Box::pin(token.clone().cancelled_owned()), woken: Arc::default(), polled: false }
+        Shutdown { cancelled: Box::pin(token.clone().cancelled_owned()), woken: Arc::default(), registered: None }
     }
 }
 
@@ -50,11 +51,14 @@ impl Future for Shutdown {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let this = &mut *self;
-        this.woken.task.register(cx.waker());
-        if this.polled && !this.woken.flag.swap(false, Ordering::AcqRel) {
+        let first = this.registered.is_none();
+        if !this.registered.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            this.woken.task.register(cx.waker());
+            this.registered = Some(cx.waker().clone());
+        }
+        if !first && !(this.woken.flag.load(Ordering::Acquire) && this.woken.flag.swap(false, Ordering::AcqRel)) {
             return Poll::Pending;
         }
-        this.polled = true;
         let waker = Waker::from(this.woken.clone());
         this.cancelled.as_mut().poll(&mut Context::from_waker(&waker))
     }

@@ -7,17 +7,19 @@ mod body;
 mod idle;
 mod pool;
 
+use std::pin::Pin;
 use std::sync::{Arc, Weak};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use futures_util::FutureExt;
 use http::uri::{Authority, Scheme};
 use http::{Request, Response, Uri};
 use http_body_util::{Either, Empty};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
+use pin_project_lite::pin_project;
 
 pub use body::UpstreamBody;
 pub use pool::Failure;
@@ -71,13 +73,9 @@ impl Upstream {
         backend: BackendId,
         req: Request<OutBody>,
         timeout: Duration,
-    ) -> impl Future<Output = Result<Response<UpstreamBody>, Error>> + Send + 'static + use<> {
+    ) -> Sending<impl Future<Output = Result<Response<UpstreamBody>, Failure>> + Send + 'static + use<>> {
         let pool = self.pool(&to.scheme, &to.authority);
-        tokio::time::timeout(timeout, pool.send(req)).map(move |sent| match sent {
-            Ok(Ok(resp)) => Ok(resp),
-            Ok(Err(failure)) => Err(Error::upstream(backend, failure)),
-            Err(_) => Err(Error::timeout(backend, timeout)),
-        })
+        Sending { inner: tokio::time::timeout(timeout, pool.send(req)), backend, timeout }
     }
 
     /// The pool for `scheme://authority`, made on first use. A linear scan: there is
@@ -102,6 +100,29 @@ impl Upstream {
             pools
         });
         created.expect("rcu ran at least once")
+    }
+}
+
+pin_project! {
+    /// A request on its way upstream, until the response head (or the time-out).
+    pub struct Sending<F> {
+        #[pin]
+        inner: tokio::time::Timeout<F>,
+        backend: BackendId,
+        timeout: Duration,
+    }
+}
+
+impl<F: Future<Output = Result<Response<UpstreamBody>, Failure>>> Future for Sending<F> {
+    type Output = Result<Response<UpstreamBody>, Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        Poll::Ready(match ready!(this.inner.poll(cx)) {
+            Ok(Ok(resp)) => Ok(resp),
+            Ok(Err(failure)) => Err(Error::upstream(*this.backend, failure)),
+            Err(_) => Err(Error::timeout(*this.backend, *this.timeout)),
+        })
     }
 }
 
