@@ -23,9 +23,9 @@ fn snapshot(secret: bool) -> Snapshot {
     Snapshot::new(Config::parse(&text, &|_| None).unwrap())
 }
 
-fn token() -> String {
+fn token(n: u32) -> String {
     let claims = serde_json::json!({
-        "sub": "8c1f9d2e-5b7a-4e3c-9a1d-2f6b8e4c7a90", "iss": "https://ref.supabase.co/auth/v1",
+        "sub": format!("8c1f9d2e-5b7a-4e3c-9a1d-{n:012}"), "iss": "https://ref.supabase.co/auth/v1",
         "aud": "authenticated", "role": "authenticated", "exp": 4_000_000_000u64,
         "email": "someone@example.com", "session_id": "0b7e1f5c-3a2d-4c8e-9f1a-6d5b4c3a2e10",
     });
@@ -47,12 +47,24 @@ fn benches(c: &mut Criterion) {
     by_header.insert(HeaderName::from_static("x-user-id"), HeaderValue::from_static("user-42"));
     c.bench_function("route/header identity", |b| b.iter(|| decide(&plain, black_box(&by_header), &uri)));
 
-    let bearer = HeaderValue::from_str(&format!("Bearer {}", token())).unwrap();
-    let mut by_jwt = HeaderMap::new();
-    by_jwt.insert(http::header::AUTHORIZATION, bearer);
-    c.bench_function("route/jwt decoded, no secret", |b| b.iter(|| decide(&plain, black_box(&by_jwt), &uri)));
+    // A token seen before on this thread is answered from the token cache; eight
+    // times more distinct tokens than the cache holds measure the full check.
+    let by_jwt = |n: u32| {
+        let mut h = HeaderMap::new();
+        h.insert(http::header::AUTHORIZATION, HeaderValue::from_str(&format!("Bearer {}", token(n))).unwrap());
+        h
+    };
+    let (seen, fresh): (HeaderMap, Vec<HeaderMap>) = (by_jwt(0), (1..=8192).map(by_jwt).collect());
     let verifying = snapshot(true);
-    c.bench_function("route/jwt HS256 verified", |b| b.iter(|| decide(&verifying, black_box(&by_jwt), &uri)));
+    for (name, snap) in [("decoded, no secret", &plain), ("HS256 verified", &verifying)] {
+        c.bench_function(&format!("route/jwt {name}, seen before"), |b| {
+            b.iter(|| decide(snap, black_box(&seen), &uri))
+        });
+        let mut next = fresh.iter().cycle();
+        c.bench_function(&format!("route/jwt {name}, first sight"), |b| {
+            b.iter(|| decide(snap, black_box(next.next().expect("cycles")), &uri))
+        });
+    }
 
     let upstream = &plain.config.backends.v2.url;
     let template = Request::post("http://proxy.example/rest/v1/orders?select=*&id=eq.1")

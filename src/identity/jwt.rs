@@ -5,6 +5,9 @@
 
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, errors::ErrorKind};
 use serde::Deserialize;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::cache::{self, Window};
 
 use crate::backend::{BackendId, PerBackend};
 use crate::config::BackendConfig;
@@ -56,11 +59,23 @@ struct Claims<'a> {
     sub: Option<std::borrow::Cow<'a, str>>,
     #[serde(default, borrow)]
     iss: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default)]
+    exp: Option<f64>,
+    #[serde(default)]
+    nbf: Option<f64>,
 }
 
-/// `sub` and `iss` of a JWT's payload, unverified: the routing inputs, read without
-/// copying more than the decoded payload.
-fn claims(token: &str) -> Option<(Option<String>, Option<String>)> {
+/// What routing reads from a JWT's payload, unverified.
+struct Routing {
+    sub: Option<String>,
+    iss: Option<String>,
+    /// `nbf` and `exp`, in Unix seconds.
+    times: (Option<f64>, Option<f64>),
+}
+
+/// The routing claims of a JWT's payload, unverified, read without copying more than
+/// the decoded payload.
+fn claims(token: &str) -> Option<Routing> {
     use base64::Engine;
     let mut parts = token.split('.');
     let (_, payload, _) = (parts.next()?, parts.next()?, parts.next()?);
@@ -69,8 +84,11 @@ fn claims(token: &str) -> Option<(Option<String>, Option<String>)> {
     }
     let json = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).ok()?;
     let c: Claims<'_> = serde_json::from_slice(&json).ok()?;
-    Some((c.sub.map(|s| s.into_owned()), c.iss.map(|s| s.into_owned())))
+    Some(Routing { sub: c.sub.map(|s| s.into_owned()), iss: c.iss.map(|s| s.into_owned()), times: (c.nbf, c.exp) })
 }
+
+/// Tells verifiers apart in the token cache: each config builds a new one.
+static VERIFIERS: AtomicU64 = AtomicU64::new(0);
 
 struct Project {
     issuer: String,
@@ -84,6 +102,8 @@ pub struct Verifier {
     validation: Validation,
     signature_only: Validation,
     any_secret: bool,
+    /// This verifier's tag in the token cache.
+    id: u64,
 }
 
 impl Verifier {
@@ -109,7 +129,8 @@ impl Verifier {
         let mut signature_only = validation.clone();
         signature_only.validate_exp = false;
         signature_only.validate_nbf = false;
-        Verifier { projects, validation, signature_only, any_secret }
+        let id = VERIFIERS.fetch_add(1, Ordering::Relaxed);
+        Verifier { projects, validation, signature_only, any_secret, id }
     }
 
     /// The project whose secret signed `token` (expiry not checked: the service that
@@ -121,11 +142,25 @@ impl Verifier {
         })
     }
 
-    /// Classifies and, where a secret is configured, verifies `token`.
+    /// Classifies and, where a secret is configured, verifies `token`. A JWT this
+    /// verifier accepted before on this thread is answered from the token cache while
+    /// its `exp`/`nbf` still allow it.
     pub fn check(&self, token: &str) -> Result<Token, AuthReason> {
         if let Some((id, _)) = self.projects.iter().find(|(_, p)| p.api_keys.iter().any(|k| k == token)) {
             return Ok(Token::ApiKey(id));
         }
+        let now = jsonwebtoken::get_current_timestamp();
+        if let Some(known) = cache::get(self.id, token, now) {
+            return Ok(known);
+        }
+        let (checked, window) = self.check_jwt(token)?;
+        cache::put(self.id, token, &checked, window);
+        Ok(checked)
+    }
+
+    /// The full check of a token that is not an API key, and when its answer holds.
+    fn check_jwt(&self, token: &str) -> Result<(Token, Window), AuthReason> {
+        let unverified = |sub, issuer| Ok((Token::Jwt { sub, issuer, verified: false }, Window::ALWAYS));
         // Without secrets only the routing claims matter: skip the header.
         let decoded = if self.any_secret {
             jsonwebtoken::decode_header(token).ok().and_then(|_| claims(token))
@@ -135,12 +170,10 @@ impl Verifier {
         let claims = match decoded.ok_or(()) {
             Ok(c) => c,
             // Nothing here could verify it anyway: let the backend answer.
-            Err(_) if !self.any_secret => {
-                return Ok(Token::Jwt { sub: None, issuer: None, verified: false });
-            }
+            Err(_) if !self.any_secret => return unverified(None, None),
             Err(_) => return Err(AuthReason::Malformed),
         };
-        let (sub, iss) = claims;
+        let Routing { sub, iss, times } = claims;
         let sub = sub.filter(|s| !s.is_empty());
         let named =
             iss.as_deref().and_then(|iss| self.projects.iter().find(|(_, p)| p.issuer == iss).map(|(id, _)| id));
@@ -148,13 +181,14 @@ impl Verifier {
         let mut candidates =
             self.projects.iter().filter(|(id, p)| p.key.is_some() && named.is_none_or(|n| n == *id)).peekable();
         if candidates.peek().is_none() {
-            return Ok(Token::Jwt { sub, issuer: named, verified: false });
+            return unverified(sub, named);
         }
         for (id, project) in candidates {
             let key = project.key.as_ref().expect("filtered on key");
             match jsonwebtoken::decode::<serde::de::IgnoredAny>(token, key, &self.validation) {
                 Ok(_) => {
-                    return Ok(Token::Jwt { sub, issuer: Some(id), verified: true });
+                    let window = self.window(times);
+                    return Ok((Token::Jwt { sub, issuer: Some(id), verified: true }, window));
                 }
                 Err(e) => match e.kind() {
                     ErrorKind::InvalidSignature => continue,
@@ -165,6 +199,16 @@ impl Verifier {
             }
         }
         Err(AuthReason::Signature)
+    }
+
+    /// When a verified token with these `(nbf, exp)` stays valid, as the full check
+    /// judges it (leeway included; fractions of a second rounded toward shorter).
+    fn window(&self, (nbf, exp): (Option<f64>, Option<f64>)) -> Window {
+        let leeway = self.validation.leeway;
+        Window {
+            from: nbf.map_or(0, |n| (n.ceil() as u64).saturating_sub(leeway)),
+            until: exp.map_or(u64::MAX, |e| (e.max(0.0) as u64).saturating_add(leeway)),
+        }
     }
 }
 
@@ -274,5 +318,34 @@ pub(crate) mod tests {
             v.check(&t),
             Ok(Token::Jwt { sub: Some("u-1".into()), issuer: Some(BackendId::V2), verified: false })
         );
+    }
+
+    #[test]
+    fn cached_answers_are_the_full_checks_and_die_with_their_verifier() {
+        let v = verifier(Some("s1"), None);
+        let t = user("s1", ISS1, now() + 600);
+        let first = v.check(&t);
+        assert_eq!(v.check(&t), first, "a repeat is answered from the cache, identically");
+        // A reload with another secret: the cached acceptance does not carry over.
+        let rotated = verifier(Some("rotated"), None);
+        assert_eq!(rotated.check(&t), Err(AuthReason::Signature));
+        // Refusals are never cached: they stay refused, and a forged twin stays out.
+        let expired = user("s1", ISS1, now() - 600);
+        assert_eq!(v.check(&expired), Err(AuthReason::Expired));
+        assert_eq!(v.check(&expired), Err(AuthReason::Expired));
+        let at = t.len() - 10;
+        let swapped = if &t[at..=at] == "A" { "B" } else { "A" };
+        let forged = format!("{}{swapped}{}", &t[..at], &t[at + 1..]);
+        assert_eq!(v.check(&forged), Err(AuthReason::Signature));
+    }
+
+    #[test]
+    fn a_cached_token_is_valid_exactly_as_long_as_the_full_check_says() {
+        let v = verifier(Some("s1"), None);
+        assert_eq!(v.window((None, None)), Window::ALWAYS);
+        // Leeway 30 s on both sides; fractional times round toward the shorter window.
+        assert_eq!(v.window((Some(1000.0), Some(2000.0))), Window { from: 970, until: 2030 });
+        assert_eq!(v.window((Some(1000.2), Some(2000.7))), Window { from: 971, until: 2030 });
+        assert_eq!(v.window((Some(10.0), Some(-5.0))), Window { from: 0, until: 30 });
     }
 }

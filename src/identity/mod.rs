@@ -2,6 +2,7 @@
 //! JWT's `sub`, the admin path, or a configured header (design.md §2), plus the cohort
 //! cookie of anonymous browsers. Pure functions over request parts.
 
+mod cache;
 pub mod jwt;
 
 use http::{HeaderMap, HeaderName, header};

@@ -135,7 +135,8 @@ impl Proxy {
         route: &Route,
         peer: SocketAddr,
         service: Service,
-    ) -> Result<(impl Future<Output = Result<Response<UpstreamBody>, Error>> + Send + 'static + use<>, After), Error> {
+    ) -> Result<(impl Future<Output = Result<Response<UpstreamBody>, Error>> + Send + 'static + use<>, After), Error>
+    {
         let backend = route.decision.backend;
         let upgrade = headers::is_upgrade(req.headers());
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));

@@ -1,0 +1,178 @@
+//! Bearer tokens already checked, so that a client's every request does not pay for
+//! base64, JSON and HMAC again (a session token is sent unchanged for up to an hour;
+//! the check is most of the cost of JWT routing). As Envoy's JWT cache does, but
+//! without locks: one small set-associative table per worker thread.
+//!
+//! An entry is keyed by the whole token, tagged with the verifier that checked it (a
+//! reload builds a new verifier, so old entries never answer), and carries the
+//! token's validity window, checked again at every hit: an expired token misses and
+//! is refused by the full check.
+
+use std::cell::RefCell;
+use std::hash::{BuildHasher, RandomState};
+
+use super::jwt::Token;
+
+/// Sets per thread, of `WAYS` entries each (4,096 tokens); a miss only costs the full
+/// check. Several ways per set, because with one a few colliding tokens in use at
+/// the same time would keep evicting each other.
+const SETS: usize = 1024;
+const WAYS: usize = 4;
+/// Longer tokens are not kept (Supabase access tokens are well under 2 KiB).
+const MAX_TOKEN_LEN: usize = 4096;
+/// Bytes of the token's end that pick its set: the signature, which varies most.
+const HASHED_TAIL: usize = 32;
+
+/// When a checked token is valid, in Unix seconds, leeway included.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Window {
+    /// Not before.
+    pub from: u64,
+    /// Not after.
+    pub until: u64,
+}
+
+impl Window {
+    /// Always valid (a token nobody here verifies: the backend judges its times).
+    pub const ALWAYS: Window = Window { from: 0, until: u64::MAX };
+
+    fn contains(self, now: u64) -> bool {
+        self.from <= now && now <= self.until
+    }
+}
+
+struct Entry {
+    verifier: u64,
+    token: Box<str>,
+    checked: Token,
+    window: Window,
+}
+
+#[derive(Default)]
+struct Set {
+    ways: [Option<Entry>; WAYS],
+    /// The way the next insertion replaces when none is free (round robin).
+    next: usize,
+}
+
+impl Set {
+    fn find(&self, verifier: u64, token: &str) -> Option<&Entry> {
+        self.ways.iter().flatten().find(|e| e.verifier == verifier && *e.token == *token)
+    }
+
+    fn insert(&mut self, entry: Entry) {
+        let way = self
+            .ways
+            .iter()
+            .position(|w| w.as_ref().is_none_or(|e| e.verifier != entry.verifier || *e.token == *entry.token))
+            .unwrap_or_else(|| {
+                self.next = (self.next + 1) % WAYS;
+                self.next
+            });
+        self.ways[way] = Some(entry);
+    }
+}
+
+struct Table {
+    hasher: RandomState,
+    sets: Vec<Set>,
+}
+
+impl Table {
+    fn set(&self, token: &str) -> usize {
+        let bytes = token.as_bytes();
+        let tail = &bytes[bytes.len().saturating_sub(HASHED_TAIL)..];
+        // Truncation is fine: only the low bits pick the set.
+        (self.hasher.hash_one(tail) as usize) % SETS
+    }
+}
+
+thread_local! {
+    static TABLE: RefCell<Table> = RefCell::new(Table {
+        hasher: RandomState::new(),
+        sets: std::iter::repeat_with(Set::default).take(SETS).collect(),
+    });
+}
+
+/// What `verifier` found `token` to be, if it checked it on this thread and the token
+/// is still valid at `now`.
+pub fn get(verifier: u64, token: &str, now: u64) -> Option<Token> {
+    TABLE.with_borrow(|t| {
+        let e = t.sets[t.set(token)].find(verifier, token)?;
+        e.window.contains(now).then(|| e.checked.clone())
+    })
+}
+
+/// Remembers that `verifier` found `token` to be `checked`, valid within `window`.
+pub fn put(verifier: u64, token: &str, checked: &Token, window: Window) {
+    if token.len() > MAX_TOKEN_LEN {
+        return;
+    }
+    TABLE.with_borrow_mut(|t| {
+        let set = t.set(token);
+        t.sets[set].insert(Entry { verifier, token: token.into(), checked: checked.clone(), window });
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn user(sub: &str) -> Token {
+        Token::Jwt { sub: Some(sub.to_string()), issuer: None, verified: true }
+    }
+
+    #[test]
+    fn hits_only_for_the_same_token_verifier_and_window() {
+        let w = Window { from: 100, until: 200 };
+        put(7, "a.b.signature-one", &user("u1"), w);
+        assert_eq!(get(7, "a.b.signature-one", 150), Some(user("u1")));
+        assert_eq!(get(7, "a.b.signature-one", 100), Some(user("u1")), "bounds are inclusive");
+        assert_eq!(get(7, "a.b.signature-one", 200), Some(user("u1")));
+        assert_eq!(get(7, "a.b.signature-one", 201), None, "expired: the full check decides");
+        assert_eq!(get(7, "a.b.signature-one", 99), None, "not yet valid");
+        assert_eq!(get(8, "a.b.signature-one", 150), None, "another verifier (a reload) never hits");
+        assert_eq!(get(7, "x.b.signature-one", 150), None, "same signature, other token");
+        assert_eq!(get(7, "a.b.signature-two", 150), None);
+    }
+
+    #[test]
+    fn a_newer_entry_replaces_the_same_token_and_the_table_stays_bounded() {
+        put(1, "t.one", &user("old"), Window::ALWAYS);
+        put(1, "t.one", &user("new"), Window::ALWAYS);
+        assert_eq!(get(1, "t.one", 5), Some(user("new")));
+        // Far more tokens than entries: bounded, and whatever hits answers right.
+        let n = 3 * SETS * WAYS;
+        for i in 0..n {
+            put(2, &format!("h.p.{i}"), &user(&i.to_string()), Window::ALWAYS);
+        }
+        let hits = (0..n).filter(|i| get(2, &format!("h.p.{i}"), 5) == Some(user(&i.to_string()))).count();
+        assert!(hits <= SETS * WAYS && hits > 0, "{hits}");
+    }
+
+    #[test]
+    fn a_working_set_of_a_thousand_tokens_stays_cached() {
+        let tokens: Vec<String> = (0..1000).map(|i| format!("h.p.working-set-{i}")).collect();
+        for t in &tokens {
+            put(5, t, &user(t), Window::ALWAYS);
+        }
+        let hits = tokens.iter().filter(|t| get(5, t, 5).is_some()).count();
+        // Four ways per set: a set overflows only when five of the thousand share it.
+        assert!(hits >= 990, "{hits} of 1000");
+    }
+
+    #[test]
+    fn very_long_tokens_are_not_kept() {
+        let long = "x".repeat(MAX_TOKEN_LEN + 1);
+        put(3, &long, &user("u"), Window::ALWAYS);
+        assert_eq!(get(3, &long, 5), None);
+    }
+
+    #[test]
+    fn each_thread_has_its_own_table() {
+        put(4, "t.thread", &user("u"), Window::ALWAYS);
+        let other = std::thread::spawn(|| get(4, "t.thread", 5)).join().unwrap();
+        assert_eq!(other, None);
+        assert_eq!(get(4, "t.thread", 5), Some(user("u")));
+    }
+}
