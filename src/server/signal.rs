@@ -56,7 +56,8 @@ impl Future for Shutdown {
             this.woken.task.register(cx.waker());
             this.registered = Some(cx.waker().clone());
         }
-        if !first && !(this.woken.flag.load(Ordering::Acquire) && this.woken.flag.swap(false, Ordering::AcqRel)) {
+        let fired = || this.woken.flag.load(Ordering::Acquire) && this.woken.flag.swap(false, Ordering::AcqRel);
+        if !first && !fired() {
             return Poll::Pending;
         }
         let waker = Waker::from(this.woken.clone());
