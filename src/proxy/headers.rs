@@ -47,15 +47,31 @@ pub fn is_upgrade(headers: &HeaderMap) -> bool {
 /// Removes hop-by-hop headers, those named in `Connection` included. For an upgrade
 /// the `Upgrade` header and `Connection: upgrade` are kept: they are the point.
 fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+    // One pass over the names finds which are present (usually none, or only
+    // `Connection`), instead of a hash lookup per hop-by-hop name.
+    let mut present = [false; HOP_BY_HOP.len()];
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+            present[i] = true;
+        }
+    }
+    if !present.contains(&true) {
+        return;
+    }
+    // Names a `Connection` header lists beyond the usual ones (`close`, `keep-alive`,
+    // `upgrade` need no lookup of their own).
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::try_from(t.trim()).ok())
+        .map(str::trim)
+        .filter(|t| !t.eq_ignore_ascii_case("close") && !HOP_BY_HOP.iter().any(|h| t.eq_ignore_ascii_case(h.as_str())))
+        .filter_map(|t| HeaderName::try_from(t).ok())
         .collect();
     let kept_upgrade = if upgrade { headers.get(header::UPGRADE).cloned() } else { None };
-    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+    let listed = HOP_BY_HOP.iter().zip(present).filter_map(|(h, p)| p.then_some(h));
+    for name in named.iter().chain(listed) {
         headers.remove(name);
     }
     if let Some(u) = kept_upgrade {
@@ -89,8 +105,8 @@ pub fn prepare_request(
     // The upstream's own host: Supabase (and Realtime's tenant lookup) key on it.
     h.insert(header::HOST, upstream.host.clone());
     let xff = match h.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) => HeaderValue::from_str(&format!("{prev}, {peer}"))?,
-        None => HeaderValue::from_str(&peer.to_string())?,
+        Some(prev) => HeaderValue::try_from(format!("{prev}, {peer}"))?,
+        None => HeaderValue::try_from(peer.to_string())?,
     };
     h.insert(X_FORWARDED_FOR.clone(), xff);
     // A load balancer in front may have terminated TLS: keep what it said.
