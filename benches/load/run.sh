@@ -5,12 +5,15 @@
 # gets one core and one worker, wrk the other core. Prints requests/s, p50, p99, the
 # proxy's CPU time per request (from /proc), its RSS (with 1000 idle keep-alive
 # connections, measured first, and after each load run), and switchyard/nginx ratios.
-#   benches/load/run.sh [SECONDS] [CONNECTIONS]
+# Every target runs ROUNDS times, the rounds interleaved so that a slow minute of a
+# shared machine hits all targets alike; the table shows each figure's median.
+#   benches/load/run.sh [SECONDS] [CONNECTIONS] [ROUNDS]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" || true
 secs=${1:-10}
 conns=${2:-64}
+rounds=${3:-3}
 here=benches/load
 work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
@@ -131,26 +134,38 @@ run() { # name port [tokens]
   local p50; p50=$(ms 50%); local p99; p99=$(ms 99%)
   local cpu; cpu=$(awk -v a="$before" -v b="$after" -v n="$reqs" -v t="$tck" 'BEGIN { printf "%.2f", (b - a) / t * 1e6 / n }')
   local rss; rss=$(awk -v k="$(rss_kib "$pid")" 'BEGIN { printf "%.1f", k / 1024 }')
-  RPS[$name]=$rps; P50[$name]=$p50; P99[$name]=$p99; CPU[$name]=$cpu; RSS[$name]=$rss
-  printf '%-26s %10s %9s %9s %12s %9s\n' "$name" "$rps" "$p50" "$p99" "$cpu" "$rss"
+  RPS[$name]+=" $rps"; P50[$name]+=" $p50"; P99[$name]+=" $p99"; CPU[$name]+=" $cpu"; RSS[$name]=$rss
+  printf '  round %s: %-26s %10s req/s %9s ms p99 %8s us/req\n' "$round" "$name" "$rps" "$p99" "$cpu" >&2
 }
+median() { echo "$1" | tr ' ' '\n' | sed '/^$/d' | sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 # Idle first: RSS is a high-water mark, so this is measured before any load.
 idle_rss() { # port: MiB with 1000 idle keep-alive connections, each after one request
   awk -v k="$(python3 $here/hold.py "$1" 1000 "$(pid_of "$1")")" 'BEGIN { printf "%.1f", k / 1024 }'
 }
 IDLE_SY=$(idle_rss 18200); IDLE_NG=$(idle_rss 18201)
 echo "RSS with 1000 idle keep-alive connections: switchyard $IDLE_SY MiB, nginx $IDLE_NG MiB"
+targets=("backend direct" "switchyard (x-user-id)" "switchyard (JWT HS256)" "nginx split_clients" "haproxy"
+  "switchyard 1000 conns" "switchyard 1000 conns JWT" "nginx 1000 conns")
+for round in $(seq "$rounds"); do
+  run "backend direct" 18101
+  run "switchyard (x-user-id)" 18200
+  run "switchyard (JWT HS256)" 18200 "$work/tokens.txt"
+  run "nginx split_clients" 18201
+  run "haproxy" 18202
+  conns_saved=$conns; conns=1000
+  run "switchyard 1000 conns" 18200
+  run "switchyard 1000 conns JWT" 18200 "$work/tokens.txt"
+  run "nginx 1000 conns" 18201
+  conns=$conns_saved
+done
+for t in "${targets[@]}"; do
+  RPS[$t]=$(median "${RPS[$t]}"); P50[$t]=$(median "${P50[$t]}"); P99[$t]=$(median "${P99[$t]}"); CPU[$t]=$(median "${CPU[$t]}")
+done
+echo "medians of $rounds interleaved rounds of ${secs} s ($conns connections unless the name says 1000):"
 printf '%-26s %10s %9s %9s %12s %9s\n' "target" "req/s" "p50 ms" "p99 ms" "cpu us/req" "RSS MiB"
-run "backend direct" 18101
-run "switchyard (x-user-id)" 18200
-run "switchyard (JWT HS256)" 18200 "$work/tokens.txt"
-run "nginx split_clients" 18201
-run "haproxy" 18202
-conns_saved=$conns; conns=1000
-run "switchyard 1000 conns" 18200
-run "switchyard 1000 conns JWT" 18200 "$work/tokens.txt"
-run "nginx 1000 conns" 18201
-conns=$conns_saved
+for t in "${targets[@]}"; do
+  printf '%-26s %10s %9s %9s %12s %9s\n' "$t" "${RPS[$t]}" "${P50[$t]}" "${P99[$t]}" "${CPU[$t]}" "${RSS[$t]}"
+done
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
 echo
