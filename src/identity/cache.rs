@@ -13,13 +13,14 @@ use std::hash::{BuildHasher, RandomState};
 
 use super::jwt::Token;
 
-/// Sets per thread, of `WAYS` entries each (4,096 tokens); a miss only costs the full
-/// check. Several ways per set, because with one a few colliding tokens in use at
-/// the same time would keep evicting each other.
-const SETS: usize = 1024;
-const WAYS: usize = 4;
-/// Longer tokens are not kept (Supabase access tokens are well under 2 KiB).
-const MAX_TOKEN_LEN: usize = 4096;
+/// Sets per thread, of `WAYS` entries each (2,048 tokens, about 2 MiB when full of
+/// typical Supabase tokens); a miss only costs the full check. Several ways per set,
+/// because with one a few colliding tokens in use at the same time would keep evicting
+/// each other.
+const SETS: usize = 256;
+const WAYS: usize = 8;
+/// Longer tokens are not kept (Supabase access tokens are about 1 KiB).
+const MAX_TOKEN_LEN: usize = 2048;
 /// Bytes of the token's end that pick its set: the signature, which varies most.
 const HASHED_TAIL: usize = 32;
 
@@ -157,8 +158,9 @@ mod tests {
             put(5, t, &user(t), Window::ALWAYS);
         }
         let hits = tokens.iter().filter(|t| get(5, t, 5).is_some()).count();
-        // Four ways per set: a set overflows only when five of the thousand share it.
-        assert!(hits >= 990, "{hits} of 1000");
+        // The set a token lands in is random; about 99 % stay on average, and fewer than
+        // 95 % is many standard deviations away.
+        assert!(hits >= 950, "{hits} of 1000");
     }
 
     #[test]
