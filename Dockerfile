@@ -1,6 +1,10 @@
 # Multi-stage build: a small, non-root runtime image with a health check that needs
 # no shell tools (the binary probes its own admin port).
 FROM rust:1-slim-bookworm AS build
+# make: the jemalloc allocator is built from source.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends make \
+ && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
