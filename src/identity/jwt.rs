@@ -340,7 +340,7 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn a_cached_token_is_valid_exactly_as_long_as_the_full_check_says() {
+    fn a_cached_tokens_window_has_the_full_checks_bounds_and_leeway() {
         let v = verifier(Some("s1"), None);
         assert_eq!(v.window((None, None)), Window::ALWAYS);
         // Leeway 30 s on both sides; fractional times round toward the shorter window.

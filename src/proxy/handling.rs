@@ -48,14 +48,14 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let (result, went_upstream) = match this.exchange.as_pin_mut() {
+        let result = match this.exchange.as_pin_mut() {
             Some(exchange) => {
                 let answered = ready!(exchange.poll(cx));
-                (answered.map(|resp| (resp, this.after.take().unwrap_or_default())), true)
+                answered.map(|resp| (resp, this.after.take().unwrap_or_default()))
             }
-            None => (Err(this.refused.take().expect("a refused request has its error")), false),
+            None => Err(this.refused.take().expect("a refused request has its error")),
         };
         let done = this.done.take().expect("Handling polled after it completed");
-        Poll::Ready(Ok(done.finish(result, went_upstream)))
+        Poll::Ready(Ok(done.finish(result)))
     }
 }

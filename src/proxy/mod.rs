@@ -203,11 +203,12 @@ struct Done {
 }
 
 impl Done {
-    fn finish(self, result: Result<(Response<UpstreamBody>, After), Error>, went_upstream: bool) -> Response<Body> {
+    fn finish(self, result: Result<(Response<UpstreamBody>, After), Error>) -> Response<Body> {
         let Done { proxy, snap, started, method, service, versioned, backend, set_cookie, .. } = self;
         let result = result.map(|(resp, after)| proxy.answer(&snap, backend, after, resp));
-        // The guard judges the backends, not the clients' requests.
-        let judged = went_upstream && result.as_ref().map_or_else(Error::is_upstream, |_| true);
+        // The guard judges the backends, not the clients' requests: an answer, or an
+        // upstream failure (a request refused before it went out is neither).
+        let judged = result.as_ref().map_or_else(Error::is_upstream, |_| true);
         let mut resp = result.unwrap_or_else(|err| proxy.error_response(err, service, versioned));
         if let Some(p) = set_cookie {
             let cookie = headers::cohort_cookie(&snap.config.identity.cookie_name, p);
