@@ -90,17 +90,14 @@ impl Error {
     /// Classifies why the upstream gave no response.
     pub fn upstream(backend: BackendId, failure: crate::upstream::Failure) -> Error {
         use crate::upstream::Failure;
-        let err: &(dyn std::error::Error + 'static) = match &failure {
-            Failure::Connect(e) => e.as_ref(),
-            Failure::Http(e) => e,
-        };
+        let err = failure.source();
         let kind = if let Some(limit) = find::<crate::proxy::capped::TooLarge>(err) {
             return Error::too_large(backend, limit.0);
         } else if is_tls(err) {
             Kind::Tls
         } else if matches!(failure, Failure::Connect(_)) {
             Kind::Connect
-        } else if find::<hyper::Error>(err).is_some_and(|e| e.is_parse()) {
+        } else if matches!(failure, Failure::Malformed(_)) {
             Kind::Protocol
         } else {
             Kind::Reset

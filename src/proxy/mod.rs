@@ -168,8 +168,10 @@ impl Proxy {
     ) -> Response<Body> {
         let After { client_upgrade, mut applied, shadow } = after;
         let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
-        if let (true, Some(client)) = (switching, client_upgrade) {
-            self.tunnels.spawn(client, hyper::upgrade::on(&mut resp));
+        if let (true, Some(client)) = (switching, client_upgrade)
+            && let Some(upstream) = resp.body_mut().take_upgraded()
+        {
+            self.tunnels.spawn(client, upstream);
         }
         headers::prepare_response(resp.headers_mut(), switching, backend);
         snap.translator.response(resp.headers_mut(), &mut applied);

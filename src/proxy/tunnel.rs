@@ -10,6 +10,8 @@ use prometheus::IntGauge;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::upstream::Conn;
+
 /// The set of open tunnels.
 pub struct Tunnels {
     tracker: TaskTracker,
@@ -31,13 +33,13 @@ impl Tunnels {
         Tunnels { tracker: TaskTracker::new(), close: CancellationToken::new(), open }
     }
 
-    /// Joins the client's and the upstream's upgraded connections once both are ready.
-    pub fn spawn(&self, client: OnUpgrade, upstream: OnUpgrade) {
+    /// Joins the client's upgraded connection, once ready, to the upstream's.
+    pub fn spawn(&self, client: OnUpgrade, mut upstream: Box<Conn>) {
         let close = self.close.clone();
         let open = self.open.clone();
         self.tracker.spawn(async move {
-            let (client, upstream) = match tokio::try_join!(client, upstream) {
-                Ok(pair) => pair,
+            let client = match client.await {
+                Ok(client) => client,
                 Err(e) => {
                     tracing::debug!(error = %e, "websocket upgrade did not complete");
                     return;
@@ -45,7 +47,7 @@ impl Tunnels {
             };
             open.inc();
             let _guard = OpenGuard(open);
-            let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));
+            let mut client = TokioIo::new(client);
             tokio::select! {
                 r = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {
                     if let Err(e) = r {

@@ -32,10 +32,10 @@ impl<T> IdleStack<T> {
     /// The most recently parked entry that `usable` accepts and that has not been idle
     /// for `timeout`. Entries passed over are dropped: expired or unusable ones are
     /// dead connections.
-    pub fn pop(&mut self, now: Instant, mut usable: impl FnMut(&T) -> bool) -> Option<T> {
+    pub fn pop(&mut self, now: Instant, mut usable: impl FnMut(&mut T) -> bool) -> Option<T> {
         self.expire(now);
-        while let Some((item, _)) = self.entries.pop_back() {
-            if usable(&item) {
+        while let Some((mut item, _)) = self.entries.pop_back() {
+            if usable(&mut item) {
                 return Some(item);
             }
         }

@@ -1,11 +1,16 @@
 //! The upstream client: HTTP/1.1 (TLS through rustls) to the projects, over one
 //! bounded connection [`pool`] per scheme + authority, so pools outlive every config
 //! change. HTTP/1.1 only, as nginx does upstream: it keeps WebSocket upgrades simple
-//! and every Supabase service speaks it.
+//! and every Supabase service speaks it. Each exchange runs in the request's own task
+//! ([`exchange`], [`body`]), over the wire format in [`wire`] and [`chunked`].
 
 mod body;
+mod chunked;
+mod conn;
+mod exchange;
 mod idle;
 mod pool;
+mod wire;
 
 use std::pin::Pin;
 use std::sync::{Arc, Weak};
@@ -22,7 +27,8 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use pin_project_lite::pin_project;
 
 pub use body::UpstreamBody;
-pub use pool::Failure;
+pub use conn::Conn;
+pub use exchange::Failure;
 
 use crate::backend::BackendId;
 use crate::config::{BaseUrl, UpstreamConfig};

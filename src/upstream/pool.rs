@@ -2,13 +2,12 @@
 //! requests queue for a free one, as HAProxy's `maxconn` does, instead of opening a
 //! connection per concurrent request), idle ones reused newest-first and never past
 //! the idle timeout. A connection goes back to the pool when its response body has
-//! ended, from the body itself ([`super::body`]): no task per request.
+//! ended, from the body itself ([`super::body`]): no task per request or connection.
 
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use http::{Request, Response, StatusCode, Uri};
-use hyper::client::conn::http1::{self, SendRequest};
+use http::{Request, Response, Uri};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -16,17 +15,9 @@ use tower_service::Service;
 
 use super::OutBody;
 use super::body::UpstreamBody;
+use super::conn::Conn;
+use super::exchange::{Attempt, Failure, Outgoing, exchange};
 use super::idle::IdleStack;
-use crate::error::BoxError;
-
-/// Why a request got no response from the upstream.
-#[derive(Debug)]
-pub enum Failure {
-    /// No connection could be made (refused, DNS, connect time-out, TLS).
-    Connect(BoxError),
-    /// The connection failed while sending or before the response head.
-    Http(hyper::Error),
-}
 
 /// Pool sizes and timeouts, fixed for the process.
 #[derive(Debug, Clone, Copy)]
@@ -44,74 +35,79 @@ pub struct Pool {
     /// `scheme://authority/`, what the connector dials.
     target: Uri,
     connector: HttpsConnector<HttpConnector>,
-    http1: http1::Builder,
     /// One permit per connection that is not idle; idle ones hold none.
     permits: Arc<Semaphore>,
     /// Held for a push or a pop, never across an await.
-    idle: Mutex<IdleStack<SendRequest<OutBody>>>,
+    idle: Mutex<IdleStack<Box<Conn>>>,
 }
 
 /// A connection in use: returned to its pool when the response body ends.
 pub struct Lease {
-    sender: SendRequest<OutBody>,
+    /// Boxed: a TLS connection's state is over a kilobyte, and the lease moves with
+    /// every response.
+    conn: Box<Conn>,
     pool: Arc<Pool>,
     _permit: OwnedSemaphorePermit,
 }
 
 impl Lease {
+    /// The connection, to read the response from.
+    pub fn conn(&mut self) -> &mut Conn {
+        &mut self.conn
+    }
+
     /// Parks the connection for the next request.
     pub fn release(self) {
-        self.pool.park(self.sender);
+        self.pool.park(self.conn);
+    }
+
+    /// The connection leaves the pool for good (an upgrade); its place is freed.
+    pub fn into_conn(self) -> Box<Conn> {
+        self.conn
     }
 }
 
 impl Pool {
     /// A pool for `target` (scheme and authority only).
     pub fn new(target: Uri, connector: HttpsConnector<HttpConnector>, settings: Settings) -> Pool {
-        let mut http1 = http1::Builder::new();
-        // Upstream answers are the projects' own: be as lenient as browsers are.
-        http1.allow_spaces_after_header_name_in_responses(true);
         Pool {
             target,
             connector,
-            http1,
             permits: Arc::new(Semaphore::new(settings.max_connections)),
             idle: Mutex::new(IdleStack::new(settings.max_idle.min(settings.max_connections), settings.idle_timeout)),
         }
     }
 
     /// Sends `req` (origin-form URI) on a pooled or new connection. A request that a
-    /// reused connection never wrote (it was closing) is tried again on another one.
+    /// reused connection lost before the upstream could act on it (the upstream was
+    /// closing that connection) is tried again on another one.
     #[allow(clippy::manual_async_fn, reason = "an async fn stores its arguments twice")]
     pub fn send(
         self: Arc<Self>,
-        mut req: Request<OutBody>,
+        req: Request<OutBody>,
     ) -> impl Future<Output = Result<Response<UpstreamBody>, Failure>> + Send + 'static + use<> {
+        // Framed and encoded before the future is made: it then holds the request once.
+        let (parts, body) = req.into_parts();
+        let out = Outgoing::new(parts, body);
         async move {
+            let mut out = out?;
             let permit = self.permits.clone().acquire_owned().await.expect("the semaphore is never closed");
             loop {
-                let (mut sender, reused) = match self.unpark() {
-                    Some(sender) => (sender, true),
+                let (mut conn, reused) = match self.unpark() {
+                    Some(conn) => (conn, true),
                     // Boxed: every request's future would otherwise carry the rare connect's state.
                     None => (Box::pin(self.connect()).await?, false),
                 };
-                if let Err(e) = sender.ready().await {
-                    if reused {
-                        continue;
+                match exchange(&mut conn, &mut out).await {
+                    Ok(head) => {
+                        let lease = Lease { conn, pool: self.clone(), _permit: permit };
+                        let mut resp = Response::new(UpstreamBody::new(lease, head.framing, head.reusable));
+                        *resp.status_mut() = head.status;
+                        *resp.headers_mut() = head.headers;
+                        return Ok(resp);
                     }
-                    return Err(Failure::Http(e));
-                }
-                match sender.try_send_request(req).await {
-                    Ok(resp) => {
-                        let lease = Lease { sender, pool: self.clone(), _permit: permit };
-                        // After a 101 the connection belongs to the tunnel, never to the pool.
-                        let reusable = resp.status() != StatusCode::SWITCHING_PROTOCOLS;
-                        return Ok(resp.map(|body| UpstreamBody::new(body, lease, reusable)));
-                    }
-                    Err(mut e) => match e.take_message() {
-                        Some(unsent) if reused => req = unsent,
-                        _ => return Err(Failure::Http(e.into_error())),
-                    },
+                    Err(Attempt { retry: true, .. }) if reused => continue,
+                    Err(Attempt { failure, .. }) => return Err(failure),
                 }
             }
         }
@@ -123,30 +119,21 @@ impl Pool {
     }
 
     /// The idle stack; a push or a pop, never held across an await.
-    fn stack(&self) -> MutexGuard<'_, IdleStack<SendRequest<OutBody>>> {
+    fn stack(&self) -> MutexGuard<'_, IdleStack<Box<Conn>>> {
         self.idle.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn unpark(&self) -> Option<SendRequest<OutBody>> {
-        self.stack().pop(Instant::now(), |s| !s.is_closed())
+    fn unpark(&self) -> Option<Box<Conn>> {
+        self.stack().pop(Instant::now(), |c| !c.is_stale())
     }
 
-    fn park(&self, sender: SendRequest<OutBody>) {
-        if sender.is_closed() {
-            return;
-        }
-        // A full stack hands the sender back; dropping it closes that connection.
-        drop(self.stack().push(sender, Instant::now()));
+    fn park(&self, conn: Box<Conn>) {
+        // A full stack hands the connection back; dropping it closes it.
+        drop(self.stack().push(conn, Instant::now()));
     }
 
-    async fn connect(&self) -> Result<SendRequest<OutBody>, Failure> {
-        let io = self.connector.clone().call(self.target.clone()).await.map_err(Failure::Connect)?;
-        let (sender, conn) = self.http1.handshake(io).await.map_err(Failure::Http)?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.with_upgrades().await {
-                tracing::debug!(error = %e, "upstream connection ended with an error");
-            }
-        });
-        Ok(sender)
+    async fn connect(&self) -> Result<Box<Conn>, Failure> {
+        let stream = self.connector.clone().call(self.target.clone()).await.map_err(Failure::Connect)?;
+        Ok(Box::new(Conn::new(stream)))
     }
 }

@@ -1,0 +1,94 @@
+//! One upstream connection: the stream (TCP, or TLS over it) and its read buffer,
+//! which holds what arrived beyond the part of a response already handed out.
+//! Requests and responses are driven from the request's own task (see
+//! [`super::exchange`]), so a connection has no task of its own.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
+
+use bytes::{Buf, BytesMut};
+use hyper_rustls::MaybeHttpsStream;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+/// What the connector hands back.
+pub type Stream = MaybeHttpsStream<TokioIo<TcpStream>>;
+
+/// How much room a read asks for: a typical response head and body in one read.
+const READ_SIZE: usize = 8 * 1024;
+
+/// An open connection to an upstream host.
+pub struct Conn {
+    io: TokioIo<Stream>,
+    /// Received and not yet consumed.
+    pub buf: BytesMut,
+}
+
+impl Conn {
+    /// Wraps a freshly connected stream.
+    pub fn new(stream: Stream) -> Conn {
+        Conn { io: TokioIo::new(stream), buf: BytesMut::new() }
+    }
+
+    /// Reads more into the buffer; `Ok(0)` is the end of the stream.
+    pub fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.buf.capacity() - self.buf.len() < READ_SIZE / 4 {
+            self.buf.reserve(READ_SIZE);
+        }
+        tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf)
+    }
+
+    /// Reads more into the buffer; `Ok(0)` is the end of the stream.
+    pub async fn fill(&mut self) -> io::Result<usize> {
+        std::future::poll_fn(|cx| self.poll_fill(cx)).await
+    }
+
+    /// Writes all of `bytes` and flushes them (TLS buffers records).
+    pub async fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
+        use tokio::io::AsyncWriteExt;
+        self.io.write_all(bytes).await?;
+        self.io.flush().await
+    }
+
+    /// Whether an idle connection can no longer carry a request: the upstream closed
+    /// it, failed it, or sent bytes nobody asked for. Never waits.
+    pub fn is_stale(&mut self) -> bool {
+        if !self.buf.is_empty() {
+            return true;
+        }
+        let mut probe = [0u8; 1];
+        let mut probe = ReadBuf::new(&mut probe);
+        let mut cx = Context::from_waker(Waker::noop());
+        !matches!(Pin::new(&mut self.io).poll_read(&mut cx, &mut probe), Poll::Pending)
+    }
+}
+
+/// After an upgrade: reads return what was already buffered first.
+impl AsyncRead for Conn {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, out: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        if !this.buf.is_empty() {
+            let n = this.buf.len().min(out.remaining());
+            out.put_slice(&this.buf[..n]);
+            this.buf.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.io).poll_read(cx, out)
+    }
+}
+
+impl AsyncWrite for Conn {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, data)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}

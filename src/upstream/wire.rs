@@ -1,0 +1,332 @@
+//! HTTP/1.1 towards the upstream, as pure functions over bytes: how the request body
+//! is framed, the request head encoded, the response head parsed, and how the response
+//! body is delimited (RFC 9112 §6). The connection and its I/O are elsewhere.
+
+use std::mem::MaybeUninit;
+
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, StatusCode, Version, request};
+
+/// The largest response head accepted.
+pub const MAX_HEAD: usize = 64 * 1024;
+/// The most response header lines accepted.
+const MAX_HEADERS: usize = 128;
+
+/// A response the proxy cannot pass on.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid upstream response: {0}")]
+pub struct Malformed(pub &'static str);
+
+/// How the request body goes on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sent {
+    /// No body.
+    Nothing,
+    /// Exactly this many bytes.
+    Length(u64),
+    /// Chunked transfer coding.
+    Chunked,
+}
+
+/// Decides the request body's framing and says it in the head: the client's
+/// `Content-Length` if it sent one, else the body's exact size, else chunked.
+/// `empty` is whether the body is known to be over already.
+pub fn frame_request(parts: &mut request::Parts, empty: bool, exact: Option<u64>) -> Result<Sent, Malformed> {
+    let h = &mut parts.headers;
+    if let Some(v) = h.get(header::CONTENT_LENGTH) {
+        let n = parse_length(v).ok_or(Malformed("request content-length"))?;
+        return Ok(if n == 0 { Sent::Nothing } else { Sent::Length(n) });
+    }
+    if empty {
+        // Methods that normally carry a body say that this one has none.
+        if matches!(parts.method, Method::POST | Method::PUT | Method::PATCH) {
+            h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+        }
+        return Ok(Sent::Nothing);
+    }
+    Ok(match exact {
+        Some(n) => {
+            h.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+            if n == 0 { Sent::Nothing } else { Sent::Length(n) }
+        }
+        None => {
+            h.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+            Sent::Chunked
+        }
+    })
+}
+
+/// The request head, origin-form, ready to write.
+pub fn encode_head(parts: &request::Parts) -> Bytes {
+    let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    let size: usize = parts.headers.iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum();
+    let mut out = BytesMut::with_capacity(parts.method.as_str().len() + target.len() + size + 16);
+    for piece in [parts.method.as_str().as_bytes(), b" ", target.as_bytes(), b" HTTP/1.1\r\n"] {
+        out.extend_from_slice(piece);
+    }
+    for (name, value) in &parts.headers {
+        for piece in [name.as_str().as_bytes(), b": ", value.as_bytes(), b"\r\n"] {
+            out.extend_from_slice(piece);
+        }
+    }
+    out.extend_from_slice(b"\r\n");
+    out.freeze()
+}
+
+/// How the response body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// No body (HEAD, 204, 304).
+    Empty,
+    /// Exactly this many bytes.
+    Length(u64),
+    /// Chunked transfer coding.
+    Chunked,
+    /// Everything until the upstream closes.
+    Close,
+    /// 101: the connection now carries another protocol.
+    Upgrade,
+}
+
+/// A parsed response head.
+#[derive(Debug)]
+pub struct Head {
+    /// The status.
+    pub status: StatusCode,
+    /// The headers, as sent.
+    pub headers: HeaderMap,
+    /// How the body is delimited.
+    pub framing: Framing,
+    /// Whether the connection may carry another request after this body.
+    pub reusable: bool,
+}
+
+/// What the front of the read buffer holds.
+#[derive(Debug)]
+pub enum Parsed {
+    /// Not a whole head yet.
+    Partial,
+    /// An interim (1xx) response, consumed; the real one follows.
+    Interim,
+    /// The response head, consumed from the buffer.
+    Head(Head),
+}
+
+/// Parses (and consumes) the response head at the front of `buf`, for a request that
+/// was `HEAD` or not.
+pub fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Parsed, Malformed> {
+    // Left uninitialised: zeroing every slot would cost more than parsing a small head.
+    let mut slots = [const { MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut []);
+    // The projects' answers: be as lenient as browsers are.
+    let status = httparse::ParserConfig::default()
+        .allow_spaces_after_header_name_in_responses(true)
+        .parse_response_with_uninit_headers(&mut resp, buf, &mut slots)
+        .map_err(|e| Malformed(if e == httparse::Error::TooManyHeaders { "too many headers" } else { "head" }))?;
+    let len = match status {
+        httparse::Status::Partial if buf.len() > MAX_HEAD => return Err(Malformed("head too large")),
+        httparse::Status::Partial => return Ok(Parsed::Partial),
+        httparse::Status::Complete(len) => len,
+    };
+    let code = resp.code.unwrap_or_default();
+    let status = StatusCode::from_u16(code).map_err(|_| Malformed("status"))?;
+    let version = if resp.version == Some(0) { Version::HTTP_10 } else { Version::HTTP_11 };
+    // Where each header sits in the head, so the values can share its bytes.
+    let base = buf.as_ptr() as usize;
+    let mut spans = Vec::with_capacity(resp.headers.len());
+    for h in resp.headers.iter() {
+        let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| Malformed("header name"))?;
+        let at = h.value.as_ptr() as usize - base;
+        spans.push((name, at, at + h.value.len()));
+    }
+    let head = buf.split_to(len).freeze();
+    if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
+        return Ok(Parsed::Interim);
+    }
+    let mut headers = HeaderMap::with_capacity(spans.len());
+    for (name, from, to) in spans {
+        let value = HeaderValue::from_maybe_shared(head.slice(from..to)).map_err(|_| Malformed("header value"))?;
+        headers.append(name, value);
+    }
+    let (framing, delimited) = framing(status, &headers, head_request)?;
+    let reusable = delimited && keeps_alive(version, &headers);
+    Ok(Parsed::Head(Head { status, headers, framing, reusable }))
+}
+
+/// The body's framing, and whether its end is known without the connection closing
+/// (and without any doubt about where it is).
+fn framing(status: StatusCode, headers: &HeaderMap, head_request: bool) -> Result<(Framing, bool), Malformed> {
+    if status == StatusCode::SWITCHING_PROTOCOLS {
+        return Ok((Framing::Upgrade, false));
+    }
+    if head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
+        return Ok((Framing::Empty, true));
+    }
+    let lengths = headers.get_all(header::CONTENT_LENGTH);
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        let last = headers.get_all(header::TRANSFER_ENCODING).iter().next_back();
+        let last = last.and_then(|v| v.to_str().ok()).and_then(|v| v.rsplit(',').next()).unwrap_or("");
+        if !last.trim().eq_ignore_ascii_case("chunked") {
+            return Ok((Framing::Close, false));
+        }
+        // Both framings sent: chunked wins, but such a connection is not trusted again.
+        return Ok((Framing::Chunked, lengths.iter().next().is_none()));
+    }
+    let mut found = None;
+    for v in lengths {
+        let n = parse_length(v).ok_or(Malformed("content-length"))?;
+        if found.is_some_and(|f| f != n) {
+            return Err(Malformed("conflicting content-length"));
+        }
+        found = Some(n);
+    }
+    Ok(match found {
+        Some(0) => (Framing::Empty, true),
+        Some(n) => (Framing::Length(n), true),
+        None => (Framing::Close, false),
+    })
+}
+
+/// Whether the upstream keeps the connection open after this response.
+fn keeps_alive(version: Version, headers: &HeaderMap) -> bool {
+    let said = |token: &str| {
+        headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case(token))
+    };
+    if version == Version::HTTP_10 { said("keep-alive") } else { !said("close") }
+}
+
+/// A `Content-Length` value: digits only (a list of equal values is also accepted).
+fn parse_length(v: &HeaderValue) -> Option<u64> {
+    let mut found = None;
+    for part in v.to_str().ok()?.split(',') {
+        let part = part.trim();
+        if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        let n: u64 = part.parse().ok()?;
+        if found.is_some_and(|f| f != n) {
+            return None;
+        }
+        found = Some(n);
+    }
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::Request;
+
+    fn parts(method: Method, headers: &[(&str, &str)]) -> request::Parts {
+        let mut b = Request::builder().method(method).uri("/rest/v1/items?id=eq.1");
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        b.body(()).unwrap().into_parts().0
+    }
+
+    fn head(raw: &str, head_request: bool) -> Result<Parsed, Malformed> {
+        parse_head(&mut BytesMut::from(raw), head_request)
+    }
+
+    fn parsed(raw: &str) -> Head {
+        match head(raw, false) {
+            Ok(Parsed::Head(h)) => h,
+            other => panic!("not a head: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn request_framing_follows_the_client_then_the_body() {
+        let mut p = parts(Method::POST, &[("content-length", "5")]);
+        assert_eq!(frame_request(&mut p, false, None), Ok(Sent::Length(5)));
+        let mut p = parts(Method::POST, &[]);
+        assert_eq!(frame_request(&mut p, true, Some(0)), Ok(Sent::Nothing));
+        assert_eq!(p.headers["content-length"], "0", "a POST says it has no body");
+        let mut p = parts(Method::GET, &[]);
+        assert_eq!(frame_request(&mut p, true, Some(0)), Ok(Sent::Nothing));
+        assert!(p.headers.is_empty(), "a GET says nothing");
+        let mut p = parts(Method::PUT, &[]);
+        assert_eq!(frame_request(&mut p, false, Some(12)), Ok(Sent::Length(12)));
+        assert_eq!(p.headers["content-length"], "12");
+        let mut p = parts(Method::POST, &[]);
+        assert_eq!(frame_request(&mut p, false, None), Ok(Sent::Chunked));
+        assert_eq!(p.headers["transfer-encoding"], "chunked");
+        let mut p = parts(Method::POST, &[("content-length", "5x")]);
+        assert!(frame_request(&mut p, false, None).is_err());
+    }
+
+    #[test]
+    fn the_head_is_origin_form_http11() {
+        let p = parts(Method::GET, &[("host", "v2.example"), ("x-a", "1")]);
+        assert_eq!(&encode_head(&p)[..], b"GET /rest/v1/items?id=eq.1 HTTP/1.1\r\nhost: v2.example\r\nx-a: 1\r\n\r\n");
+    }
+
+    #[test]
+    fn a_head_in_pieces_then_whole() {
+        let raw = "HTTP/1.1 200 OK\r\ncontent-length: 2\r\nX-Odd : yes\r\n\r\nok";
+        let mut buf = BytesMut::from(&raw[..20]);
+        assert!(matches!(parse_head(&mut buf, false), Ok(Parsed::Partial)));
+        let mut buf = BytesMut::from(raw);
+        let Ok(Parsed::Head(h)) = parse_head(&mut buf, false) else { panic!("whole head") };
+        assert_eq!((h.status, h.framing, h.reusable), (StatusCode::OK, Framing::Length(2), true));
+        assert_eq!(h.headers["x-odd"], "yes", "space before the colon tolerated");
+        assert_eq!(&buf[..], b"ok", "the body stays in the buffer");
+    }
+
+    #[test]
+    fn interim_responses_are_skipped() {
+        let mut buf = BytesMut::from("HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n");
+        assert!(matches!(parse_head(&mut buf, false), Ok(Parsed::Interim)));
+        let Ok(Parsed::Head(h)) = parse_head(&mut buf, false) else { panic!("final head") };
+        assert_eq!((h.status, h.framing), (StatusCode::NO_CONTENT, Framing::Empty));
+    }
+
+    #[test]
+    fn body_framing() {
+        let f = |raw: &str| parsed(raw).framing;
+        assert_eq!(f("HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"), Framing::Chunked);
+        assert_eq!(f("HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\n"), Framing::Close);
+        assert_eq!(f("HTTP/1.1 200 OK\r\n\r\n"), Framing::Close);
+        assert_eq!(f("HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"), Framing::Empty);
+        assert_eq!(f("HTTP/1.1 304 Not Modified\r\ncontent-length: 9\r\n\r\n"), Framing::Empty);
+        assert_eq!(f("HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\n\r\n"), Framing::Upgrade);
+        let Ok(Parsed::Head(h)) = head("HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\n", true) else { panic!() };
+        assert_eq!(h.framing, Framing::Empty, "the answer to HEAD has no body");
+    }
+
+    #[test]
+    fn when_the_connection_is_reused() {
+        let r = |raw: &str| parsed(raw).reusable;
+        assert!(r("HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\n"));
+        assert!(!r("HTTP/1.1 200 OK\r\ncontent-length: 1\r\nconnection: close\r\n\r\n"));
+        assert!(!r("HTTP/1.0 200 OK\r\ncontent-length: 1\r\n\r\n"));
+        assert!(r("HTTP/1.0 200 OK\r\ncontent-length: 1\r\nconnection: keep-alive\r\n\r\n"));
+        assert!(!r("HTTP/1.1 200 OK\r\n\r\n"), "delimited by close");
+        assert!(!r("HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 3\r\n\r\n"), "both framings");
+    }
+
+    #[test]
+    fn malformed_heads_are_refused() {
+        for raw in [
+            "HTTP/1.1 200 OK\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ncontent-length: -1\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ncontent-length: 1, 2\r\n\r\n",
+            "HTTX/1.1 200 OK\r\n\r\n",
+            "HTTP/1.1 2000 OK\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nbad\0name: x\r\n\r\n",
+        ] {
+            assert!(head(raw, false).is_err(), "{raw:?}");
+        }
+        let long = format!("HTTP/1.1 200 OK\r\nx: {}", "a".repeat(MAX_HEAD));
+        assert_eq!(head(&long, false).unwrap_err(), Malformed("head too large"));
+        let many: String = (0..200).map(|i| format!("x-{i}: 1\r\n")).collect();
+        assert!(head(&format!("HTTP/1.1 200 OK\r\n{many}\r\n"), false).is_err());
+    }
+}
