@@ -1,0 +1,130 @@
+//! The upstream side of HTTP/1.1 through real sockets, against an upstream that writes
+//! raw bytes: interim responses, chunked bodies with trailers, bodies delimited by
+//! the connection closing, and kept-alive connections the upstream drops silently.
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// A raw upstream: answers every request head with `reply`, and then closes the
+/// connection when `close_after` says so (without saying so in the reply).
+struct Raw {
+    url: String,
+    conns: Arc<AtomicUsize>,
+}
+
+async fn raw(reply: &'static [u8], close_after: bool) -> Raw {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", l.local_addr().unwrap());
+    let conns = Arc::new(AtomicUsize::new(0));
+    let counted = conns.clone();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            counted.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(answer_each(s, reply, close_after));
+        }
+    });
+    Raw { url, conns }
+}
+
+/// Reads request heads (and `content-length` bodies), answering each with `reply`.
+async fn answer_each(mut s: TcpStream, reply: &'static [u8], close_after: bool) {
+    let mut buf = Vec::new();
+    loop {
+        let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+            let mut more = [0u8; 4096];
+            match s.read(&mut more).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&more[..n]),
+            }
+            continue;
+        };
+        let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
+        let length = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .map_or(0, |v| v.trim().parse::<usize>().unwrap());
+        while buf.len() < end + 4 + length {
+            let mut more = [0u8; 4096];
+            match s.read(&mut more).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&more[..n]),
+            }
+        }
+        buf.drain(..end + 4 + length);
+        if s.write_all(reply).await.is_err() || close_after {
+            return;
+        }
+    }
+}
+
+async fn proxy_to(up: &Raw) -> switchyard::server::Running {
+    start(&config_text(&up.url, &up.url, 0, "")).await
+}
+
+#[tokio::test]
+async fn interim_answers_are_skipped_and_chunked_bodies_reuse_the_connection() {
+    let up = raw(
+        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-type: application/json\r\n\r\n\
+          3;ext=1\r\n[1,\r\n2\r\n2]\r\n0\r\nx-trailer: t\r\n\r\n",
+        false,
+    )
+    .await;
+    let sy = proxy_to(&up).await;
+    for _ in 0..3 {
+        let got = get_as(sy.addr, "/rest/v1/t", "u").await;
+        assert_eq!((got.status.as_u16(), &got.body[..]), (200, &b"[1,2]"[..]));
+        assert_eq!(got.headers["content-type"], "application/json");
+        assert!(got.headers.get("transfer-encoding").is_none_or(|v| v == "chunked"), "framed once, by the proxy");
+    }
+    assert_eq!(up.conns.load(Ordering::SeqCst), 1, "one connection, reused after each terminator");
+}
+
+#[tokio::test]
+async fn a_body_delimited_by_close_arrives_whole_and_its_connection_is_not_reused() {
+    let up = raw(b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n\r\nuntil the end", true).await;
+    let sy = proxy_to(&up).await;
+    for _ in 0..2 {
+        let got = get_as(sy.addr, "/rest/v1/t", "u").await;
+        assert_eq!((got.status.as_u16(), &got.body[..]), (200, &b"until the end"[..]));
+    }
+    assert_eq!(up.conns.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn an_upstream_dropping_kept_alive_connections_costs_no_request() {
+    // Each connection is closed right after its answer, which claims keep-alive.
+    let up = raw(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok", true).await;
+    let sy = proxy_to(&up).await;
+    // Back to back: a GET may go out on a connection whose close is still in flight;
+    // it is sent again on a fresh one.
+    for i in 0..20 {
+        let got = get_as(sy.addr, "/rest/v1/t", "u").await;
+        assert_eq!((got.status.as_u16(), &got.body[..]), (200, &b"ok"[..]), "request {i}");
+    }
+    // After a pause the close has arrived: a POST is never sent on that connection.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let got = send(sy.addr, "POST", "/rest/v1/t", &[("x-user-id", "u")], r#"{"a":1}"#).await;
+    assert_eq!((got.status.as_u16(), &got.body[..]), (200, &b"ok"[..]));
+    let errors = sy.proxy.metrics.render();
+    assert!(!errors.contains("switchyard_upstream_errors_total{"), "no upstream error counted:\n{errors}");
+}
+
+#[tokio::test]
+async fn a_malformed_chunk_aborts_the_body_and_the_proxy_keeps_serving() {
+    let up = raw(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nokXX\r\n", false).await;
+    let sy = proxy_to(&up).await;
+    let req = http::Request::get(format!("http://{}/rest/v1/t", sy.addr)).body(full("")).unwrap();
+    let resp = client().request(req).await.expect("the head arrives");
+    let body = tokio::time::timeout(Duration::from_secs(5), http_body_util::BodyExt::collect(resp.into_body())).await;
+    assert!(body.expect("no hang").is_err(), "a broken body is not delivered as complete");
+    let ok = raw(b"HTTP/1.1 204 No Content\r\n\r\n", false).await;
+    let sy = proxy_to(&ok).await;
+    assert_eq!(get_as(sy.addr, "/rest/v1/t", "u").await.status, 204);
+}
