@@ -12,14 +12,15 @@ use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-/// A raw upstream: answers every request head with `reply`, and then closes the
+/// A raw upstream: answers every request head with the pieces of `reply` (a short
+/// pause between pieces, so that they arrive as separate reads), and then closes the
 /// connection when `close_after` says so (without saying so in the reply).
 struct Raw {
     url: String,
     conns: Arc<AtomicUsize>,
 }
 
-async fn raw(reply: &'static [u8], close_after: bool) -> Raw {
+async fn raw(reply: &'static [&'static [u8]], close_after: bool) -> Raw {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", l.local_addr().unwrap());
     let conns = Arc::new(AtomicUsize::new(0));
@@ -34,7 +35,7 @@ async fn raw(reply: &'static [u8], close_after: bool) -> Raw {
 }
 
 /// Reads request heads (and `content-length` bodies), answering each with `reply`.
-async fn answer_each(mut s: TcpStream, reply: &'static [u8], close_after: bool) {
+async fn answer_each(mut s: TcpStream, reply: &'static [&'static [u8]], close_after: bool) {
     let mut buf = Vec::new();
     loop {
         let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
@@ -58,7 +59,15 @@ async fn answer_each(mut s: TcpStream, reply: &'static [u8], close_after: bool) 
             }
         }
         buf.drain(..end + 4 + length);
-        if s.write_all(reply).await.is_err() || close_after {
+        for (i, piece) in reply.iter().enumerate() {
+            if i > 0 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            if s.write_all(piece).await.is_err() {
+                return;
+            }
+        }
+        if close_after {
             return;
         }
     }
@@ -71,8 +80,8 @@ async fn proxy_to(up: &Raw) -> switchyard::server::Running {
 #[tokio::test]
 async fn interim_answers_are_skipped_and_chunked_bodies_reuse_the_connection() {
     let up = raw(
-        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-type: application/json\r\n\r\n\
-          3;ext=1\r\n[1,\r\n2\r\n2]\r\n0\r\nx-trailer: t\r\n\r\n",
+        &[b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-type: application/json\r\n\r\n\
+          3;ext=1\r\n[1,\r\n2\r\n2]\r\n0\r\nx-trailer: t\r\n\r\n"],
         false,
     )
     .await;
@@ -88,7 +97,7 @@ async fn interim_answers_are_skipped_and_chunked_bodies_reuse_the_connection() {
 
 #[tokio::test]
 async fn a_body_delimited_by_close_arrives_whole_and_its_connection_is_not_reused() {
-    let up = raw(b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n\r\nuntil the end", true).await;
+    let up = raw(&[b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n\r\nuntil the end"], true).await;
     let sy = proxy_to(&up).await;
     for _ in 0..2 {
         let got = get_as(sy.addr, "/rest/v1/t", "u").await;
@@ -100,7 +109,7 @@ async fn a_body_delimited_by_close_arrives_whole_and_its_connection_is_not_reuse
 #[tokio::test]
 async fn an_upstream_dropping_kept_alive_connections_costs_no_request() {
     // Each connection is closed right after its answer, which claims keep-alive.
-    let up = raw(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok", true).await;
+    let up = raw(&[b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"], true).await;
     let sy = proxy_to(&up).await;
     // Back to back: a GET may go out on a connection whose close is still in flight;
     // it is sent again on a fresh one.
@@ -118,13 +127,36 @@ async fn an_upstream_dropping_kept_alive_connections_costs_no_request() {
 
 #[tokio::test]
 async fn a_malformed_chunk_aborts_the_body_and_the_proxy_keeps_serving() {
-    let up = raw(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nokXX\r\n", false).await;
+    let up = raw(&[b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nokXX\r\n"], false).await;
     let sy = proxy_to(&up).await;
     let req = http::Request::get(format!("http://{}/rest/v1/t", sy.addr)).body(full("")).unwrap();
     let resp = client().request(req).await.expect("the head arrives");
     let body = tokio::time::timeout(Duration::from_secs(5), http_body_util::BodyExt::collect(resp.into_body())).await;
     assert!(body.expect("no hang").is_err(), "a broken body is not delivered as complete");
-    let ok = raw(b"HTTP/1.1 204 No Content\r\n\r\n", false).await;
+    let ok = raw(&[b"HTTP/1.1 204 No Content\r\n\r\n"], false).await;
     let sy = proxy_to(&ok).await;
     assert_eq!(get_as(sy.addr, "/rest/v1/t", "u").await.status, 204);
+}
+
+#[tokio::test]
+async fn answers_arriving_in_pieces_are_put_together() {
+    // The head split mid-line, then the body split across reads and chunks.
+    let up = raw(
+        &[
+            b"HTTP/1.1 200 OK\r\ncontent-ty",
+            b"pe: application/json\r\ntransfer-encoding: chunked\r\n",
+            b"\r\n4\r\n[1,2",
+            b"\r\n1\r\n]\r",
+            b"\n0\r\n\r\n",
+        ],
+        false,
+    )
+    .await;
+    let sy = proxy_to(&up).await;
+    for _ in 0..2 {
+        let got = get_as(sy.addr, "/rest/v1/t", "u").await;
+        assert_eq!((got.status.as_u16(), &got.body[..]), (200, &b"[1,2]"[..]));
+        assert_eq!(got.headers["content-type"], "application/json");
+    }
+    assert_eq!(up.conns.load(Ordering::SeqCst), 1);
 }

@@ -90,7 +90,9 @@ pub async fn exchange(conn: &mut Conn, out: &mut Outgoing) -> Result<Head, Attem
             received = true;
             match wire::parse_head(&mut conn.buf, out.head_request) {
                 Ok(Parsed::Head(head)) => return Ok(head),
-                Ok(Parsed::Interim | Parsed::Partial) => continue,
+                // What follows an interim answer may be in the buffer already.
+                Ok(Parsed::Interim) => continue,
+                Ok(Parsed::Partial) => {}
                 Err(e) => return Err(Attempt { failure: Failure::Malformed(e), retry: false }),
             }
         }
