@@ -5,12 +5,12 @@
 //! ([`exchange`], [`body`]), over the wire format in [`wire`] and [`chunked`].
 
 mod body;
-mod chunked;
+pub mod chunked;
 mod conn;
 mod exchange;
 mod idle;
 mod pool;
-mod wire;
+pub mod wire;
 
 use std::pin::Pin;
 use std::sync::{Arc, Weak};
