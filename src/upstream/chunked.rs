@@ -13,9 +13,10 @@ const MAX_LINE: usize = 16 * 1024;
 pub struct Invalid(&'static str);
 
 /// Where the decoder is in the body.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Decoder {
     /// Before a chunk-size line.
+    #[default]
     Size,
     /// Inside a chunk's data, this many bytes left.
     Data(u64),
