@@ -39,10 +39,8 @@ async fn answer_each(mut s: TcpStream, reply: &'static [&'static [u8]], close_af
     let mut buf = Vec::new();
     loop {
         let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
-            let mut more = [0u8; 4096];
-            match s.read(&mut more).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&more[..n]),
+            if !read_more(&mut s, &mut buf).await {
+                return;
             }
             continue;
         };
@@ -52,10 +50,8 @@ async fn answer_each(mut s: TcpStream, reply: &'static [&'static [u8]], close_af
             .find_map(|l| l.strip_prefix("content-length:"))
             .map_or(0, |v| v.trim().parse::<usize>().unwrap());
         while buf.len() < end + 4 + length {
-            let mut more = [0u8; 4096];
-            match s.read(&mut more).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&more[..n]),
+            if !read_more(&mut s, &mut buf).await {
+                return;
             }
         }
         buf.drain(..end + 4 + length);
@@ -69,6 +65,18 @@ async fn answer_each(mut s: TcpStream, reply: &'static [&'static [u8]], close_af
         }
         if close_after {
             return;
+        }
+    }
+}
+
+/// Appends what the socket has to `buf`; false once it is closed.
+async fn read_more(s: &mut TcpStream, buf: &mut Vec<u8>) -> bool {
+    let mut more = [0u8; 4096];
+    match s.read(&mut more).await {
+        Ok(0) | Err(_) => false,
+        Ok(n) => {
+            buf.extend_from_slice(&more[..n]);
+            true
         }
     }
 }
