@@ -85,6 +85,17 @@ async fn proxy_to(up: &Raw) -> switchyard::server::Running {
     start(&config_text(&up.url, &up.url, 0, "")).await
 }
 
+/// GETs through `sy` `times` times in a row; each answer must be 200 with `body`.
+async fn gets(sy: &switchyard::server::Running, times: usize, body: &[u8]) -> Vec<Got> {
+    let mut all = Vec::with_capacity(times);
+    for i in 0..times {
+        let got = get_as(sy.addr, "/rest/v1/t", "u").await;
+        assert_eq!((got.status.as_u16(), &got.body[..]), (200, body), "request {i}");
+        all.push(got);
+    }
+    all
+}
+
 #[tokio::test]
 async fn interim_answers_are_skipped_and_chunked_bodies_reuse_the_connection() {
     let up = raw(
@@ -94,9 +105,7 @@ async fn interim_answers_are_skipped_and_chunked_bodies_reuse_the_connection() {
     )
     .await;
     let sy = proxy_to(&up).await;
-    for _ in 0..3 {
-        let got = get_as(sy.addr, "/rest/v1/t", "u").await;
-        assert_eq!((got.status.as_u16(), &got.body[..]), (200, &b"[1,2]"[..]));
+    for got in gets(&sy, 3, b"[1,2]").await {
         assert_eq!(got.headers["content-type"], "application/json");
         assert!(got.headers.get("transfer-encoding").is_none_or(|v| v == "chunked"), "framed once, by the proxy");
     }
@@ -107,10 +116,7 @@ async fn interim_answers_are_skipped_and_chunked_bodies_reuse_the_connection() {
 async fn a_body_delimited_by_close_arrives_whole_and_its_connection_is_not_reused() {
     let up = raw(&[b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n\r\nuntil the end"], true).await;
     let sy = proxy_to(&up).await;
-    for _ in 0..2 {
-        let got = get_as(sy.addr, "/rest/v1/t", "u").await;
-        assert_eq!((got.status.as_u16(), &got.body[..]), (200, &b"until the end"[..]));
-    }
+    gets(&sy, 2, b"until the end").await;
     assert_eq!(up.conns.load(Ordering::SeqCst), 2);
 }
 
@@ -121,10 +127,7 @@ async fn an_upstream_dropping_kept_alive_connections_costs_no_request() {
     let sy = proxy_to(&up).await;
     // Back to back: a GET may go out on a connection whose close is still in flight;
     // it is sent again on a fresh one.
-    for i in 0..20 {
-        let got = get_as(sy.addr, "/rest/v1/t", "u").await;
-        assert_eq!((got.status.as_u16(), &got.body[..]), (200, &b"ok"[..]), "request {i}");
-    }
+    gets(&sy, 20, b"ok").await;
     // After a pause the close has arrived: a POST is never sent on that connection.
     tokio::time::sleep(Duration::from_millis(50)).await;
     let got = send(sy.addr, "POST", "/rest/v1/t", &[("x-user-id", "u")], r#"{"a":1}"#).await;
@@ -135,15 +138,22 @@ async fn an_upstream_dropping_kept_alive_connections_costs_no_request() {
 
 #[tokio::test]
 async fn a_malformed_chunk_aborts_the_body_and_the_proxy_keeps_serving() {
-    let up = raw(&[b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nokXX\r\n"], false).await;
-    let sy = proxy_to(&up).await;
-    let req = http::Request::get(format!("http://{}/rest/v1/t", sy.addr)).body(full("")).unwrap();
-    let resp = client().request(req).await.expect("the head arrives");
-    let body = tokio::time::timeout(Duration::from_secs(5), http_body_util::BodyExt::collect(resp.into_body())).await;
-    assert!(body.expect("no hang").is_err(), "a broken body is not delivered as complete");
-    let ok = raw(&[b"HTTP/1.1 204 No Content\r\n\r\n"], false).await;
-    let sy = proxy_to(&ok).await;
-    assert_eq!(get_as(sy.addr, "/rest/v1/t", "u").await.status, 204);
+    let broken = raw(&[b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nokXX\r\n"], false).await;
+    let fine = raw(&[b"HTTP/1.1 204 No Content\r\n\r\n"], false).await;
+    // v1 sends the broken body; users in the lower half go to v2, which answers well.
+    let sy = start(&config_text(&broken.url, &fine.url, 50, "")).await;
+    let user = |v2: bool| (0..).map(|i| format!("user-{i}")).find(|u| (percentile(u) < 50) == v2).unwrap();
+    for _ in 0..2 {
+        let req = http::Request::get(format!("http://{}/rest/v1/t", sy.addr))
+            .header("x-user-id", user(false))
+            .body(full(""))
+            .unwrap();
+        let resp = client().request(req).await.expect("the head arrives");
+        let body = tokio::time::timeout(Duration::from_secs(5), http_body_util::BodyExt::collect(resp.into_body()));
+        assert!(body.await.expect("no hang").is_err(), "a broken body is not delivered as complete");
+        let got = get_as(sy.addr, "/rest/v1/t", &user(true)).await;
+        assert_eq!((got.status.as_u16(), got.backend()), (204, "v2"), "the same proxy still serves");
+    }
 }
 
 #[tokio::test]
@@ -161,9 +171,7 @@ async fn answers_arriving_in_pieces_are_put_together() {
     )
     .await;
     let sy = proxy_to(&up).await;
-    for _ in 0..2 {
-        let got = get_as(sy.addr, "/rest/v1/t", "u").await;
-        assert_eq!((got.status.as_u16(), &got.body[..]), (200, &b"[1,2]"[..]));
+    for got in gets(&sy, 2, b"[1,2]").await {
         assert_eq!(got.headers["content-type"], "application/json");
     }
     assert_eq!(up.conns.load(Ordering::SeqCst), 1);

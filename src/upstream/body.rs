@@ -65,6 +65,16 @@ impl UpstreamBody {
         }
     }
 
+    /// Whether the frame just taken was the last. A chunked body knows that only once
+    /// its terminator is in, which often came in the same read as the last chunk.
+    fn is_end_stream_after_take(&mut self) -> bool {
+        if let (Left::Chunked(decoder), Some(lease)) = (&mut self.left, self.lease.as_mut()) {
+            // An error here is found again, and reported, by the next poll.
+            return decoder.skip_framing(&mut lease.conn().buf) == Ok(Some(chunked::Step::End));
+        }
+        self.is_end_stream()
+    }
+
     /// Drops the connection after a failure, which is reported at the next poll: hyper's
     /// server discards output it has not flushed yet when a body fails, and yielding
     /// once lets it flush first, so the client gets the head and the bytes that did
@@ -154,17 +164,5 @@ impl Body for UpstreamBody {
             Left::Nothing => SizeHint::with_exact(0),
             Left::Chunked(_) | Left::UntilClose => SizeHint::default(),
         }
-    }
-}
-
-impl UpstreamBody {
-    /// Whether the frame just taken was the last. A chunked body knows that only once
-    /// its terminator is in, which often came in the same read as the last chunk.
-    fn is_end_stream_after_take(&mut self) -> bool {
-        if let (Left::Chunked(decoder), Some(lease)) = (&mut self.left, self.lease.as_mut()) {
-            // An error here is found again, and reported, by the next poll.
-            return decoder.skip_framing(&mut lease.conn().buf) == Ok(Some(chunked::Step::End));
-        }
-        self.is_end_stream()
     }
 }

@@ -8,6 +8,8 @@ use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Version, request};
 
+use crate::proxy::headers::has_token;
+
 /// The largest response head accepted.
 pub const MAX_HEAD: usize = 64 * 1024;
 /// The most response header lines accepted.
@@ -190,14 +192,7 @@ fn framing(status: StatusCode, headers: &HeaderMap, head_request: bool) -> Resul
 
 /// Whether the upstream keeps the connection open after this response.
 fn keeps_alive(version: Version, headers: &HeaderMap) -> bool {
-    let said = |token: &str| {
-        headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case(token))
-    };
+    let said = |token| has_token(headers, &header::CONNECTION, token);
     if version == Version::HTTP_10 { said("keep-alive") } else { !said("close") }
 }
 
