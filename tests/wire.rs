@@ -176,3 +176,97 @@ async fn answers_arriving_in_pieces_are_put_together() {
     }
     assert_eq!(up.conns.load(Ordering::SeqCst), 1);
 }
+
+/// An upstream that answers each request as soon as its head has arrived, without
+/// reading the body, then either closes the connection (with the body unread) or
+/// reads and counts whatever else comes.
+async fn answers_early(reply: &'static [u8], close: bool) -> (Raw, Arc<AtomicUsize>) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", l.local_addr().unwrap());
+    let conns = Arc::new(AtomicUsize::new(0));
+    let after_head = Arc::new(AtomicUsize::new(0));
+    let (counted, read) = (conns.clone(), after_head.clone());
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            counted.fetch_add(1, Ordering::SeqCst);
+            let read = read.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    if !read_more(&mut s, &mut buf).await {
+                        return;
+                    }
+                }
+                let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+                read.fetch_add(buf.len() - end, Ordering::SeqCst);
+                if s.write_all(reply).await.is_err() || close {
+                    return;
+                }
+                buf.clear();
+                while read_more(&mut s, &mut buf).await {
+                    read.fetch_add(buf.len(), Ordering::SeqCst);
+                    buf.clear();
+                }
+            });
+        }
+    });
+    (Raw { url, conns }, after_head)
+}
+
+#[tokio::test]
+async fn an_upstream_refusing_a_large_upload_early_is_heard() {
+    let (up, _) = answers_early(
+        b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 9\r\nconnection: close\r\n\r\ntoo large",
+        true,
+    )
+    .await;
+    let sy = proxy_to(&up).await;
+    // Far more than the socket buffers between proxy and upstream hold: the upload is
+    // still going when the upstream has answered and closed.
+    let upload = "x".repeat(16 << 20);
+    let got = send(sy.addr, "POST", "/storage/v1/object/b/big.bin", &[("x-user-id", "u")], &upload).await;
+    assert_eq!((got.status.as_u16(), &got.body[..]), (413, &b"too large"[..]), "the upstream's own answer");
+    let metrics = sy.proxy.metrics.render();
+    assert!(!metrics.contains("switchyard_upstream_errors_total{"), "not an upstream error:\n{metrics}");
+}
+
+#[tokio::test]
+async fn an_answer_before_the_client_has_sent_its_body_is_delivered_at_once() {
+    let (up, _) = answers_early(b"HTTP/1.1 401 Unauthorized\r\ncontent-length: 6\r\n\r\ndenied", false).await;
+    let sy = proxy_to(&up).await;
+    // The client sends a first piece of its body and then nothing: the upstream's
+    // answer must not wait for the rest.
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tx.send(bytes::Bytes::from_static(b"{\"first\":")).await.unwrap();
+    let req = http::Request::post(format!("http://{}/rest/v1/t", sy.addr))
+        .header("x-user-id", "u")
+        .body(channel_body(rx))
+        .unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(10), client().request(req)).await.expect("no wait").unwrap();
+    assert_eq!(resp.status(), 401);
+    let body = http_body_util::BodyExt::collect(resp.into_body()).await.unwrap().to_bytes();
+    assert_eq!(&body[..], b"denied");
+    drop(tx);
+    // The connection carried half a request: it is never used again.
+    let got = get_as(sy.addr, "/rest/v1/t", "u").await;
+    assert_eq!(got.status, 401);
+    assert_eq!(up.conns.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn an_early_success_still_gets_the_whole_body() {
+    // A success before the body has arrived: the upstream is still reading it, so the
+    // proxy keeps writing it to the end.
+    let (up, after_head) = answers_early(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok", false).await;
+    let sy = proxy_to(&up).await;
+    let upload = "y".repeat(4 << 20);
+    let got = send(sy.addr, "PUT", "/storage/v1/object/b/f.bin", &[("x-user-id", "u")], &upload).await;
+    assert_eq!((got.status.as_u16(), &got.body[..]), (200, &b"ok"[..]));
+    // The answer came once the body was written: the upstream has it all, or is
+    // reading the last of it.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while after_head.load(Ordering::SeqCst) < upload.len() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(after_head.load(Ordering::SeqCst), upload.len(), "every byte of the body reached the upstream");
+}

@@ -4,10 +4,14 @@
 
 use std::io;
 
-use bytes::{Bytes, BytesMut};
+use std::future::poll_fn;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use bytes::{Buf, Bytes, BytesMut};
 use http::{Method, request};
-use http_body_util::BodyExt;
-use hyper::body::Body;
+use hyper::body::{Body, Frame};
+use tokio::io::AsyncWrite;
 
 use super::OutBody;
 use super::chunked;
@@ -72,85 +76,179 @@ pub struct Attempt {
     pub retry: bool,
 }
 
-/// Writes `out` on `conn` and reads the response head.
+/// Writes `out` on `conn` and reads the response head. An upstream that answers
+/// before the request body is all written (a 413 or a 401 before reading it) is
+/// heard: the upload stops, and its answer goes to the client.
 pub async fn exchange(conn: &mut Conn, out: &mut Outgoing) -> Result<Head, Attempt> {
+    let mut received = false;
     match out.body.take() {
         // Nothing written reached the upstream as a request.
         None => conn.send(&out.head).await.map_err(|e| Attempt { failure: Failure::Io(e), retry: true })?,
-        // Boxed: most requests have no body, and every request's future would otherwise
-        // carry the body writer's state.
         Some(body) => {
-            let written = Box::pin(write_body(conn, &out.head, body, out.sent)).await;
-            written.map_err(|failure| Attempt { failure, retry: false })?;
+            // Boxed: most requests have no body, and every request's future would
+            // otherwise carry the upload's state.
+            let mut upload = Box::new(Upload::new(&out.head, body, out.sent));
+            let early = poll_fn(|cx| upload.poll(cx, conn, out.head_request)).await;
+            if let Some(head) = early.map_err(|failure| Attempt { failure, retry: false })? {
+                return Ok(head);
+            }
         }
     }
-    let mut received = false;
+    poll_fn(|cx| poll_head(cx, conn, out.head_request, &mut received)).await.map_err(|failure| {
+        // A kept-alive connection the upstream closed just as the request went out:
+        // it never saw the request, if the request can be repeated safely at all.
+        let retry = matches!(failure, Failure::Io(_)) && !received && out.idempotent && out.sent == Sent::Nothing;
+        Attempt { failure, retry }
+    })
+}
+
+/// Reads until the buffer holds a whole final response head. `received` records
+/// whether any byte came.
+fn poll_head(
+    cx: &mut Context<'_>,
+    conn: &mut Conn,
+    head_request: bool,
+    received: &mut bool,
+) -> Poll<Result<Head, Failure>> {
     loop {
         if !conn.buf.is_empty() {
-            received = true;
-            match wire::parse_head(&mut conn.buf, out.head_request) {
-                Ok(Parsed::Head(head)) => return Ok(head),
+            *received = true;
+            match wire::parse_head(&mut conn.buf, head_request) {
+                Ok(Parsed::Head(head)) => return Poll::Ready(Ok(head)),
                 // What follows an interim answer may be in the buffer already.
                 Ok(Parsed::Interim) => continue,
                 Ok(Parsed::Partial) => {}
-                Err(e) => return Err(Attempt { failure: Failure::Malformed(e), retry: false }),
+                Err(e) => return Poll::Ready(Err(Failure::Malformed(e))),
             }
         }
-        let error = match conn.fill().await {
+        match ready!(conn.poll_fill(cx)) {
             Ok(0) => {
-                io::Error::new(io::ErrorKind::UnexpectedEof, "the upstream closed the connection before answering")
+                let closed = "the upstream closed the connection before answering";
+                return Poll::Ready(Err(Failure::Io(io::Error::new(io::ErrorKind::UnexpectedEof, closed))));
             }
-            Ok(_) => continue,
-            Err(e) => e,
-        };
-        // A kept-alive connection the upstream closed just as the request went out:
-        // it never saw the request, if the request can be repeated safely at all.
-        let retry = !received && out.idempotent && out.sent == Sent::Nothing;
-        return Err(Attempt { failure: Failure::Io(error), retry });
+            Ok(_) => {}
+            Err(e) => return Poll::Ready(Err(Failure::Io(e))),
+        }
     }
 }
 
-/// Writes the head and the body, coalescing what is ready into one write.
-async fn write_body(conn: &mut Conn, head: &[u8], mut body: OutBody, sent: Sent) -> Result<(), Failure> {
+/// A head answering a request whose body was not all written: nothing can follow on
+/// that connection.
+fn cut_short(mut head: Head) -> Head {
+    head.reusable = false;
+    head
+}
+
+/// A request body on its way up: the client's frames, framed and coalesced into
+/// writes of at most [`Upload::FLUSH_AT`] bytes.
+struct Upload {
+    body: OutBody,
+    sent: Sent,
+    /// Framed and not yet written (the request head first).
+    pending: BytesMut,
+    /// Body bytes taken from the client so far.
+    taken: u64,
+    /// The client's body has ended and its terminator is in `pending`.
+    ended: bool,
+    /// A write failed; the response head may still be readable.
+    failed: Option<io::Error>,
+    /// A success that came before the body was all written.
+    answered: Option<Head>,
+}
+
+impl Upload {
     const FLUSH_AT: usize = 64 * 1024;
-    let mut pending = BytesMut::from(head);
-    let mut written = 0u64;
-    loop {
-        let frame = match futures_util::FutureExt::now_or_never(body.frame()) {
-            Some(frame) => frame,
-            None => {
-                flush(conn, &mut pending).await?;
-                body.frame().await
+
+    fn new(head: &[u8], body: OutBody, sent: Sent) -> Upload {
+        Upload { body, sent, pending: BytesMut::from(head), taken: 0, ended: false, failed: None, answered: None }
+    }
+
+    /// `Ready(Ok(None))` once everything is written; `Ready(Ok(Some(head)))` when the
+    /// upstream answered first. An early error (a 413, a 401) stops the upload: the
+    /// upstream does not want the body. An early success is held until the whole body
+    /// is written, since the upstream may be reading it still.
+    fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+        conn: &mut Conn,
+        head_request: bool,
+    ) -> Poll<Result<Option<Head>, Failure>> {
+        loop {
+            if self.failed.is_none() {
+                match self.poll_write(cx, conn) {
+                    Poll::Ready(Ok(())) => return Poll::Ready(Ok(self.answered.take())),
+                    Poll::Ready(Err(Failure::Io(e))) => self.failed = Some(e),
+                    Poll::Ready(Err(other)) => return Poll::Ready(Err(other)),
+                    Poll::Pending if self.answered.is_some() => return Poll::Pending,
+                    Poll::Pending => {}
+                }
             }
-        };
-        let Some(frame) = frame else { break };
-        let Ok(data) = frame.map_err(Failure::Body)?.into_data() else { continue }; // trailers: dropped
-        written += data.len() as u64;
-        match sent {
-            Sent::Length(n) if written > n => {
+            if let Some(head) = self.answered.take() {
+                return Poll::Ready(Ok(Some(cut_short(head))));
+            }
+            // Waiting on the client or on the upstream: has the upstream answered? After
+            // a failed write too: an upstream that answers and closes makes the writes
+            // fail, and its answer (which the read side may not have been told of yet)
+            // is worth more than the write's error. A failed socket is soon readable,
+            // if only to report the failure.
+            let answered = ready!(poll_head(cx, conn, head_request, &mut false));
+            return Poll::Ready(match (answered, self.failed.take()) {
+                (Ok(head), None) if head.status.is_success() => {
+                    self.answered = Some(head);
+                    continue;
+                }
+                (Ok(head), _) => Ok(Some(cut_short(head))),
+                (Err(_), Some(write)) => Err(Failure::Io(write)),
+                (Err(read), None) => Err(read),
+            });
+        }
+    }
+
+    /// Takes what the client has ready (up to `FLUSH_AT` buffered) and writes it.
+    fn poll_write(&mut self, cx: &mut Context<'_>, conn: &mut Conn) -> Poll<Result<(), Failure>> {
+        loop {
+            while !self.ended && self.pending.len() < Self::FLUSH_AT {
+                match Pin::new(&mut self.body).poll_frame(cx) {
+                    Poll::Ready(Some(frame)) => self.take(frame.map_err(Failure::Body)?)?,
+                    Poll::Ready(None) => self.end()?,
+                    Poll::Pending => break,
+                }
+            }
+            if self.pending.is_empty() {
+                // All written (TLS holds records until flushed), or the client is slow.
+                ready!(Pin::new(&mut *conn).poll_flush(cx)).map_err(Failure::Io)?;
+                return if self.ended { Poll::Ready(Ok(())) } else { Poll::Pending };
+            }
+            match ready!(Pin::new(&mut *conn).poll_write(cx, &self.pending)) {
+                Ok(0) => return Poll::Ready(Err(Failure::Io(io::ErrorKind::WriteZero.into()))),
+                Ok(n) => self.pending.advance(n),
+                Err(e) => return Poll::Ready(Err(Failure::Io(e))),
+            }
+        }
+    }
+
+    fn take(&mut self, frame: Frame<Bytes>) -> Result<(), Failure> {
+        let Ok(data) = frame.into_data() else { return Ok(()) }; // trailers: dropped
+        self.taken += data.len() as u64;
+        match self.sent {
+            Sent::Length(n) if self.taken > n => {
                 return Err(Failure::Body("request body longer than its content-length".into()));
             }
-            Sent::Chunked => chunked::encode(&data, &mut pending),
-            _ => pending.extend_from_slice(&data),
+            Sent::Chunked => chunked::encode(&data, &mut self.pending),
+            _ => self.pending.extend_from_slice(&data),
         }
-        if pending.len() >= FLUSH_AT {
-            flush(conn, &mut pending).await?;
-        }
+        Ok(())
     }
-    match sent {
-        Sent::Length(n) if written != n => {
-            return Err(Failure::Body("request body shorter than its content-length".into()));
-        }
-        Sent::Chunked => pending.extend_from_slice(chunked::END),
-        _ => {}
-    }
-    flush(conn, &mut pending).await
-}
 
-async fn flush(conn: &mut Conn, pending: &mut BytesMut) -> Result<(), Failure> {
-    if !pending.is_empty() {
-        conn.send(pending).await.map_err(Failure::Io)?;
-        pending.clear();
+    fn end(&mut self) -> Result<(), Failure> {
+        match self.sent {
+            Sent::Length(n) if self.taken != n => {
+                return Err(Failure::Body("request body shorter than its content-length".into()));
+            }
+            Sent::Chunked => self.pending.extend_from_slice(chunked::END),
+            _ => {}
+        }
+        self.ended = true;
+        Ok(())
     }
-    Ok(())
 }
