@@ -5,7 +5,7 @@
 
 use std::io;
 use std::pin::Pin;
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll, Waker, ready};
 
 use bytes::{Buf, BytesMut};
 use hyper_rustls::MaybeHttpsStream;
@@ -16,28 +16,38 @@ use tokio::net::TcpStream;
 /// What the connector hands back.
 pub type Stream = MaybeHttpsStream<TokioIo<TcpStream>>;
 
-/// How much room a read asks for: a typical response head and body in one read.
+/// How much room a read asks for at first: a typical response head and body in one
+/// read.
 const READ_SIZE: usize = 8 * 1024;
+/// The most a read asks for, reached by doubling while reads fill all the room they
+/// have (a large download): fewer reads and fewer, larger frames to the client, with
+/// a bounded buffer per connection.
+const MAX_READ_SIZE: usize = 64 * 1024;
 
 /// An open connection to an upstream host.
 pub struct Conn {
     io: TokioIo<Stream>,
     /// Received and not yet consumed.
     pub buf: BytesMut,
+    /// The room the next read asks for.
+    read_size: usize,
 }
 
 impl Conn {
     /// Wraps a freshly connected stream.
     pub fn new(stream: Stream) -> Conn {
-        Conn { io: TokioIo::new(stream), buf: BytesMut::new() }
+        Conn { io: TokioIo::new(stream), buf: BytesMut::new(), read_size: READ_SIZE }
     }
 
     /// Reads more into the buffer; `Ok(0)` is the end of the stream.
     pub fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        if self.buf.capacity() - self.buf.len() < READ_SIZE / 4 {
-            self.buf.reserve(READ_SIZE);
+        if self.buf.capacity() - self.buf.len() < self.read_size / 4 {
+            self.buf.reserve(self.read_size);
         }
-        tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf)
+        let room = self.buf.capacity() - self.buf.len();
+        let n = ready!(tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf))?;
+        self.read_size = next_read_size(self.read_size, room, n);
+        Poll::Ready(Ok(n))
     }
 
     /// Reads more into the buffer; `Ok(0)` is the end of the stream.
@@ -62,6 +72,18 @@ impl Conn {
         let mut probe = ReadBuf::new(&mut probe);
         let mut cx = Context::from_waker(Waker::noop());
         !matches!(Pin::new(&mut self.io).poll_read(&mut cx, &mut probe), Poll::Pending)
+    }
+}
+
+/// Doubles the read size after a read that filled its room; back to the start after a
+/// small one.
+fn next_read_size(current: usize, room: usize, read: usize) -> usize {
+    if read >= room {
+        (current * 2).min(MAX_READ_SIZE)
+    } else if read < READ_SIZE {
+        READ_SIZE
+    } else {
+        current
     }
 }
 
@@ -90,5 +112,21 @@ impl AsyncWrite for Conn {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_grow_while_they_fill_up_and_shrink_after_a_small_one() {
+        let mut size = READ_SIZE;
+        for _ in 0..10 {
+            size = next_read_size(size, size, size);
+        }
+        assert_eq!(size, MAX_READ_SIZE);
+        assert_eq!(next_read_size(size, size, size / 2), size, "a large read keeps the size");
+        assert_eq!(next_read_size(size, size, 100), READ_SIZE);
     }
 }
