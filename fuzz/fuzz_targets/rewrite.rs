@@ -44,11 +44,12 @@ fuzz_target!(|data: &[u8]| {
     }
     let Ok(req) = b.body(()) else { return };
     let (parts, ()) = req.into_parts();
+    let peer = switchyard::proxy::ClientAddr::new("127.0.0.1".parse().unwrap());
     SNAP.with(|snap| {
         for to in BackendId::ALL {
             let mut p = parts.clone();
             let upgrade = switchyard::proxy::headers::is_upgrade(&p.headers);
-            if let Ok(applied) = switchyard::proxy::prepare(snap, &mut p, to, None, "127.0.0.1".parse().unwrap(), upgrade) {
+            if let Ok(applied) = switchyard::proxy::prepare(snap, &mut p, to, None, &peer, upgrade) {
                 let changed_query = applied.kinds.iter().any(|k| matches!(k, switchyard::translate::Kind::Embed | switchyard::translate::Kind::RealtimeApiKey));
                 if !changed_query {
                     assert_eq!(p.uri.query(), parts.uri.query());

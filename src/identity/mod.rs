@@ -43,13 +43,21 @@ impl IdentitySource {
     }
 }
 
-/// The outcome of identity extraction.
+/// The outcome of identity extraction, borrowing the user id from the request.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Identity {
-    /// The user id, if any source gave one.
-    pub user: Option<(String, IdentitySource)>,
+pub struct Identity<'a> {
+    /// Where the user id is, if any source gave one, and which source did.
+    user: Option<(UserId<'a>, IdentitySource)>,
     /// What the bearer token was, if there was one.
     pub token: Option<Token>,
+}
+
+/// Where a user id is: in the request head, or the token's `sub`. Not copied: this
+/// runs for every request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum UserId<'a> {
+    In(&'a str),
+    Subject,
 }
 
 /// The longest user id accepted from a header or path; longer ones are ignored
@@ -78,29 +86,46 @@ fn header_user<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<&'a str>
 /// Finds the user id of a request, trying `sources` in order. A bearer token is
 /// always checked when present, whatever the order, so a forged token is refused even
 /// when another source names the user.
-pub fn extract(
-    headers: &HeaderMap,
-    path: &str,
+pub fn extract<'a>(
+    headers: &'a HeaderMap,
+    path: &'a str,
     sources: &[IdentitySource],
     header_name: &HeaderName,
     verifier: &Verifier,
-) -> Result<Identity, AuthReason> {
+) -> Result<Identity<'a>, AuthReason> {
     let token = bearer(headers).map(|t| verifier.check(t)).transpose()?;
     let user = sources.iter().find_map(|src| {
         let id = match src {
-            IdentitySource::Jwt => match &token {
-                Some(Token::Jwt { sub: Some(sub), .. }) => Some(sub.as_str()),
-                _ => None,
-            },
-            IdentitySource::Path => admin_path_user(path),
-            IdentitySource::Header => header_user(headers, header_name),
+            IdentitySource::Jwt => subject(&token).map(|_| UserId::Subject),
+            IdentitySource::Path => admin_path_user(path).map(UserId::In),
+            IdentitySource::Header => header_user(headers, header_name).map(UserId::In),
         };
-        id.map(|id| (id.to_string(), *src))
+        id.map(|id| (id, *src))
     });
     Ok(Identity { user, token })
 }
 
-impl Identity {
+fn subject(token: &Option<Token>) -> Option<&str> {
+    match token {
+        Some(Token::Jwt { sub: Some(sub), .. }) => Some(sub),
+        _ => None,
+    }
+}
+
+impl<'a> Identity<'a> {
+    /// Nobody: no user id, no token.
+    pub const NOBODY: Identity<'a> = Identity { user: None, token: None };
+
+    /// The user id, and the source that gave it.
+    pub fn user(&self) -> Option<(&str, IdentitySource)> {
+        let (id, source) = self.user?;
+        let id = match id {
+            UserId::In(id) => id,
+            UserId::Subject => subject(&self.token)?,
+        };
+        Some((id, source))
+    }
+
     /// The project that signed the bearer token, when it is a verified user JWT.
     pub fn verified_issuer(&self) -> Option<BackendId> {
         match self.token {
@@ -160,7 +185,8 @@ mod tests {
         sources: &[IdentitySource],
         v: &Verifier,
     ) -> Option<(String, IdentitySource)> {
-        extract(h, path, sources, &HeaderName::from_static("x-user-id"), v).unwrap().user
+        let id = extract(h, path, sources, &HeaderName::from_static("x-user-id"), v).unwrap();
+        id.user().map(|(u, s)| (u.to_string(), s))
     }
 
     #[test]

@@ -4,7 +4,6 @@
 
 use std::net::IpAddr;
 
-use bytes::BytesMut;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Uri, Version, request};
@@ -29,6 +28,24 @@ static HOP_BY_HOP: [HeaderName; 7] = [
     header::TRANSFER_ENCODING,
     header::UPGRADE,
 ];
+
+/// A client's address as `X-Forwarded-For` carries it: formatted once per
+/// connection, not per request.
+#[derive(Debug, Clone)]
+pub struct ClientAddr(HeaderValue);
+
+impl ClientAddr {
+    /// The address of a client connected from `ip`.
+    pub fn new(ip: IpAddr) -> ClientAddr {
+        ClientAddr(HeaderValue::try_from(ip.to_string()).expect("an IP address is digits, dots and colons"))
+    }
+}
+
+impl From<IpAddr> for ClientAddr {
+    fn from(ip: IpAddr) -> ClientAddr {
+        ClientAddr::new(ip)
+    }
+}
 
 /// Whether the comma-separated list header `name` holds `token` (case-insensitive).
 pub fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
@@ -87,7 +104,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
 pub fn prepare_request(
     parts: &mut request::Parts,
     upstream: &BaseUrl,
-    peer: IpAddr,
+    peer: &ClientAddr,
     upgrade: bool,
 ) -> Result<(), http::Error> {
     let original_host = parts
@@ -106,8 +123,11 @@ pub fn prepare_request(
     // The upstream's own host: Supabase (and Realtime's tenant lookup) key on it.
     h.insert(header::HOST, upstream.host.clone());
     let xff = match h.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) => HeaderValue::try_from(format!("{prev}, {peer}"))?,
-        None => HeaderValue::try_from(peer.to_string())?,
+        Some(prev) => {
+            let peer = peer.0.to_str().unwrap_or_default();
+            HeaderValue::try_from(format!("{prev}, {peer}"))?
+        }
+        None => peer.0.clone(),
     };
     h.insert(X_FORWARDED_FOR.clone(), xff);
     // A load balancer in front may have terminated TLS: keep what it said.
@@ -120,37 +140,6 @@ pub fn prepare_request(
         h.insert(X_FORWARDED_HOST.clone(), host);
     }
     Ok(())
-}
-
-/// Copies a request head's header values and origin-form URI into one buffer of their
-/// own. hyper parses them as slices of the connection's read buffer and, while the
-/// request is in flight, reads the socket again to notice a client hang-up: with the
-/// buffer still shared it allocates a fresh 8 KiB one for every request. Detached, the
-/// old buffer is reclaimed in place, for one small allocation instead.
-pub fn detach(parts: &mut request::Parts) {
-    let origin_form = parts.uri.scheme().is_none() && parts.uri.authority().is_none();
-    let path = if origin_form { parts.uri.path_and_query().map_or("", |p| p.as_str()) } else { "" };
-    let mut buf = BytesMut::with_capacity(path.len() + parts.headers.values().map(HeaderValue::len).sum::<usize>());
-    buf.extend_from_slice(path.as_bytes());
-    for v in parts.headers.values() {
-        buf.extend_from_slice(v.as_bytes());
-    }
-    let buf = buf.freeze();
-    let mut at = path.len();
-    for v in parts.headers.values_mut() {
-        let copy = buf.slice(at..at + v.len());
-        at += v.len();
-        // The bytes were a valid value already; on the impossible failure keep the original.
-        if let Ok(mut copy) = HeaderValue::from_maybe_shared(copy) {
-            copy.set_sensitive(v.is_sensitive());
-            *v = copy;
-        }
-    }
-    if !path.is_empty()
-        && let Ok(pq) = http::uri::PathAndQuery::from_maybe_shared(buf.slice(..path.len()))
-    {
-        parts.uri = http::Uri::from(pq);
-    }
 }
 
 /// Cleans an upstream response head and labels it with the backend. `switching` is
@@ -195,7 +184,8 @@ mod tests {
             ],
         );
         let up = BaseUrl::parse("https://abc.supabase.co").unwrap();
-        prepare_request(&mut p, &up, "127.0.0.1".parse().unwrap(), false).unwrap();
+        let peer = ClientAddr::new("127.0.0.1".parse().unwrap());
+        prepare_request(&mut p, &up, &peer, false).unwrap();
         assert_eq!(p.uri.to_string(), "/rest/v1/t?select=*,a(b)&id=eq.%C3%A9", "origin form, byte for byte");
         assert_eq!(p.version, Version::HTTP_11);
         let h = &p.headers;
@@ -217,28 +207,11 @@ mod tests {
         );
         assert!(is_upgrade(&p.headers));
         let up = BaseUrl::parse("http://127.0.0.1:9").unwrap();
-        prepare_request(&mut p, &up, "::1".parse().unwrap(), true).unwrap();
+        prepare_request(&mut p, &up, &ClientAddr::new("::1".parse().unwrap()), true).unwrap();
         assert_eq!(p.headers["connection"], "upgrade");
         assert_eq!(p.headers["upgrade"], "websocket");
         assert_eq!(p.headers["x-forwarded-host"], "proxy:8080");
         assert_eq!(p.uri.to_string(), "/realtime/v1/websocket?apikey=a&vsn=2.0.0");
-    }
-
-    #[test]
-    fn detached_heads_are_unchanged() {
-        let mut p =
-            parts("/rest/v1/t?select=*&id=eq.%C3%A9", &[("apikey", "k1"), ("x-a", "1"), ("x-a", "2"), ("host", "h")]);
-        p.headers.get_mut("apikey").unwrap().set_sensitive(true);
-        let before = p.headers.clone();
-        detach(&mut p);
-        assert_eq!(p.uri, "/rest/v1/t?select=*&id=eq.%C3%A9");
-        assert_eq!(p.headers, before);
-        let all: Vec<_> = p.headers.get_all("x-a").iter().collect();
-        assert_eq!(all, ["1", "2"], "repeated values keep their order");
-        assert!(p.headers["apikey"].is_sensitive());
-        let mut absolute = parts("http://proxy:8080/p?q", &[]);
-        detach(&mut absolute);
-        assert_eq!(absolute.uri, "http://proxy:8080/p?q", "other URI forms are left as they are");
     }
 
     #[test]

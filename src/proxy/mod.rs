@@ -9,12 +9,11 @@ pub mod headers;
 pub mod route;
 pub mod tunnel;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::{Method, Request, Response, StatusCode, header};
+use http::{HeaderName, Method, Request, Response, StatusCode, header};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
@@ -33,7 +32,11 @@ use crate::translate::Applied;
 use crate::upstream::{Upstream, UpstreamBody};
 use capped::Capped;
 pub use handling::Handling;
+pub use headers::ClientAddr;
 pub use route::{Route, route, route_user};
+
+/// The header whose presence asks for the newer error shape.
+static API_VERSION: HeaderName = HeaderName::from_static("x-supabase-api-version");
 
 /// The body of every proxied response: the upstream's, streamed (and perhaps tapped
 /// for a shadow comparison), or the proxy's own.
@@ -66,17 +69,22 @@ impl Proxy {
     /// Handles one request from `peer`, end to end: the decisions are made here, before
     /// anything is awaited; the returned future only waits for the upstream. It never
     /// fails: errors become responses in the client's native shape.
+    ///
+    /// The request head is encoded for the upstream and dropped before this returns.
+    /// That matters: hyper parses header values as slices of the connection's read
+    /// buffer, and while any is alive it reads the next bytes into a fresh buffer
+    /// instead of reusing that one in place.
     pub fn handle(
         self: Arc<Self>,
         req: Request<Incoming>,
-        peer: SocketAddr,
+        peer: &ClientAddr,
     ) -> Handling<impl Future<Output = Result<Response<UpstreamBody>, Error>> + Send + 'static + use<>> {
         let started = Instant::now();
         let in_flight = InFlight::enter(&self.metrics.in_flight);
         let snap = self.state.load();
         let service = Service::from_path(req.uri().path());
         let method = req.method().clone();
-        let versioned = req.headers().contains_key("x-supabase-api-version");
+        let versioned = req.headers().contains_key(&API_VERSION);
 
         let route = route::route(&snap, service, req.headers(), req.uri());
         let exchange = self.admit(&snap, &route, &req).and_then(|()| self.start(req, &snap, &route, peer, service));
@@ -133,7 +141,7 @@ impl Proxy {
         mut req: Request<Incoming>,
         snap: &Arc<Snapshot>,
         route: &Route,
-        peer: SocketAddr,
+        peer: &ClientAddr,
         service: Service,
     ) -> Result<(impl Future<Output = Result<Response<UpstreamBody>, Error>> + Send + 'static + use<>, After), Error>
     {
@@ -147,10 +155,10 @@ impl Proxy {
                 token: route.token.clone(),
                 to: backend.other(),
                 service,
-                peer: peer.ip(),
+                peer: peer.clone(),
             })
         });
-        let applied = prepare(snap, &mut parts, backend, route.token.as_ref(), peer.ip(), upgrade)?;
+        let applied = prepare(snap, &mut parts, backend, route.token.as_ref(), peer, upgrade)?;
         let req = Request::from_parts(parts, Either::Left(Capped::new(body, snap.config.limits.max_body_bytes)));
         let target = &snap.config.backends.get(backend).url;
         let after = After { client_upgrade, applied, shadow };
@@ -232,7 +240,7 @@ pub fn prepare(
     parts: &mut http::request::Parts,
     to: BackendId,
     token: Option<&Token>,
-    peer: std::net::IpAddr,
+    peer: &ClientAddr,
     upgrade: bool,
 ) -> Result<Applied, Error> {
     let target = &snap.config.backends.get(to).url;

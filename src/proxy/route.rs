@@ -48,18 +48,18 @@ pub fn route(snap: &Snapshot, service: Service, headers: &HeaderMap, uri: &Uri) 
     let path = uri.path();
     let (identity, refused) = match identity::extract(headers, path, &id.sources, &id.header, &snap.verifier) {
         Ok(identity) => (identity, None),
-        Err(reason) => (identity::Identity { user: None, token: None }, Some(reason)),
+        Err(reason) => (identity::Identity::NOBODY, Some(reason)),
     };
     // A signed URL only verifies on the project that signed it, whatever the policy.
     if let Some(backend) = signed_url_token(path, uri.query()).and_then(|t| snap.verifier.signed_by(t)) {
         return Route { decision: Decision::fixed(backend, Reason::SignedUrl), token: identity.token, refused };
     }
     let overrides = &snap.config.overrides;
-    let pinned = qa_override(headers, overrides)
-        .or_else(|| identity.user.as_ref().and_then(|(u, _)| overrides.users.get(u).copied()));
-    let subject = match (&identity.user, pinned) {
+    let user = identity.user().map(|(u, _)| u);
+    let pinned = qa_override(headers, overrides).or_else(|| user.and_then(|u| overrides.users.get(u).copied()));
+    let subject = match (user, pinned) {
         (_, Some(b)) => Subject::Pinned(b),
-        (Some((user, _)), None) => Subject::User(user),
+        (Some(user), None) => Subject::User(user),
         (None, None) => Subject::Anonymous { cookie: identity::cookie_percentile(headers, &id.cookie_name) },
     };
     let policy = snap.config.services.get(service);

@@ -28,7 +28,7 @@ use crate::config::limits::LimitsConfig;
 use crate::config::{Config, ServerConfig};
 use crate::control::Control;
 use crate::metrics::Metrics;
-use crate::proxy::{Proxy, headers};
+use crate::proxy::{ClientAddr, Proxy};
 use crate::state::State;
 use crate::upstream::Upstream;
 use crate::watch;
@@ -128,14 +128,8 @@ async fn connection(
         _ = shutdown.as_mut() => return,
         opening = tokio::time::timeout(builders.opening, sniff::opening(&stream)) => opening,
     };
-    let service = service_fn(move |req: Request<Incoming>| {
-        let proxy = proxy.clone();
-        // Now, before hyper reads the socket again: see `headers::detach`.
-        let (mut head, body) = req.into_parts();
-        headers::detach(&mut head);
-        let req = Request::from_parts(head, body);
-        proxy.handle(req, peer)
-    });
+    let client = ClientAddr::new(peer.ip());
+    let service = service_fn(move |req: Request<Incoming>| proxy.clone().handle(req, &client));
     let io = TokioIo::new(stream);
     let ended = match opening {
         Ok(Ok(Some(Opening::Http1))) => {

@@ -7,7 +7,6 @@
 pub mod compare;
 pub mod tap;
 
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, SystemTime};
@@ -20,6 +19,7 @@ use tokio::sync::Semaphore;
 use crate::backend::BackendId;
 use crate::identity::Token;
 use crate::metrics::Metrics;
+use crate::proxy::ClientAddr;
 use crate::routing::service::Service;
 use crate::state::Snapshot;
 use crate::upstream::Upstream;
@@ -70,7 +70,7 @@ pub struct Copy {
     pub token: Option<Token>,
     pub to: BackendId,
     pub service: Service,
-    pub peer: IpAddr,
+    pub peer: ClientAddr,
 }
 
 impl Shadow {
@@ -116,7 +116,7 @@ impl Shadow {
     ) -> (Outcome, u16) {
         let cfg = &snap.config.shadow;
         let mut parts = copy.head;
-        if crate::proxy::prepare(snap, &mut parts, copy.to, copy.token.as_ref(), copy.peer, false).is_err() {
+        if crate::proxy::prepare(snap, &mut parts, copy.to, copy.token.as_ref(), &copy.peer, false).is_err() {
             return (Outcome::Error, 0);
         }
         let req = Request::from_parts(parts, Either::Right(Empty::<Bytes>::new()));

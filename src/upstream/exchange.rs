@@ -46,7 +46,7 @@ impl Failure {
 /// A request ready for the wire, kept whole until it has been written so that it can
 /// be tried again on another connection.
 pub struct Outgoing {
-    head: Bytes,
+    head: BytesMut,
     body: Option<OutBody>,
     sent: Sent,
     head_request: bool,

@@ -4,7 +4,7 @@
 
 use std::mem::MaybeUninit;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Version, request};
 
@@ -59,8 +59,9 @@ pub fn frame_request(parts: &mut request::Parts, empty: bool, exact: Option<u64>
     })
 }
 
-/// The request head, origin-form, ready to write.
-pub fn encode_head(parts: &request::Parts) -> Bytes {
+/// The request head, origin-form, ready to write (left unfrozen: freezing a buffer
+/// that is not exactly full costs an allocation).
+pub fn encode_head(parts: &request::Parts) -> BytesMut {
     let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
     let size: usize = parts.headers.iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum();
     let mut out = BytesMut::with_capacity(parts.method.as_str().len() + target.len() + size + 16);
@@ -73,7 +74,7 @@ pub fn encode_head(parts: &request::Parts) -> Bytes {
         }
     }
     out.extend_from_slice(b"\r\n");
-    out.freeze()
+    out
 }
 
 /// How the response body is delimited.
