@@ -182,3 +182,22 @@ async fn an_unchanged_file_does_not_undo_an_api_change() {
     wait_in_force(admin, 70).await;
     assert_eq!(rollout_status(admin).await["source"], "file");
 }
+
+#[tokio::test]
+async fn other_files_in_the_directory_are_not_reloads() {
+    let Watched { text, path, admin, .. } = watched("neighbours", 10, &[]).await;
+    let generation = || async { rollout_status(admin).await["generation"].as_u64().unwrap() };
+    let before = generation().await;
+    // A log file beside the config, written to again and again.
+    let log = path.with_file_name("switchyard.log");
+    for i in 0..20 {
+        std::fs::write(&log, format!("line {i}\n")).unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(generation().await, before, "a log beside the config reloaded it");
+    // The config itself still is watched.
+    replace_file(&path, &text.replace("percentage = 10", "percentage = 30"));
+    wait_in_force(admin, 30).await;
+    assert!(generation().await > before);
+}
