@@ -80,14 +80,25 @@ impl Guard {
     }
 
     fn now(&self) -> u64 {
-        self.start.elapsed().as_secs()
+        self.second(tokio::time::Instant::now())
     }
 
-    /// Records one proxied request's outcome. 5xx (the proxy's own 502/504 for
-    /// upstream failures included) counts as an error.
-    pub fn record(&self, backend: BackendId, service: Service, status: StatusCode, latency: Duration) {
+    fn second(&self, at: tokio::time::Instant) -> u64 {
+        at.saturating_duration_since(self.start).as_secs()
+    }
+
+    /// Records one proxied request's outcome, `at` its end. 5xx (the proxy's own
+    /// 502/504 for upstream failures included) counts as an error.
+    pub fn record(
+        &self,
+        backend: BackendId,
+        service: Service,
+        status: StatusCode,
+        latency: Duration,
+        at: tokio::time::Instant,
+    ) {
         let w = self.windows[service.index()].get(backend);
-        w.record(self.now(), status.is_server_error(), latency);
+        w.record(self.second(at), status.is_server_error(), latency);
     }
 
     /// The first service on which v2 is worse than v1, if any.
@@ -142,8 +153,9 @@ mod tests {
     async fn windows_forget_old_failures() {
         let g = Guard::new(Duration::from_secs(10));
         for _ in 0..60 {
-            g.record(BackendId::V1, Service::Rest, StatusCode::OK, Duration::from_millis(3));
-            g.record(BackendId::V2, Service::Rest, StatusCode::BAD_GATEWAY, Duration::from_millis(3));
+            let now = tokio::time::Instant::now();
+            g.record(BackendId::V1, Service::Rest, StatusCode::OK, Duration::from_millis(3), now);
+            g.record(BackendId::V2, Service::Rest, StatusCode::BAD_GATEWAY, Duration::from_millis(3), now);
         }
         let trip = g.evaluate(&cfg()).unwrap();
         assert_eq!((trip.reason, trip.service), (TripReason::ErrorRatio, Service::Rest));

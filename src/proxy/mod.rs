@@ -10,7 +10,6 @@ pub mod route;
 pub mod tunnel;
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use bytes::Bytes;
 use http::{HeaderName, Method, Request, Response, StatusCode, header};
@@ -18,6 +17,7 @@ use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use prometheus::IntGauge;
+use tokio::time::Instant;
 
 use crate::backend::BackendId;
 use crate::error::{Error, Kind as ErrorKind};
@@ -87,7 +87,8 @@ impl Proxy {
         let versioned = req.headers().contains_key(&API_VERSION);
 
         let route = route::route(&snap, service, req.headers(), req.uri());
-        let exchange = self.admit(&snap, &route, &req).and_then(|()| self.start(req, &snap, &route, peer, service));
+        let exchange =
+            self.admit(&snap, &route, &req).and_then(|()| self.start(req, &snap, &route, peer, service, started));
         let decision = route.decision;
         let done = Done {
             proxy: self,
@@ -143,6 +144,7 @@ impl Proxy {
         route: &Route,
         peer: &ClientAddr,
         service: Service,
+        now: Instant,
     ) -> Result<(impl Future<Output = Result<Response<UpstreamBody>, Error>> + Send + 'static + use<>, After), Error>
     {
         let backend = route.decision.backend;
@@ -162,7 +164,7 @@ impl Proxy {
         let req = Request::from_parts(parts, Either::Left(Capped::new(body, snap.config.limits.max_body_bytes)));
         let target = &snap.config.backends.get(backend).url;
         let after = After { client_upgrade, applied, shadow };
-        Ok((self.upstream.send(target, backend, req, snap.config.upstream.timeout), after))
+        Ok((self.upstream.send(target, backend, req, snap.config.upstream.timeout, now), after))
     }
 
     /// The upstream's response, made the client's: tunnel started for an upgrade,
@@ -224,9 +226,10 @@ impl Done {
             let cookie = headers::cohort_cookie(&snap.config.identity.cookie_name, p);
             resp.headers_mut().append(header::SET_COOKIE, cookie);
         }
-        let took = started.elapsed();
+        let now = Instant::now();
+        let took = now.saturating_duration_since(started);
         if judged {
-            proxy.guard.record(backend, service, resp.status(), took);
+            proxy.guard.record(backend, service, resp.status(), took, now);
         }
         proxy.metrics.observe(backend, service, &method, resp.status(), took);
         resp

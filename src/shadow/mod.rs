@@ -121,7 +121,9 @@ impl Shadow {
         }
         let req = Request::from_parts(parts, Either::Right(Empty::<Bytes>::new()));
         let target = &snap.config.backends.get(copy.to).url;
-        let Ok(resp) = self.upstream.send(target, copy.to, req, cfg.timeout).await else { return (Outcome::Error, 0) };
+        let Ok(resp) = self.upstream.send(target, copy.to, req, cfg.timeout, tokio::time::Instant::now()).await else {
+            return (Outcome::Error, 0);
+        };
         let status = resp.status().as_u16();
         let body =
             tokio::time::timeout(cfg.timeout, Limited::new(resp.into_body(), cfg.max_body_bytes).collect()).await;

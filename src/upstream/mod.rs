@@ -70,18 +70,20 @@ impl Upstream {
         Upstream { inner }
     }
 
-    /// Sends `req` (origin-form URI) to `backend` at `to`, waiting at most `timeout` for
-    /// a connection and the response headers. The body then streams for as long as it
-    /// takes.
+    /// Sends `req` (origin-form URI) to `backend` at `to`, waiting at most `timeout` from
+    /// `now` for a connection and the response headers. The body then streams for as
+    /// long as it takes. (`now` is the caller's: reading the clock once per request is
+    /// enough.)
     pub fn send(
         &self,
         to: &BaseUrl,
         backend: BackendId,
         req: Request<OutBody>,
         timeout: Duration,
+        now: tokio::time::Instant,
     ) -> Sending<impl Future<Output = Result<Response<UpstreamBody>, Failure>> + Send + 'static + use<>> {
         let pool = self.pool(&to.scheme, &to.authority);
-        Sending { inner: tokio::time::timeout(timeout, pool.send(req)), backend, timeout }
+        Sending { inner: tokio::time::timeout_at(now + timeout, pool.send(req, now.into_std())), backend, timeout }
     }
 
     /// The pool for `scheme://authority`, made on first use. A linear scan: there is

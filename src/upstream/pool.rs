@@ -48,6 +48,10 @@ pub struct Lease {
     conn: Box<Conn>,
     pool: Arc<Pool>,
     _permit: OwnedSemaphorePermit,
+    /// When the request was sent: the connection's idle time is counted from then
+    /// (reading the clock again at release costs every request; a connection busy
+    /// for longer than the idle timeout is then closed when released, not reused).
+    since: Instant,
 }
 
 impl Lease {
@@ -58,7 +62,7 @@ impl Lease {
 
     /// Parks the connection for the next request.
     pub fn release(self) {
-        self.pool.park(self.conn);
+        self.pool.park(self.conn, self.since);
     }
 
     /// The connection leaves the pool for good (an upgrade); its place is freed.
@@ -78,13 +82,14 @@ impl Pool {
         }
     }
 
-    /// Sends `req` (origin-form URI) on a pooled or new connection. A request that a
-    /// reused connection lost before the upstream could act on it (the upstream was
-    /// closing that connection) is tried again on another one.
+    /// Sends `req` (origin-form URI) on a pooled or new connection, at `now`. A request
+    /// that a reused connection lost before the upstream could act on it (the upstream
+    /// was closing that connection) is tried again on another one.
     #[allow(clippy::manual_async_fn, reason = "an async fn stores its arguments twice")]
     pub fn send(
         self: Arc<Self>,
         req: Request<OutBody>,
+        now: Instant,
     ) -> impl Future<Output = Result<Response<UpstreamBody>, Failure>> + Send + 'static + use<> {
         // Framed and encoded before the future is made: it then holds the request once.
         let (parts, body) = req.into_parts();
@@ -93,14 +98,14 @@ impl Pool {
             let mut out = out?;
             let permit = self.permits.clone().acquire_owned().await.expect("the semaphore is never closed");
             loop {
-                let (mut conn, reused) = match self.unpark() {
+                let (mut conn, reused) = match self.unpark(now) {
                     Some(conn) => (conn, true),
                     // Boxed: every request's future would otherwise carry the rare connect's state.
                     None => (Box::pin(self.connect()).await?, false),
                 };
                 match exchange(&mut conn, &mut out).await {
                     Ok(head) => {
-                        let lease = Lease { conn, pool: self.clone(), _permit: permit };
+                        let lease = Lease { conn, pool: self.clone(), _permit: permit, since: now };
                         let mut resp = Response::new(UpstreamBody::new(lease, head.framing, head.reusable));
                         *resp.status_mut() = head.status;
                         *resp.headers_mut() = head.headers;
@@ -123,13 +128,13 @@ impl Pool {
         self.idle.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn unpark(&self) -> Option<Box<Conn>> {
-        self.stack().pop(Instant::now(), |c| !c.is_stale())
+    fn unpark(&self, now: Instant) -> Option<Box<Conn>> {
+        self.stack().pop(now, |c| !c.is_stale())
     }
 
-    fn park(&self, conn: Box<Conn>) {
+    fn park(&self, conn: Box<Conn>, since: Instant) {
         // A full stack hands the connection back; dropping it closes it.
-        drop(self.stack().push(conn, Instant::now()));
+        drop(self.stack().push(conn, since));
     }
 
     async fn connect(&self) -> Result<Box<Conn>, Failure> {
