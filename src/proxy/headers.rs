@@ -4,7 +4,7 @@
 
 use std::net::IpAddr;
 
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Uri, Version, request};
 
@@ -84,7 +84,9 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .map(str::trim)
-        .filter(|t| !t.eq_ignore_ascii_case("close") && !HOP_BY_HOP.iter().any(|h| t.eq_ignore_ascii_case(h.as_str())))
+        // `Host` is never dropped: the proxy sets it for the upstream.
+        .filter(|t| !t.eq_ignore_ascii_case("close") && !t.eq_ignore_ascii_case("host"))
+        .filter(|t| !HOP_BY_HOP.iter().any(|h| t.eq_ignore_ascii_case(h.as_str())))
         .filter_map(|t| HeaderName::try_from(t).ok())
         .collect();
     let kept_upgrade = if upgrade { headers.get(header::UPGRADE).cloned() } else { None };
@@ -107,11 +109,10 @@ pub fn prepare_request(
     peer: &ClientAddr,
     upgrade: bool,
 ) -> Result<(), http::Error> {
-    let original_host = parts
-        .headers
-        .get(header::HOST)
-        .cloned()
-        .or_else(|| parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
+    // The upstream's own host: Supabase (and Realtime's tenant lookup) key on it. (Each
+    // header below is looked up once: this runs for every request.)
+    let authority = parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok());
+    let original_host = parts.headers.insert(header::HOST, upstream.host.clone()).or(authority);
     strip_hop_by_hop(&mut parts.headers, upgrade);
     if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
         let pq = parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
@@ -120,24 +121,22 @@ pub fn prepare_request(
     parts.version = Version::HTTP_11;
 
     let h = &mut parts.headers;
-    // The upstream's own host: Supabase (and Realtime's tenant lookup) key on it.
-    h.insert(header::HOST, upstream.host.clone());
-    let xff = match h.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) => {
-            let peer = peer.0.to_str().unwrap_or_default();
-            HeaderValue::try_from(format!("{prev}, {peer}"))?
+    match h.entry(&X_FORWARDED_FOR) {
+        Entry::Occupied(mut prev) => {
+            let xff = match prev.get().to_str() {
+                Ok(prev) => HeaderValue::try_from(format!("{prev}, {}", peer.0.to_str().unwrap_or_default()))?,
+                Err(_) => peer.0.clone(),
+            };
+            prev.insert(xff);
         }
-        None => peer.0.clone(),
-    };
-    h.insert(X_FORWARDED_FOR.clone(), xff);
-    // A load balancer in front may have terminated TLS: keep what it said.
-    if !h.contains_key(&X_FORWARDED_PROTO) {
-        h.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+        Entry::Vacant(v) => {
+            v.insert(peer.0.clone());
+        }
     }
-    if let Some(host) = original_host
-        && !h.contains_key(&X_FORWARDED_HOST)
-    {
-        h.insert(X_FORWARDED_HOST.clone(), host);
+    // A load balancer in front may have terminated TLS: keep what it said.
+    h.entry(&X_FORWARDED_PROTO).or_insert_with(|| HeaderValue::from_static("http"));
+    if let Some(host) = original_host {
+        h.entry(&X_FORWARDED_HOST).or_insert(host);
     }
     Ok(())
 }
@@ -174,7 +173,7 @@ mod tests {
             "/rest/v1/t?select=*,a(b)&id=eq.%C3%A9",
             &[
                 ("host", "proxy.example"),
-                ("connection", "keep-alive, x-drop-me"),
+                ("connection", "keep-alive, x-drop-me, host"),
                 ("x-drop-me", "1"),
                 ("keep-alive", "timeout=5"),
                 ("te", "trailers"),
