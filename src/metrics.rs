@@ -24,6 +24,8 @@ pub struct Metrics {
     requests: IntCounterVec,
     duration: HistogramVec,
     upstream_errors: IntCounterVec,
+    /// Waits for an upstream connection, by backend (index).
+    upstream_queue: [Histogram; 2],
     /// Requests being handled now.
     pub in_flight: IntGauge,
     /// The effective rollout percentage.
@@ -94,6 +96,18 @@ impl Metrics {
             &["backend", "kind"],
         )
         .expect("valid");
+        let upstream_queue = HistogramVec::new(
+            HistogramOpts::new(
+                "switchyard_upstream_queue_seconds",
+                "Time requests waited for a connection to their backend's host (all busy, at \
+                 max_connections_per_host), by backend. Only requests that waited are counted.",
+            )
+            .buckets(BUCKETS.to_vec()),
+            &["backend"],
+        )
+        .expect("valid");
+        reg(Box::new(upstream_queue.clone()));
+        let upstream_queue = BackendId::ALL.map(|b| upstream_queue.with_label_values(&[b.as_str()]));
         let in_flight = IntGauge::new("switchyard_requests_in_flight", "Requests being handled.").expect("valid");
         let rollout_percentage =
             IntGauge::new("switchyard_rollout_percentage", "Effective V2 rollout percentage.").expect("valid");
@@ -165,6 +179,7 @@ impl Metrics {
             requests,
             duration,
             upstream_errors,
+            upstream_queue,
             in_flight,
             rollout_percentage,
             tunnels,
@@ -211,6 +226,11 @@ impl Metrics {
         self.series.duration[pair]
             .get_or_init(|| self.duration.with_label_values(&[backend.as_str(), service.as_str()]))
             .observe(took.as_secs_f64());
+    }
+
+    /// Records a request's wait for an upstream connection.
+    pub fn queued(&self, backend: BackendId, waited: Duration) {
+        self.upstream_queue[backend.index()].observe(waited.as_secs_f64());
     }
 
     /// Counts one upstream failure.

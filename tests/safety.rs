@@ -132,3 +132,25 @@ async fn pinned_users_and_the_qa_header() {
     assert_eq!(got.backend(), "v1", "wrong token: ignored");
     assert!(got.json()["headers"].get("x-switchyard-qa").is_none());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_for_a_connection_is_not_held_against_the_busier_backend() {
+    // Both backends answer in 40 ms. At 90 %, v2 gets nine requests in ten: with a
+    // few connections per host, v2's requests queue for one and v1's hardly do. The
+    // clients see v2 slower; the backends are not, and the guard judges backends.
+    let (v1, v2) = (slow(40).await, slow(40).await);
+    let extra = format!("{GUARD}[upstream]\nmax_connections_per_host = 16\n");
+    let sy = start(&config_text(&v1.url(), &v2.url(), 90, &extra)).await;
+    let admin = sy.admin_addr.unwrap();
+    for round in 0..3 {
+        traffic(sy.addr, 120, &format!("q{round}")).await;
+    }
+    let m = metrics_text(admin).await;
+    let waited = m
+        .lines()
+        .find_map(|l| l.strip_prefix("switchyard_upstream_queue_seconds_count{backend=\"v2\"} "))
+        .map_or(0, |n| n.parse::<u64>().unwrap());
+    assert!(waited > 100, "v2's requests queued for a connection:\n{m}");
+    assert!(tripped_within(admin, Duration::from_millis(2500)).await.is_none(), "no false latency trip");
+    assert_eq!(rollout_status(admin).await["percentage"], 90);
+}

@@ -17,6 +17,7 @@ use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use prometheus::IntGauge;
+use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::backend::BackendId;
@@ -29,7 +30,7 @@ use crate::shadow::{self, Shadow, tap::Tapped};
 use crate::state::{Snapshot, State};
 use crate::translate;
 use crate::translate::Applied;
-use crate::upstream::{Upstream, UpstreamBody};
+use crate::upstream::{Queued, Upstream, UpstreamBody};
 use capped::Capped;
 pub use handling::Handling;
 pub use headers::ClientAddr;
@@ -228,8 +229,14 @@ impl Done {
         }
         let now = Instant::now();
         let took = now.saturating_duration_since(started);
+        // A wait for a connection (the per-host cap) is the proxy's, not the backend's:
+        // under load it falls on the busier backend and would bias the comparison.
+        let queued = resp.extensions_mut().remove::<Queued>().map_or(Duration::ZERO, |q| q.0);
+        if !queued.is_zero() {
+            proxy.metrics.queued(backend, queued);
+        }
         if judged {
-            proxy.guard.record(backend, service, resp.status(), took, now);
+            proxy.guard.record(backend, service, resp.status(), took.saturating_sub(queued), now);
         }
         proxy.metrics.observe(backend, service, &method, resp.status(), took);
         resp

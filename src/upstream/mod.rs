@@ -40,6 +40,12 @@ use pool::{Pool, Settings};
 /// reads).
 pub type OutBody = Either<Capped, Empty<Bytes>>;
 
+/// How long a request waited for a connection to its host (all were busy, at
+/// `max_connections_per_host`): time the backend had no part in. Set on the response
+/// only when the request waited.
+#[derive(Debug, Clone, Copy)]
+pub struct Queued(pub Duration);
+
 /// The pools, one per scheme + authority.
 type Pools = Vec<(Scheme, Authority, Arc<Pool>)>;
 

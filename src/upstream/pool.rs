@@ -13,11 +13,11 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower_service::Service;
 
-use super::OutBody;
 use super::body::UpstreamBody;
 use super::conn::Conn;
 use super::exchange::{Attempt, Failure, Outgoing, exchange};
 use super::idle::IdleStack;
+use super::{OutBody, Queued};
 
 /// Pool sizes and timeouts, fixed for the process.
 #[derive(Debug, Clone, Copy)]
@@ -96,7 +96,13 @@ impl Pool {
         let out = Outgoing::new(parts, body);
         async move {
             let mut out = out?;
-            let permit = self.permits.clone().acquire_owned().await.expect("the semaphore is never closed");
+            let (permit, queued) = match self.permits.clone().try_acquire_owned() {
+                Ok(permit) => (permit, None),
+                Err(_) => {
+                    let permit = self.permits.clone().acquire_owned().await.expect("the semaphore is never closed");
+                    (permit, Some(Queued(now.elapsed())))
+                }
+            };
             loop {
                 let (mut conn, reused) = match self.unpark(now) {
                     Some(conn) => (conn, true),
@@ -109,6 +115,9 @@ impl Pool {
                         let mut resp = Response::new(UpstreamBody::new(lease, head.framing, head.reusable));
                         *resp.status_mut() = head.status;
                         *resp.headers_mut() = head.headers;
+                        if let Some(queued) = queued {
+                            resp.extensions_mut().insert(queued);
+                        }
                         return Ok(resp);
                     }
                     Err(Attempt { retry: true, .. }) if reused => continue,
