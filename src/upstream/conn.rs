@@ -62,6 +62,15 @@ impl Conn {
         self.io.flush().await
     }
 
+    /// Readies the connection to sit idle: a read buffer grown for a download is let
+    /// go (an idle connection keeps at most the usual one), and reads start small again.
+    pub fn idle(&mut self) {
+        if self.buf.is_empty() && self.buf.capacity() > READ_SIZE {
+            self.buf = BytesMut::new();
+        }
+        self.read_size = READ_SIZE;
+    }
+
     /// Whether an idle connection can no longer carry a request: the upstream closed
     /// it, failed it, or sent bytes nobody asked for. Never waits.
     pub fn is_stale(&mut self) -> bool {
@@ -128,5 +137,19 @@ mod tests {
         assert_eq!(size, MAX_READ_SIZE);
         assert_eq!(next_read_size(size, size, size / 2), size, "a large read keeps the size");
         assert_eq!(next_read_size(size, size, 100), READ_SIZE);
+    }
+
+    #[tokio::test]
+    async fn an_idle_connection_lets_a_grown_buffer_go() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let stream = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let mut conn = Conn::new(MaybeHttpsStream::Http(TokioIo::new(stream)));
+        conn.buf.reserve(READ_SIZE);
+        conn.idle();
+        assert!(conn.buf.capacity() >= READ_SIZE, "the usual buffer is kept for the next response");
+        conn.buf.reserve(MAX_READ_SIZE);
+        conn.read_size = MAX_READ_SIZE;
+        conn.idle();
+        assert_eq!((conn.buf.capacity(), conn.read_size), (0, READ_SIZE));
     }
 }

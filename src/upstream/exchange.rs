@@ -192,15 +192,12 @@ impl Upload {
             // is worth more than the write's error. A failed socket is soon readable,
             // if only to report the failure.
             let answered = ready!(poll_head(cx, conn, head_request, &mut false));
-            return Poll::Ready(match (answered, self.failed.take()) {
-                (Ok(head), None) if head.status.is_success() => {
-                    self.answered = Some(head);
-                    continue;
-                }
-                (Ok(head), _) => Ok(Some(cut_short(head))),
-                (Err(_), Some(write)) => Err(Failure::Io(write)),
-                (Err(read), None) => Err(read),
-            });
+            match (answered, self.failed.take()) {
+                (Ok(head), None) if head.status.is_success() => self.answered = Some(head),
+                (Ok(head), _) => return Poll::Ready(Ok(Some(cut_short(head)))),
+                (Err(_), Some(write)) => return Poll::Ready(Err(Failure::Io(write))),
+                (Err(read), None) => return Poll::Ready(Err(read)),
+            }
         }
     }
 

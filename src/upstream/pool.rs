@@ -141,7 +141,8 @@ impl Pool {
         self.stack().pop(now, |c| !c.is_stale())
     }
 
-    fn park(&self, conn: Box<Conn>, since: Instant) {
+    fn park(&self, mut conn: Box<Conn>, since: Instant) {
+        conn.idle();
         // A full stack hands the connection back; dropping it closes it.
         drop(self.stack().push(conn, since));
     }
