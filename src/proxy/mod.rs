@@ -10,6 +10,7 @@ pub mod route;
 pub mod tunnel;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderName, Method, Request, Response, StatusCode, header};
@@ -17,7 +18,6 @@ use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use prometheus::IntGauge;
-use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::backend::BackendId;

@@ -96,11 +96,12 @@ impl Pool {
         let out = Outgoing::new(parts, body);
         async move {
             let mut out = out?;
-            let (permit, queued) = match self.permits.clone().try_acquire_owned() {
-                Ok(permit) => (permit, None),
+            let (permit, now, queued) = match self.permits.clone().try_acquire_owned() {
+                Ok(permit) => (permit, now, None),
                 Err(_) => {
                     let permit = self.permits.clone().acquire_owned().await.expect("the semaphore is never closed");
-                    (permit, Some(Queued(now.elapsed())))
+                    let after = Instant::now();
+                    (permit, after, Some(Queued(after.saturating_duration_since(now))))
                 }
             };
             loop {
