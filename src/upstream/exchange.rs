@@ -1,10 +1,10 @@
 //! One request/response exchange on a connection, driven from the request's task: the
-//! head (and body) written, then the response head read. No channel and no second
-//! task stand between the request and the socket.
-
-use std::io;
+//! head (and body) written, then the response head read; while a body goes up, an
+//! early answer is watched for. No channel and no second task stand between the
+//! request and the socket.
 
 use std::future::poll_fn;
+use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
