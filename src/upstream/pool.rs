@@ -7,6 +7,7 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use futures_util::future::Either;
 use http::{Request, Response, Uri};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -85,23 +86,35 @@ impl Pool {
     /// Sends `req` (origin-form URI) on a pooled or new connection, at `now`. A request
     /// that a reused connection lost before the upstream could act on it (the upstream
     /// was closing that connection) is tried again on another one.
-    #[allow(clippy::manual_async_fn, reason = "an async fn stores its arguments twice")]
     pub fn send(
         self: Arc<Self>,
         req: Request<OutBody>,
         now: Instant,
     ) -> impl Future<Output = Result<Response<UpstreamBody>, Failure>> + Send + 'static + use<> {
-        // Framed and encoded before the future is made: it then holds the request once.
+        // Framed and encoded before the future is made, and a request that cannot be
+        // framed never becomes one: the future then holds the request once.
         let (parts, body) = req.into_parts();
-        let out = Outgoing::new(parts, body);
+        match Outgoing::new(parts, body) {
+            Ok(out) => Either::Left(self.send_framed(out, now)),
+            Err(failure) => Either::Right(std::future::ready(Err(failure))),
+        }
+    }
+
+    #[allow(clippy::manual_async_fn, reason = "an async fn stores its arguments twice")]
+    fn send_framed(
+        self: Arc<Self>,
+        mut out: Outgoing,
+        mut now: Instant,
+    ) -> impl Future<Output = Result<Response<UpstreamBody>, Failure>> + Send + 'static + use<> {
+        // `out` and `now` are used where they were captured, never bound again: a new
+        // binding would be a second copy in the future.
         async move {
-            let mut out = out?;
-            let (permit, now, queued) = match self.permits.clone().try_acquire_owned() {
-                Ok(permit) => (permit, now, None),
+            let (permit, queued) = match self.permits.clone().try_acquire_owned() {
+                Ok(permit) => (permit, None),
                 Err(_) => {
                     let permit = self.permits.clone().acquire_owned().await.expect("the semaphore is never closed");
-                    let after = Instant::now();
-                    (permit, after, Some(Queued(after.saturating_duration_since(now))))
+                    let waited_since = std::mem::replace(&mut now, Instant::now());
+                    (permit, Some(Queued(now.saturating_duration_since(waited_since))))
                 }
             };
             loop {
