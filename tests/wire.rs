@@ -21,6 +21,15 @@ struct Raw {
 }
 
 async fn raw(reply: &'static [&'static [u8]], close_after: bool) -> Raw {
+    listen(move |s| answer_each(s, reply, close_after)).await
+}
+
+/// Accepts connections on 127.0.0.1:0, counting them, each served by `serve`.
+async fn listen<F, Fut>(serve: F) -> Raw
+where
+    F: Fn(TcpStream) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", l.local_addr().unwrap());
     let conns = Arc::new(AtomicUsize::new(0));
@@ -28,17 +37,22 @@ async fn raw(reply: &'static [&'static [u8]], close_after: bool) -> Raw {
     tokio::spawn(async move {
         while let Ok((s, _)) = l.accept().await {
             counted.fetch_add(1, Ordering::SeqCst);
-            tokio::spawn(answer_each(s, reply, close_after));
+            tokio::spawn(serve(s));
         }
     });
     Raw { url, conns }
+}
+
+/// Where the request head in `buf` ends (after its blank line), once it has.
+fn head_end(buf: &[u8]) -> Option<usize> {
+    buf.windows(4).position(|w| w == b"\r\n\r\n").map(|at| at + 4)
 }
 
 /// Reads request heads (and `content-length` bodies), answering each with `reply`.
 async fn answer_each(mut s: TcpStream, reply: &'static [&'static [u8]], close_after: bool) {
     let mut buf = Vec::new();
     loop {
-        let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+        let Some(end) = head_end(&buf) else {
             if !read_more(&mut s, &mut buf).await {
                 return;
             }
@@ -49,12 +63,12 @@ async fn answer_each(mut s: TcpStream, reply: &'static [&'static [u8]], close_af
             .lines()
             .find_map(|l| l.strip_prefix("content-length:"))
             .map_or(0, |v| v.trim().parse::<usize>().unwrap());
-        while buf.len() < end + 4 + length {
+        while buf.len() < end + length {
             if !read_more(&mut s, &mut buf).await {
                 return;
             }
         }
-        buf.drain(..end + 4 + length);
+        buf.drain(..end + length);
         for (i, piece) in reply.iter().enumerate() {
             if i > 0 {
                 tokio::time::sleep(Duration::from_millis(20)).await;
@@ -181,36 +195,32 @@ async fn answers_arriving_in_pieces_are_put_together() {
 /// reading the body, then either closes the connection (with the body unread) or
 /// reads and counts whatever else comes.
 async fn answers_early(reply: &'static [u8], close: bool) -> (Raw, Arc<AtomicUsize>) {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", l.local_addr().unwrap());
-    let conns = Arc::new(AtomicUsize::new(0));
     let after_head = Arc::new(AtomicUsize::new(0));
-    let (counted, read) = (conns.clone(), after_head.clone());
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            counted.fetch_add(1, Ordering::SeqCst);
-            let read = read.clone();
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                    if !read_more(&mut s, &mut buf).await {
-                        return;
-                    }
+    let read = after_head.clone();
+    let up = listen(move |mut s| {
+        let read = read.clone();
+        async move {
+            let mut buf = Vec::new();
+            let end = loop {
+                match head_end(&buf) {
+                    Some(end) => break end,
+                    None if read_more(&mut s, &mut buf).await => {}
+                    None => return,
                 }
-                let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
-                read.fetch_add(buf.len() - end, Ordering::SeqCst);
-                if s.write_all(reply).await.is_err() || close {
-                    return;
-                }
+            };
+            read.fetch_add(buf.len() - end, Ordering::SeqCst);
+            if s.write_all(reply).await.is_err() || close {
+                return;
+            }
+            buf.clear();
+            while read_more(&mut s, &mut buf).await {
+                read.fetch_add(buf.len(), Ordering::SeqCst);
                 buf.clear();
-                while read_more(&mut s, &mut buf).await {
-                    read.fetch_add(buf.len(), Ordering::SeqCst);
-                    buf.clear();
-                }
-            });
+            }
         }
-    });
-    (Raw { url, conns }, after_head)
+    })
+    .await;
+    (up, after_head)
 }
 
 #[tokio::test]

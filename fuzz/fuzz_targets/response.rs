@@ -14,7 +14,7 @@ fuzz_target!(|data: &[u8]| {
     for head_request in [false, true] {
         let mut buf = BytesMut::new();
         let mut rest = data;
-        let mut decoder = Decoder::new();
+        let mut decoder = Decoder::default();
         let mut in_body = false;
         let mut body = 0usize;
         loop {

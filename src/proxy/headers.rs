@@ -41,12 +41,6 @@ impl ClientAddr {
     }
 }
 
-impl From<IpAddr> for ClientAddr {
-    fn from(ip: IpAddr) -> ClientAddr {
-        ClientAddr::new(ip)
-    }
-}
-
 /// Whether the comma-separated list header `name` holds `token` (case-insensitive).
 pub fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
     headers

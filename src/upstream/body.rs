@@ -39,7 +39,7 @@ impl UpstreamBody {
     pub fn new(lease: Lease, framing: Framing, reusable: bool) -> UpstreamBody {
         let left = match framing {
             Framing::Length(n) => Left::Bytes(n),
-            Framing::Chunked => Left::Chunked(Decoder::new()),
+            Framing::Chunked => Left::Chunked(Decoder::default()),
             Framing::Close => Left::UntilClose,
             Framing::Empty | Framing::Upgrade => Left::Nothing,
         };

@@ -2,6 +2,8 @@
 //! decoder takes what it can from the front of the read buffer and says when it needs
 //! more; trailers are read and dropped.
 
+use std::fmt::Write;
+
 use bytes::{Bytes, BytesMut};
 
 /// The longest chunk-size line, or trailer section, accepted.
@@ -40,11 +42,6 @@ pub enum Step {
 }
 
 impl Decoder {
-    /// A decoder at the start of a body.
-    pub fn new() -> Decoder {
-        Decoder::Size
-    }
-
     /// Whether the whole body has been decoded.
     pub fn is_done(&self) -> bool {
         *self == Decoder::Done
@@ -107,7 +104,8 @@ pub fn encode(data: &[u8], out: &mut BytesMut) {
     if data.is_empty() {
         return; // an empty chunk would end the body
     }
-    out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+    // Writing into a BytesMut cannot fail.
+    let _ = write!(out, "{:x}\r\n", data.len());
     out.extend_from_slice(data);
     out.extend_from_slice(b"\r\n");
 }
@@ -121,7 +119,7 @@ mod tests {
 
     /// Decodes `wire` fed in pieces of `piece` bytes; returns the body.
     fn decode(wire: &[u8], piece: usize) -> Result<Vec<u8>, Invalid> {
-        let (mut d, mut buf, mut body) = (Decoder::new(), BytesMut::new(), Vec::new());
+        let (mut d, mut buf, mut body) = (Decoder::default(), BytesMut::new(), Vec::new());
         let mut rest = wire;
         loop {
             match d.step(&mut buf)? {
@@ -155,12 +153,12 @@ mod tests {
         let wire = b"5;name=value\r\nhello\r\n0\r\nx-checksum: 1\r\nx-more: 2\r\n\r\n";
         assert_eq!(decode(wire, 3).unwrap(), b"hello");
         let mut buf = BytesMut::from(&b"0\r\n\r\nHTTP/1.1"[..]);
-        let mut d = Decoder::new();
+        let mut d = Decoder::default();
         assert_eq!(d.step(&mut buf), Ok(Step::End));
         assert!(d.is_done());
         assert_eq!(&buf[..], b"HTTP/1.1", "the next response is left alone");
         let mut buf = BytesMut::from(&b"2\r\nok\r\n0\r\n\r\n"[..]);
-        let mut d = Decoder::new();
+        let mut d = Decoder::default();
         assert_eq!(d.step(&mut buf), Ok(Step::Data(Bytes::from_static(b"ok"))));
         assert_eq!(d.skip_framing(&mut buf), Ok(Some(Step::End)), "the terminator came with the last chunk");
     }

@@ -50,11 +50,6 @@ impl Conn {
         Poll::Ready(Ok(n))
     }
 
-    /// Reads more into the buffer; `Ok(0)` is the end of the stream.
-    pub async fn fill(&mut self) -> io::Result<usize> {
-        std::future::poll_fn(|cx| self.poll_fill(cx)).await
-    }
-
     /// Writes all of `bytes` and flushes them (TLS buffers records).
     pub async fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
         use tokio::io::AsyncWriteExt;

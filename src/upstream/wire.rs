@@ -167,9 +167,8 @@ fn framing(status: StatusCode, headers: &HeaderMap, head_request: bool) -> Resul
         return Ok((Framing::Empty, true));
     }
     let lengths = headers.get_all(header::CONTENT_LENGTH);
-    if headers.contains_key(header::TRANSFER_ENCODING) {
-        let last = headers.get_all(header::TRANSFER_ENCODING).iter().next_back();
-        let last = last.and_then(|v| v.to_str().ok()).and_then(|v| v.rsplit(',').next()).unwrap_or("");
+    if let Some(coding) = headers.get_all(header::TRANSFER_ENCODING).iter().next_back() {
+        let last = coding.to_str().ok().and_then(|v| v.rsplit(',').next()).unwrap_or("");
         if !last.trim().eq_ignore_ascii_case("chunked") {
             return Ok((Framing::Close, false));
         }
@@ -198,7 +197,7 @@ fn keeps_alive(version: Version, headers: &HeaderMap) -> bool {
 }
 
 /// A `Content-Length` value: digits only (a list of equal values is also accepted).
-fn parse_length(v: &HeaderValue) -> Option<u64> {
+pub fn parse_length(v: &HeaderValue) -> Option<u64> {
     let mut found = None;
     for part in v.to_str().ok()?.split(',') {
         let part = part.trim();
