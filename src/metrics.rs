@@ -99,8 +99,8 @@ impl Metrics {
         let upstream_queue = HistogramVec::new(
             HistogramOpts::new(
                 "switchyard_upstream_queue_seconds",
-                "Time requests waited for a connection to their backend's host (all busy, at \
-                 max_connections_per_host), by backend. Only requests that waited are counted.",
+                "Time requests waited for an upstream connection (upstream.max_connections busy, or \
+                 their host's max_connections_per_host), by backend. Only requests that waited are counted.",
             )
             .buckets(BUCKETS.to_vec()),
             &["backend"],

@@ -9,13 +9,18 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use http::{Response, StatusCode};
-use support::{config_text, full, get_as, start, upstream};
+use support::{config_text, full, get_as, percentile, start, upstream};
 
 /// An upstream answering after `delay`, recording the most requests it had at once.
 async fn slow(delay: Duration) -> (support::Upstream, Arc<AtomicUsize>) {
     let (now, peak) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-    let seen = peak.clone();
-    let up = upstream(move |_req| {
+    (slow_counting(delay, now, peak.clone()).await, peak)
+}
+
+/// An upstream answering after `delay`, counting the requests in progress in `now`
+/// (which other upstreams may share) and their most at once in `peak`.
+async fn slow_counting(delay: Duration, now: Arc<AtomicUsize>, peak: Arc<AtomicUsize>) -> support::Upstream {
+    upstream(move |_req| {
         let (now, peak) = (now.clone(), peak.clone());
         async move {
             let n = now.fetch_add(1, Ordering::SeqCst) + 1;
@@ -25,8 +30,7 @@ async fn slow(delay: Duration) -> (support::Upstream, Arc<AtomicUsize>) {
             Response::new(full("[]"))
         }
     })
-    .await;
-    (up, seen)
+    .await
 }
 
 #[tokio::test]
@@ -97,4 +101,51 @@ async fn waiting_for_a_connection_counts_against_the_timeout() {
     assert_eq!(first.status, StatusCode::OK);
     assert_eq!(second.status, StatusCode::GATEWAY_TIMEOUT, "queued 350 ms, then 400 ms upstream: over 600 ms");
     assert_eq!(second.json()["code"], "SWY504");
+}
+
+/// Users that the rollout at 50 % sends to v2 (`true`) or v1.
+fn users(v2: bool) -> impl Iterator<Item = String> {
+    (0..).map(|n| format!("u{n}")).filter(move |u| (percentile(u) < 50) == v2)
+}
+
+#[tokio::test]
+async fn both_backends_share_one_budget() {
+    let (now, peak) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let v1 = slow_counting(Duration::from_millis(40), now.clone(), peak.clone()).await;
+    let v2 = slow_counting(Duration::from_millis(40), now, peak.clone()).await;
+    let extra = "[upstream]\nmax_connections = 4\nmax_connections_per_host = 4\n";
+    let sy = start(&config_text(&v1.url(), &v2.url(), 50, extra)).await;
+    let who: Vec<String> = users(true).take(20).chain(users(false).take(20)).collect();
+    for got in futures_util::future::join_all(who.iter().map(|u| get_as(sy.addr, "/rest/v1/t", u))).await {
+        assert_eq!(got.status, StatusCode::OK);
+    }
+    assert_eq!((v1.hits(), v2.hits()), (20, 20));
+    assert_eq!(peak.load(Ordering::SeqCst), 4, "4 connections at once to both backends together");
+}
+
+#[tokio::test]
+async fn a_hung_backend_leaves_the_rest_of_the_budget_to_the_other() {
+    let hung = upstream(|_req| async {
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        Response::new(full("[]"))
+    })
+    .await;
+    let v1 = support::echo("v1").await;
+    let extra = "[upstream]\nmax_connections = 4\nmax_connections_per_host = 3\ntimeout_seconds = 3\n";
+    let sy = start(&config_text(&v1.url(), &hung.url(), 50, extra)).await;
+    // Six requests stuck on v2: three on connections, three waiting for v2's ceiling.
+    let addr = sy.addr;
+    let stuck: Vec<_> =
+        users(true).take(6).map(|u| tokio::spawn(async move { get_as(addr, "/rest/v1/t", &u).await })).collect();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(hung.hits(), 3, "v2 is at its ceiling");
+    let started = std::time::Instant::now();
+    for user in users(false).take(3) {
+        let got = get_as(sy.addr, "/rest/v1/t", &user).await;
+        assert_eq!((got.status, got.backend()), (StatusCode::OK, "v1"));
+    }
+    assert!(started.elapsed() < Duration::from_secs(1), "v1 did not wait for v2's time-outs: {:?}", started.elapsed());
+    for s in stuck {
+        s.abort();
+    }
 }

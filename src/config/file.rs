@@ -137,7 +137,10 @@ pub struct UpstreamFile {
     /// connection the upstream is about to close.
     pub pool_idle_timeout_seconds: f64,
     pub pool_max_idle_per_host: usize,
-    /// Connections to one upstream host at once; more requests wait for a free one.
+    /// Busy connections to all upstream hosts together; more requests wait for a
+    /// free one, in arrival order.
+    pub max_connections: usize,
+    /// Busy connections to one host at once: what a hung host can take of the above.
     pub max_connections_per_host: usize,
     /// PEM file of extra CA certificates trusted for https upstreams (private CAs).
     pub ca_file: Option<String>,
@@ -150,7 +153,8 @@ impl Default for UpstreamFile {
             timeout_seconds: 30.0,
             pool_idle_timeout_seconds: 50.0,
             pool_max_idle_per_host: 256,
-            max_connections_per_host: 128,
+            max_connections: 256,
+            max_connections_per_host: 192,
             ca_file: None,
         }
     }

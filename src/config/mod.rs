@@ -126,7 +126,9 @@ pub struct UpstreamConfig {
     pub timeout: Duration,
     pub pool_idle_timeout: Duration,
     pub pool_max_idle_per_host: usize,
-    /// Connections to one upstream host at once (busy, connecting or idle).
+    /// Busy (or connecting) connections to all hosts together.
+    pub max_connections: usize,
+    /// Busy (or connecting) connections to one host.
     pub max_connections_per_host: usize,
     /// Trusted for https upstreams besides the webpki roots.
     pub extra_roots: Vec<rustls_pki_types::CertificateDer<'static>>,
@@ -229,6 +231,13 @@ fn seconds(key: &str, v: f64) -> Result<Duration, ConfigError> {
         .ok_or_else(|| ConfigError::new(key, format!("expected a positive number of seconds, got {v}")))
 }
 
+fn at_least_one(key: &str, n: usize) -> Result<usize, ConfigError> {
+    match n {
+        0 => Err(ConfigError::new(key, "must be at least 1, got 0")),
+        n => Ok(n),
+    }
+}
+
 fn ca_certificates(path: &str) -> Result<Vec<rustls_pki_types::CertificateDer<'static>>, ConfigError> {
     use rustls_pki_types::pem::PemObject;
     let key = "upstream.ca_file";
@@ -301,10 +310,8 @@ fn validate(raw: file::FileConfig, seen: env::Overridden) -> Result<Config, Conf
         timeout: seconds("upstream.timeout_seconds", u.timeout_seconds)?,
         pool_idle_timeout: seconds("upstream.pool_idle_timeout_seconds", u.pool_idle_timeout_seconds)?,
         pool_max_idle_per_host: u.pool_max_idle_per_host,
-        max_connections_per_host: match u.max_connections_per_host {
-            0 => return Err(ConfigError::new("upstream.max_connections_per_host", "must be at least 1, got 0")),
-            n => n,
-        },
+        max_connections: at_least_one("upstream.max_connections", u.max_connections)?,
+        max_connections_per_host: at_least_one("upstream.max_connections_per_host", u.max_connections_per_host)?,
         extra_roots: match &u.ca_file {
             None => Vec::new(),
             Some(path) => ca_certificates(path)?,
@@ -419,8 +426,10 @@ mod tests {
         assert_eq!(err("'' = ''").key, "config");
         assert_eq!(err("\n['']\n").key, "config");
         assert_eq!(err(&format!("{MINIMAL}\n[services]\nauth = \"v3\"")).key, "services.auth");
-        let no_connections = format!("{MINIMAL}\n[upstream]\nmax_connections_per_host = 0");
-        assert_eq!(err(&no_connections).key, "upstream.max_connections_per_host");
+        for key in ["max_connections", "max_connections_per_host"] {
+            let none = format!("{MINIMAL}\n[upstream]\n{key} = 0");
+            assert_eq!(err(&none).key, format!("upstream.{key}"));
+        }
     }
 
     #[test]

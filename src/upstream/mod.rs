@@ -1,10 +1,11 @@
 //! The upstream client: HTTP/1.1 (TLS through rustls) to the projects, over one
-//! bounded connection [`pool`] per scheme + authority, so pools outlive every config
-//! change. HTTP/1.1 only, as nginx does upstream: it keeps WebSocket upgrades simple
+//! connection [`pool`] per scheme + authority, so pools outlive every config change,
+//! all within one [`budget`] of busy connections. HTTP/1.1 only, as nginx does upstream: it keeps WebSocket upgrades simple
 //! and every Supabase service speaks it. Each exchange runs in the request's own task
 //! ([`exchange`], [`body`]), over the wire format in [`wire`] and [`chunked`].
 
 mod body;
+mod budget;
 pub mod chunked;
 mod conn;
 mod exchange;
@@ -40,9 +41,9 @@ use pool::{Pool, Settings};
 /// reads).
 pub type OutBody = Either<Capped, Empty<Bytes>>;
 
-/// How long a request waited for a connection to its host (all were busy, at
-/// `max_connections_per_host`): time the backend had no part in. Set on the response
-/// only when the request waited.
+/// How long a request waited for a connection (`max_connections` were busy, or its
+/// host's `max_connections_per_host`): time the backend had no part in. Set on the
+/// response only when the request waited.
 #[derive(Debug, Clone, Copy)]
 pub struct Queued(pub Duration);
 
@@ -58,6 +59,8 @@ pub struct Upstream {
 struct Inner {
     connector: HttpsConnector<HttpConnector>,
     settings: Settings,
+    /// Busy connections to all hosts together ([`budget`]).
+    shared: Arc<tokio::sync::Semaphore>,
     /// Read on every request without a lock; written when a new host first appears.
     pools: ArcSwap<Pools>,
 }
@@ -71,7 +74,8 @@ impl Upstream {
             max_idle: cfg.pool_max_idle_per_host,
             idle_timeout: cfg.pool_idle_timeout,
         };
-        let inner = Arc::new(Inner { connector: connector(cfg), settings, pools: ArcSwap::default() });
+        let shared = Arc::new(tokio::sync::Semaphore::new(cfg.max_connections));
+        let inner = Arc::new(Inner { connector: connector(cfg), settings, shared, pools: ArcSwap::default() });
         tokio::spawn(reap(Arc::downgrade(&inner), (cfg.pool_idle_timeout / 4).clamp(REAP_MIN, REAP_MAX)));
         Upstream { inner }
     }
@@ -106,7 +110,7 @@ impl Upstream {
             let pool = found(&pools).unwrap_or_else(|| {
                 let target =
                     Uri::from_parts(target_parts(scheme, authority)).expect("scheme, authority and / make a URI");
-                let pool = Arc::new(Pool::new(target, inner.connector.clone(), inner.settings));
+                let pool = Arc::new(Pool::new(target, inner.connector.clone(), inner.settings, inner.shared.clone()));
                 pools.push((scheme.clone(), authority.clone(), pool.clone()));
                 pool
             });

@@ -1,6 +1,6 @@
-//! One upstream host's connections: at most `max_connections` at once (further
-//! requests queue for a free one, as HAProxy's `maxconn` does, instead of opening a
-//! connection per concurrent request), idle ones reused newest-first and never past
+//! One upstream host's connections: busy ones within the [`Budget`] (further requests
+//! queue for a free one, as HAProxy's `maxconn` does, instead of opening a connection
+//! per concurrent request), idle ones reused newest-first and never past
 //! the idle timeout. A connection goes back to the pool when its response body has
 //! ended, from the body itself ([`super::body`]): no task per request or connection.
 
@@ -11,10 +11,10 @@ use futures_util::future::Either;
 use http::{Request, Response, Uri};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower_service::Service;
 
 use super::body::UpstreamBody;
+use super::budget::{Budget, Slot};
 use super::conn::Conn;
 use super::exchange::{Attempt, Failure, Outgoing, exchange};
 use super::idle::IdleStack;
@@ -23,7 +23,7 @@ use super::{OutBody, Queued};
 /// Pool sizes and timeouts, fixed for the process.
 #[derive(Debug, Clone, Copy)]
 pub struct Settings {
-    /// Connections (busy, connecting or idle) to one host.
+    /// Busy (or connecting) connections to one host, within the shared budget.
     pub max_connections: usize,
     /// Idle connections kept per host.
     pub max_idle: usize,
@@ -36,8 +36,8 @@ pub struct Pool {
     /// `scheme://authority/`, what the connector dials.
     target: Uri,
     connector: HttpsConnector<HttpConnector>,
-    /// One permit per connection that is not idle; idle ones hold none.
-    permits: Arc<Semaphore>,
+    /// One slot per connection that is not idle; idle ones hold none.
+    budget: Budget,
     /// Held for a push or a pop, never across an await.
     idle: Mutex<IdleStack<Box<Conn>>>,
 }
@@ -48,7 +48,7 @@ pub struct Lease {
     /// every response.
     conn: Box<Conn>,
     pool: Arc<Pool>,
-    _permit: OwnedSemaphorePermit,
+    _slot: Slot,
     /// When the request was sent: the connection's idle time is counted from then
     /// (reading the clock again at release costs every request; a connection busy
     /// for longer than the idle timeout is then closed when released, not reused).
@@ -73,12 +73,18 @@ impl Lease {
 }
 
 impl Pool {
-    /// A pool for `target` (scheme and authority only).
-    pub fn new(target: Uri, connector: HttpsConnector<HttpConnector>, settings: Settings) -> Pool {
+    /// A pool for `target` (scheme and authority only), its busy connections within
+    /// `shared`.
+    pub fn new(
+        target: Uri,
+        connector: HttpsConnector<HttpConnector>,
+        settings: Settings,
+        shared: Arc<tokio::sync::Semaphore>,
+    ) -> Pool {
         Pool {
             target,
             connector,
-            permits: Arc::new(Semaphore::new(settings.max_connections)),
+            budget: Budget::new(shared, settings.max_connections),
             idle: Mutex::new(IdleStack::new(settings.max_idle.min(settings.max_connections), settings.idle_timeout)),
         }
     }
@@ -109,12 +115,12 @@ impl Pool {
         // `out` and `now` are used where they were captured, never bound again: a new
         // binding would be a second copy in the future.
         async move {
-            let (permit, queued) = match self.permits.clone().try_acquire_owned() {
-                Ok(permit) => (permit, None),
-                Err(_) => {
-                    let permit = self.permits.clone().acquire_owned().await.expect("the semaphore is never closed");
+            let (slot, queued) = match self.budget.try_take() {
+                Some(slot) => (slot, None),
+                None => {
+                    let slot = self.budget.take().await;
                     let waited_since = std::mem::replace(&mut now, Instant::now());
-                    (permit, Some(Queued(now.saturating_duration_since(waited_since))))
+                    (slot, Some(Queued(now.saturating_duration_since(waited_since))))
                 }
             };
             loop {
@@ -125,7 +131,7 @@ impl Pool {
                 };
                 match exchange(&mut conn, &mut out).await {
                     Ok(head) => {
-                        let lease = Lease { conn, pool: self.clone(), _permit: permit, since: now };
+                        let lease = Lease { conn, pool: self.clone(), _slot: slot, since: now };
                         let mut resp = Response::new(UpstreamBody::new(lease, head.framing, head.reusable));
                         *resp.status_mut() = head.status;
                         *resp.headers_mut() = head.headers;
