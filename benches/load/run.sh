@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Load comparison on one machine, one run: nginx `return 200` as the v1 and v2
 # backends, and in front of them (a) nothing, (b) switchyard, (c) nginx doing the same
-# rollout (split_clients + proxy_pass with upstream keepalive), (d) HAProxy. Each proxy
+# rollout (split_clients + proxy_pass with upstream keepalive), (d) HAProxy; and nginx
+# given the JWT runs' requests too (split on the token: nginx cannot verify it). Each proxy
 # gets one core and one worker, wrk the other core. Prints requests/s, p50, p99, the
 # proxy's CPU time per request (from /proc), its RSS (with 1000 idle keep-alive
 # connections, measured first, and after each load run), and switchyard/nginx ratios.
@@ -65,11 +66,17 @@ worker_processes 1; worker_cpu_affinity auto; pid $work/proxy.pid; error_log $wo
 events { worker_connections 20000; }
 http { access_log off; keepalive_requests 100000;
   split_clients "\$http_x_user_id" \$cohort { 37% v2; * v1; }
+  # The JWT runs' requests, split on the whole Authorization header: nginx cannot
+  # verify a JWT (nor read its sub) without a module, but it handles the same bytes.
+  split_clients "\$http_authorization" \$cohort_token { 37% v2; * v1; }
   upstream v1 { server 127.0.0.1:18101; keepalive 256; }
   upstream v2 { server 127.0.0.1:18102; keepalive 256; }
   server { listen 127.0.0.1:18201;
     location / { proxy_pass http://\$cohort; proxy_http_version 1.1; proxy_set_header Connection "";
-      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for; add_header x-switchyard-backend \$cohort; } } }
+      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for; add_header x-switchyard-backend \$cohort; } }
+  server { listen 127.0.0.1:18203;
+    location / { proxy_pass http://\$cohort_token; proxy_http_version 1.1; proxy_set_header Connection "";
+      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for; add_header x-switchyard-backend \$cohort_token; } } }
 CONF
 taskset -c $proxy_cpu nginx -c "$work/nginx-proxy.conf" -g 'daemon off;' &
 
@@ -144,19 +151,26 @@ idle_rss() { # port: MiB with 1000 idle keep-alive connections, each after one r
 }
 IDLE_SY=$(idle_rss 18200); IDLE_NG=$(idle_rss 18201)
 echo "RSS with 1000 idle keep-alive connections: switchyard $IDLE_SY MiB, nginx $IDLE_NG MiB"
-targets=("backend direct" "switchyard (x-user-id)" "switchyard (JWT HS256)" "nginx split_clients" "haproxy"
-  "switchyard 1000 conns" "switchyard 1000 conns JWT" "nginx 1000 conns")
+targets=("backend direct" "switchyard (x-user-id)" "switchyard (JWT HS256)" "nginx split_clients" "nginx, JWT requests"
+  "haproxy" "switchyard 1000 conns" "switchyard 1000 conns JWT" "nginx 1000 conns" "nginx 1000 conns JWT")
+pair() { # name port name port [tokens]: the two compared targets back to back, in
+  # turns first, so that neither always runs on the minute after the other
+  if (( round % 2 )); then run "$1" "$2" "${5:-}"; run "$3" "$4" "${5:-}"
+  else run "$3" "$4" "${5:-}"; run "$1" "$2" "${5:-}"; fi
+}
 for round in $(seq "$rounds"); do
   run "backend direct" 18101
-  run "switchyard (x-user-id)" 18200
-  run "switchyard (JWT HS256)" 18200 "$work/tokens.txt"
-  run "nginx split_clients" 18201
+  pair "switchyard (x-user-id)" 18200 "nginx split_clients" 18201
+  pair "switchyard (JWT HS256)" 18200 "nginx, JWT requests" 18203 "$work/tokens.txt"
   run "haproxy" 18202
   conns_saved=$conns; conns=1000
-  run "switchyard 1000 conns" 18200
-  run "switchyard 1000 conns JWT" 18200 "$work/tokens.txt"
-  run "nginx 1000 conns" 18201
+  pair "switchyard 1000 conns" 18200 "nginx 1000 conns" 18201
+  pair "switchyard 1000 conns JWT" 18200 "nginx 1000 conns JWT" 18203 "$work/tokens.txt"
   conns=$conns_saved
+done
+declare -A RPS_ALL P99_ALL CPU_ALL
+for t in "${targets[@]}"; do
+  RPS_ALL[$t]=${RPS[$t]}; P99_ALL[$t]=${P99[$t]}; CPU_ALL[$t]=${CPU[$t]}
 done
 for t in "${targets[@]}"; do
   RPS[$t]=$(median "${RPS[$t]}"); P50[$t]=$(median "${P50[$t]}"); P99[$t]=$(median "${P99[$t]}"); CPU[$t]=$(median "${CPU[$t]}")
@@ -167,13 +181,23 @@ for t in "${targets[@]}"; do
   printf '%-26s %10s %9s %9s %12s %9s\n' "$t" "${RPS[$t]}" "${P50[$t]}" "${P99[$t]}" "${CPU[$t]}" "${RSS[$t]}"
 done
 
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
+# The ratio of each round's pair (run back to back), then the median and range over
+# the rounds: steadier on a shared machine than a ratio of two medians.
+paired() { # values_a values_b
+  paste -d' ' <(echo "$1" | tr ' ' '\n' | sed '/^$/d') <(echo "$2" | tr ' ' '\n' | sed '/^$/d') |
+    awk '$2 > 0 { print $1 / $2 }' | sort -g |
+    awk '{ r[NR] = $1 } END { m = (NR % 2) ? r[(NR + 1) / 2] : (r[NR / 2] + r[NR / 2 + 1]) / 2
+      printf "%.2f (%.2f-%.2f)", m, r[1], r[NR] }'
+}
+ratios() { # label a b
+  echo "$1: throughput $(paired "${RPS_ALL[$2]}" "${RPS_ALL[$3]}"), p99 $(paired "${P99_ALL[$2]}" "${P99_ALL[$3]}")," \
+    "cpu per request $(paired "${CPU_ALL[$2]}" "${CPU_ALL[$3]}")"
+}
 echo
-echo "switchyard / nginx (x-user-id): throughput $(ratio "${RPS[switchyard (x-user-id)]}" "${RPS[nginx split_clients]}")," \
-  "p99 $(ratio "${P99[switchyard (x-user-id)]}" "${P99[nginx split_clients]}")," \
-  "cpu per request $(ratio "${CPU[switchyard (x-user-id)]}" "${CPU[nginx split_clients]}")," \
-  "RSS after 1000 busy connections ${RSS[switchyard 1000 conns JWT]} MiB vs ${RSS[nginx 1000 conns]} MiB," \
-  "with 1000 idle ones $IDLE_SY MiB vs $IDLE_NG MiB"
-echo "at 1000 connections: throughput $(ratio "${RPS[switchyard 1000 conns]}" "${RPS[nginx 1000 conns]}")," \
-  "p99 $(ratio "${P99[switchyard 1000 conns]}" "${P99[nginx 1000 conns]}")," \
-  "cpu per request $(ratio "${CPU[switchyard 1000 conns]}" "${CPU[nginx 1000 conns]}")"
+echo "switchyard / nginx, median (and range) of the $rounds rounds' ratios:"
+ratios "  x-user-id, $conns connections" "switchyard (x-user-id)" "nginx split_clients"
+ratios "  JWT requests, $conns connections (nginx splits on the token)" "switchyard (JWT HS256)" "nginx, JWT requests"
+ratios "  x-user-id, 1000 connections" "switchyard 1000 conns" "nginx 1000 conns"
+ratios "  JWT requests, 1000 connections" "switchyard 1000 conns JWT" "nginx 1000 conns JWT"
+echo "RSS after 1000 busy connections: switchyard ${RSS[switchyard 1000 conns JWT]} MiB, nginx ${RSS[nginx 1000 conns JWT]} MiB;" \
+  "with 1000 idle ones $IDLE_SY MiB and $IDLE_NG MiB"

@@ -35,6 +35,7 @@ use crate::backend::BackendId;
 use crate::config::{BaseUrl, UpstreamConfig};
 use crate::error::Error;
 use crate::proxy::capped::Capped;
+use budget::Budget;
 use pool::{Pool, Settings};
 
 /// What the proxy sends upstream: the client's body, streamed, or nothing (shadow
@@ -110,7 +111,8 @@ impl Upstream {
             let pool = found(&pools).unwrap_or_else(|| {
                 let target =
                     Uri::from_parts(target_parts(scheme, authority)).expect("scheme, authority and / make a URI");
-                let pool = Arc::new(Pool::new(target, inner.connector.clone(), inner.settings, inner.shared.clone()));
+                let budget = Budget::new(inner.shared.clone(), inner.settings.max_connections);
+                let pool = Arc::new(Pool::new(target, inner.connector.clone(), inner.settings, budget));
                 pools.push((scheme.clone(), authority.clone(), pool.clone()));
                 pool
             });

@@ -74,17 +74,12 @@ impl Lease {
 
 impl Pool {
     /// A pool for `target` (scheme and authority only), its busy connections within
-    /// `shared`.
-    pub fn new(
-        target: Uri,
-        connector: HttpsConnector<HttpConnector>,
-        settings: Settings,
-        shared: Arc<tokio::sync::Semaphore>,
-    ) -> Pool {
+    /// `budget`.
+    pub fn new(target: Uri, connector: HttpsConnector<HttpConnector>, settings: Settings, budget: Budget) -> Pool {
         Pool {
             target,
             connector,
-            budget: Budget::new(shared, settings.max_connections),
+            budget,
             idle: Mutex::new(IdleStack::new(settings.max_idle.min(settings.max_connections), settings.idle_timeout)),
         }
     }
