@@ -5,6 +5,7 @@
 
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, errors::ErrorKind};
 use serde::Deserialize;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::cache::{self, Window};
@@ -44,8 +45,9 @@ pub enum Token {
     ApiKey(BackendId),
     /// A user (or other) JWT.
     Jwt {
-        /// The `sub` claim, when present and non-empty.
-        sub: Option<String>,
+        /// The `sub` claim, when present and non-empty. Shared: a cached token's
+        /// answer is handed out for every request that carries it.
+        sub: Option<Arc<str>>,
         /// The project that signed it, when known.
         issuer: Option<BackendId>,
         /// Whether the signature was checked with that project's secret.
@@ -67,7 +69,7 @@ struct Claims<'a> {
 
 /// What routing reads from a JWT's payload, unverified.
 struct Routing {
-    sub: Option<String>,
+    sub: Option<Arc<str>>,
     iss: Option<String>,
     /// `nbf` and `exp`, in Unix seconds.
     times: (Option<f64>, Option<f64>),
@@ -84,7 +86,11 @@ fn claims(token: &str) -> Option<Routing> {
     }
     let json = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).ok()?;
     let c: Claims<'_> = serde_json::from_slice(&json).ok()?;
-    Some(Routing { sub: c.sub.map(|s| s.into_owned()), iss: c.iss.map(|s| s.into_owned()), times: (c.nbf, c.exp) })
+    Some(Routing {
+        sub: c.sub.map(|s| Arc::from(s.as_ref())),
+        iss: c.iss.map(|s| s.into_owned()),
+        times: (c.nbf, c.exp),
+    })
 }
 
 /// Tells verifiers apart in the token cache: each config builds a new one.

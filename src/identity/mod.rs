@@ -107,7 +107,7 @@ pub fn extract<'a>(
 
 fn subject(token: &Option<Token>) -> Option<&str> {
     match token {
-        Some(Token::Jwt { sub: Some(sub), .. }) => Some(sub),
+        Some(Token::Jwt { sub: Some(sub), .. }) => Some(sub.as_ref()),
         _ => None,
     }
 }
