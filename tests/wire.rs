@@ -48,6 +48,12 @@ fn head_end(buf: &[u8]) -> Option<usize> {
     buf.windows(4).position(|w| w == b"\r\n\r\n").map(|at| at + 4)
 }
 
+/// The `content-length` of a request head (0 without one).
+fn content_length(head: &[u8]) -> usize {
+    let head = String::from_utf8_lossy(head).to_lowercase();
+    head.lines().find_map(|l| l.strip_prefix("content-length:")).map_or(0, |v| v.trim().parse().unwrap())
+}
+
 /// Reads request heads (and `content-length` bodies), answering each with `reply`.
 async fn answer_each(mut s: TcpStream, reply: &'static [&'static [u8]], close_after: bool) {
     let mut buf = Vec::new();
@@ -58,11 +64,7 @@ async fn answer_each(mut s: TcpStream, reply: &'static [&'static [u8]], close_af
             }
             continue;
         };
-        let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
-        let length = head
-            .lines()
-            .find_map(|l| l.strip_prefix("content-length:"))
-            .map_or(0, |v| v.trim().parse::<usize>().unwrap());
+        let length = content_length(&buf[..end]);
         while buf.len() < end + length {
             if !read_more(&mut s, &mut buf).await {
                 return;
@@ -266,17 +268,116 @@ async fn an_answer_before_the_client_has_sent_its_body_is_delivered_at_once() {
 #[tokio::test]
 async fn an_early_success_still_gets_the_whole_body() {
     // A success before the body has arrived: the upstream is still reading it, so the
-    // proxy keeps writing it to the end.
-    let (up, after_head) = answers_early(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok", false).await;
-    let sy = proxy_to(&up).await;
-    let upload = "y".repeat(4 << 20);
-    let got = send(sy.addr, "PUT", "/storage/v1/object/b/f.bin", &[("x-user-id", "u")], &upload).await;
-    assert_eq!((got.status.as_u16(), &got.body[..]), (200, &b"ok"[..]));
-    // The answer came once the body was written: the upstream has it all, or is
-    // reading the last of it.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while after_head.load(Ordering::SeqCst) < upload.len() && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(10)).await;
+    // proxy keeps writing it to the end, with an answer to stream (the answer ends
+    // after the upload) and without (the answer comes after it).
+    let replies: [(&[u8], u16, &[u8]); 2] = [
+        (b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok", 200, b"ok"),
+        (b"HTTP/1.1 204 No Content\r\n\r\n", 204, b""),
+    ];
+    for (reply, status, body) in replies {
+        let (up, after_head) = answers_early(reply, false).await;
+        let sy = proxy_to(&up).await;
+        let upload = "y".repeat(4 << 20);
+        let got = send(sy.addr, "PUT", "/storage/v1/object/b/f.bin", &[("x-user-id", "u")], &upload).await;
+        assert_eq!((got.status.as_u16(), &got.body[..]), (status, body));
+        // The answer ended once the body was written: the upstream has it all, or is
+        // reading the last of it.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while after_head.load(Ordering::SeqCst) < upload.len() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(after_head.load(Ordering::SeqCst), upload.len(), "{status}: every byte reached the upstream");
     }
-    assert_eq!(after_head.load(Ordering::SeqCst), upload.len(), "every byte of the body reached the upstream");
+}
+
+/// Reads from `s` until its request head is in; what came after it, or `None` if the
+/// connection closed first.
+async fn after_head(s: &mut TcpStream) -> Option<(usize, Vec<u8>)> {
+    let mut buf = Vec::new();
+    loop {
+        if let Some(end) = head_end(&buf) {
+            return Some((content_length(&buf[..end]), buf.split_off(end)));
+        }
+        if !read_more(s, &mut buf).await {
+            return None;
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_upstream_answering_as_it_reads_the_upload_streams_both_ways() {
+    // An Edge Function piping its request body into its response: it answers at once,
+    // writes back what it reads, and reads no more while its writes are blocked.
+    let up = listen(|mut s| async move {
+        let Some((mut left, mut body)) = after_head(&mut s).await else { return };
+        if s.write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n").await.is_err() {
+            return;
+        }
+        loop {
+            if !body.is_empty() {
+                left -= body.len();
+                let chunk = [format!("{:x}\r\n", body.len()).as_bytes(), &body, b"\r\n"].concat();
+                if s.write_all(&chunk).await.is_err() {
+                    return;
+                }
+                body.clear();
+            }
+            if left == 0 {
+                let _ = s.write_all(b"0\r\n\r\n").await;
+                return;
+            }
+            if !read_more(&mut s, &mut body).await {
+                return;
+            }
+        }
+    })
+    .await;
+    let sy = start(&config_text(&up.url, &up.url, 0, "[upstream]\ntimeout_seconds = 5\n")).await;
+    // Far more than the socket buffers both ways hold: held back until the upload is
+    // written, the answer would block the upstream, and the upload with it.
+    let upload = "z".repeat(32 << 20);
+    let got = send(sy.addr, "POST", "/functions/v1/echo", &[("x-user-id", "u")], &upload).await;
+    assert_eq!(got.status, 200, "{}", String::from_utf8_lossy(&got.body[..got.body.len().min(200)]));
+    assert_eq!(got.body.len(), upload.len(), "every byte came back");
+    assert!(got.body.iter().all(|&b| b == b'z'));
+}
+
+#[tokio::test]
+async fn an_upstream_that_answered_and_stopped_reading_does_not_hold_its_answer() {
+    let up = listen(|mut s| async move {
+        if after_head(&mut s).await.is_some()
+            && s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await.is_ok()
+        {
+            // Neither reads the body nor closes.
+            tokio::time::sleep(Duration::from_secs(30)).await;
+        }
+    })
+    .await;
+    let sy = start(&config_text(&up.url, &up.url, 0, "[upstream]\ntimeout_seconds = 1\n")).await;
+    let size = 32 << 20;
+    let mut c = TcpStream::connect(sy.addr).await.unwrap();
+    let head = format!("POST /rest/v1/t HTTP/1.1\r\nhost: x\r\nx-user-id: u\r\ncontent-length: {size}\r\n\r\n");
+    c.write_all(head.as_bytes()).await.unwrap();
+    let (mut rd, mut wr) = c.into_split();
+    let writer = tokio::spawn(async move {
+        let piece = vec![b'w'; 1 << 20];
+        for _ in 0..size >> 20 {
+            if wr.write_all(&piece).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut answer = Vec::new();
+    let started = tokio::time::Instant::now();
+    let mut more = [0u8; 4096];
+    while !answer.ends_with(b"0\r\n\r\n") && started.elapsed() < Duration::from_secs(10) {
+        match tokio::time::timeout(Duration::from_secs(10), rd.read(&mut more)).await {
+            Ok(Ok(n)) if n > 0 => answer.extend_from_slice(&more[..n]),
+            _ => break,
+        }
+    }
+    writer.abort();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+    assert!(answer.ends_with("\r\n\r\n2\r\nok\r\n0\r\n\r\n"), "the upstream's answer, whole: {answer}");
 }

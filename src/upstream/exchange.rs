@@ -1,22 +1,25 @@
 //! One request/response exchange on a connection, driven from the request's task: the
 //! head (and body) written, then the response head read; while a body goes up, an
 //! early answer is watched for. No channel and no second task stand between the
-//! request and the socket.
+//! request and the socket. An early success leaves the rest of the upload to the
+//! response body ([`Upload::poll_send`]), so both directions stream at once.
 
 use std::future::poll_fn;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::{Method, request};
 use hyper::body::{Body, Frame};
 use tokio::io::AsyncWrite;
+use tokio::time::Sleep;
 
 use super::OutBody;
 use super::chunked;
 use super::conn::Conn;
-use super::wire::{self, Head, Malformed, Parsed, Sent};
+use super::wire::{self, Framing, Head, Malformed, Parsed, Sent};
 use crate::error::BoxError;
 
 /// Why a request got no response from the upstream.
@@ -51,11 +54,14 @@ pub struct Outgoing {
     sent: Sent,
     head_request: bool,
     idempotent: bool,
+    /// How long an upload that outlives its response may stall (the upstream timeout).
+    stall: Duration,
 }
 
 impl Outgoing {
-    /// Frames `parts` + `body` for HTTP/1.1.
-    pub fn new(mut parts: request::Parts, body: OutBody) -> Result<Outgoing, Failure> {
+    /// Frames `parts` + `body` for HTTP/1.1; an upload that outlives its response may
+    /// stall for `stall` at most.
+    pub fn new(mut parts: request::Parts, body: OutBody, stall: Duration) -> Result<Outgoing, Failure> {
         let sent = wire::frame_request(&mut parts, body.is_end_stream(), body.size_hint().exact())
             .map_err(|e| Failure::Body(e.into()))?;
         let m = &parts.method;
@@ -65,6 +71,7 @@ impl Outgoing {
             sent,
             head_request: m == Method::HEAD,
             idempotent: m.is_idempotent(),
+            stall,
         })
     }
 }
@@ -77,9 +84,10 @@ pub struct Attempt {
 }
 
 /// Writes `out` on `conn` and reads the response head. An upstream that answers
-/// before the request body is all written (a 413 or a 401 before reading it) is
-/// heard: the upload stops, and its answer goes to the client.
-pub async fn exchange(conn: &mut Conn, out: &mut Outgoing) -> Result<Head, Attempt> {
+/// before the request body is all written is heard: after an error (a 413 or a 401
+/// before reading the body) the upload stops; after a success the rest of the upload
+/// comes back with the head, for the response body to finish.
+pub async fn exchange(conn: &mut Conn, out: &mut Outgoing) -> Result<(Head, Option<Box<Upload>>), Attempt> {
     let mut received = false;
     match out.body.take() {
         // Nothing written reached the upstream as a request.
@@ -87,19 +95,42 @@ pub async fn exchange(conn: &mut Conn, out: &mut Outgoing) -> Result<Head, Attem
         Some(body) => {
             // Boxed: most requests have no body, and every request's future would
             // otherwise carry the upload's state.
-            let mut upload = Box::new(Upload::new(&out.head, body, out.sent));
+            let mut upload = Box::new(Upload::new(&out.head, body, out.sent, out.stall));
             let early = poll_fn(|cx| upload.poll(cx, conn, out.head_request)).await;
-            if let Some(head) = early.map_err(|failure| Attempt { failure, retry: false })? {
-                return Ok(head);
+            match early.map_err(|failure| Attempt { failure, retry: false })? {
+                Early::Written => {}
+                Early::Stopped(head) => return Ok((head, None)),
+                // Nothing of the answer is left to stream, so nothing can block behind
+                // the upload: it is finished here, within the request's time-out.
+                Early::Success(head) if head.framing == Framing::Empty => {
+                    return match poll_fn(|cx| upload.poll_send(cx, conn, false)).await {
+                        Ok(()) => Ok((head, None)),
+                        Err(Failure::Io(_)) => Ok((cut_short(head), None)),
+                        Err(failure) => Err(Attempt { failure, retry: false }),
+                    };
+                }
+                Early::Success(head) => return Ok((head, Some(upload))),
             }
         }
     }
-    poll_fn(|cx| poll_head(cx, conn, out.head_request, &mut received)).await.map_err(|failure| {
+    let head = poll_fn(|cx| poll_head(cx, conn, out.head_request, &mut received)).await.map_err(|failure| {
         // A kept-alive connection the upstream closed just as the request went out:
         // it never saw the request, if the request can be repeated safely at all.
         let retry = matches!(failure, Failure::Io(_)) && !received && out.idempotent && out.sent == Sent::Nothing;
         Attempt { failure, retry }
-    })
+    })?;
+    Ok((head, None))
+}
+
+/// How an upload ended before its response head was read.
+enum Early {
+    /// All written; the head is still to come.
+    Written,
+    /// The upstream answered with an error: the upload stopped there.
+    Stopped(Head),
+    /// The upstream answered with a success while the upload goes on: it may be
+    /// reading the body still, or streaming its answer as it reads.
+    Success(Head),
 }
 
 /// Reads until the buffer holds a whole final response head. `received` records
@@ -141,7 +172,7 @@ fn cut_short(mut head: Head) -> Head {
 
 /// A request body on its way up: the client's frames, framed and coalesced into
 /// writes of at most [`Upload::FLUSH_AT`] bytes.
-struct Upload {
+pub struct Upload {
     body: OutBody,
     sent: Sent,
     /// Framed and not yet written (the request head first).
@@ -152,53 +183,66 @@ struct Upload {
     ended: bool,
     /// A write failed; the response head may still be readable.
     failed: Option<io::Error>,
-    /// A success that came before the body was all written.
-    answered: Option<Head>,
+    /// How long the upload may stall once its response has ended.
+    stall: Duration,
+    /// That limit, running while the response has ended and the upload has not.
+    stalled: Option<Pin<Box<Sleep>>>,
 }
 
 impl Upload {
     const FLUSH_AT: usize = 64 * 1024;
 
-    fn new(head: &[u8], body: OutBody, sent: Sent) -> Upload {
-        Upload { body, sent, pending: BytesMut::from(head), taken: 0, ended: false, failed: None, answered: None }
+    fn new(head: &[u8], body: OutBody, sent: Sent, stall: Duration) -> Upload {
+        let pending = BytesMut::from(head);
+        Upload { body, sent, pending, taken: 0, ended: false, failed: None, stall, stalled: None }
     }
 
-    /// `Ready(Ok(None))` once everything is written; `Ready(Ok(Some(head)))` when the
-    /// upstream answered first. An early error (a 413, a 401) stops the upload: the
-    /// upstream does not want the body. An early success is held until the whole body
-    /// is written, since the upstream may be reading it still.
-    fn poll(
-        &mut self,
-        cx: &mut Context<'_>,
-        conn: &mut Conn,
-        head_request: bool,
-    ) -> Poll<Result<Option<Head>, Failure>> {
-        loop {
-            if self.failed.is_none() {
-                match self.poll_write(cx, conn) {
-                    Poll::Ready(Ok(())) => return Poll::Ready(Ok(self.answered.take())),
-                    Poll::Ready(Err(Failure::Io(e))) => self.failed = Some(e),
-                    Poll::Ready(Err(other)) => return Poll::Ready(Err(other)),
-                    Poll::Pending if self.answered.is_some() => return Poll::Pending,
-                    Poll::Pending => {}
-                }
-            }
-            if let Some(head) = self.answered.take() {
-                return Poll::Ready(Ok(Some(cut_short(head))));
-            }
-            // Waiting on the client or on the upstream: has the upstream answered? After
-            // a failed write too: an upstream that answers and closes makes the writes
-            // fail, and its answer (which the read side may not have been told of yet)
-            // is worth more than the write's error. A failed socket is soon readable,
-            // if only to report the failure.
-            let answered = ready!(poll_head(cx, conn, head_request, &mut false));
-            match (answered, self.failed.take()) {
-                (Ok(head), None) if head.status.is_success() => self.answered = Some(head),
-                (Ok(head), _) => return Poll::Ready(Ok(Some(cut_short(head)))),
-                (Err(_), Some(write)) => return Poll::Ready(Err(Failure::Io(write))),
-                (Err(read), None) => return Poll::Ready(Err(read)),
+    /// Until everything is written or the upstream answers first. An early error (a
+    /// 413, a 401) stops the upload: the upstream does not want the body. An early
+    /// success does not: the upstream may be reading the body still.
+    fn poll(&mut self, cx: &mut Context<'_>, conn: &mut Conn, head_request: bool) -> Poll<Result<Early, Failure>> {
+        if self.failed.is_none() {
+            match self.poll_write(cx, conn) {
+                Poll::Ready(Ok(())) => return Poll::Ready(Ok(Early::Written)),
+                Poll::Ready(Err(Failure::Io(e))) => self.failed = Some(e),
+                Poll::Ready(Err(other)) => return Poll::Ready(Err(other)),
+                Poll::Pending => {}
             }
         }
+        // Waiting on the client or on the upstream: has the upstream answered? After a
+        // failed write too: an upstream that answers and closes makes the writes fail,
+        // and its answer (which the read side may not have been told of yet) is worth
+        // more than the write's error. A failed socket is soon readable, if only to
+        // report the failure.
+        let answered = ready!(poll_head(cx, conn, head_request, &mut false));
+        Poll::Ready(match (answered, self.failed.take()) {
+            (Ok(head), None) if head.status.is_success() => Ok(Early::Success(head)),
+            (Ok(head), _) => Ok(Early::Stopped(cut_short(head))),
+            (Err(_), Some(write)) => Err(Failure::Io(write)),
+            (Err(read), None) => Err(read),
+        })
+    }
+
+    /// Goes on with an upload that outlived its response head, from the response
+    /// body. `Ready(Ok)` once all is written. With `ended` (the response is over), a
+    /// stall longer than the upstream timeout gives up: the upstream has answered and
+    /// is not reading.
+    pub fn poll_send(&mut self, cx: &mut Context<'_>, conn: &mut Conn, ended: bool) -> Poll<Result<(), Failure>> {
+        let before = (self.taken, self.pending.len());
+        let polled = self.poll_write(cx, conn);
+        if polled.is_ready() || !ended {
+            return polled;
+        }
+        let stall = self.stall;
+        let limit = self.stalled.get_or_insert_with(|| Box::pin(tokio::time::sleep(stall)));
+        if before != (self.taken, self.pending.len()) {
+            limit.as_mut().reset(tokio::time::Instant::now() + stall);
+        }
+        ready!(limit.as_mut().poll(cx));
+        Poll::Ready(Err(Failure::Io(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "the upstream stopped reading the upload",
+        ))))
     }
 
     /// Takes what the client has ready (up to `FLUSH_AT` buffered) and writes it.

@@ -94,7 +94,8 @@ impl Upstream {
         now: tokio::time::Instant,
     ) -> Sending<impl Future<Output = Result<Response<UpstreamBody>, Failure>> + Send + 'static + use<>> {
         let pool = self.pool(&to.scheme, &to.authority);
-        Sending { inner: tokio::time::timeout_at(now + timeout, pool.send(req, now.into_std())), backend, timeout }
+        let sent = pool.send(req, now.into_std(), timeout);
+        Sending { inner: tokio::time::timeout_at(now + timeout, sent), backend, timeout }
     }
 
     /// The pool for `scheme://authority`, made on first use. A linear scan: there is

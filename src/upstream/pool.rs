@@ -86,16 +86,18 @@ impl Pool {
 
     /// Sends `req` (origin-form URI) on a pooled or new connection, at `now`. A request
     /// that a reused connection lost before the upstream could act on it (the upstream
-    /// was closing that connection) is tried again on another one.
+    /// was closing that connection) is tried again on another one. An upload that
+    /// outlives its response may stall for `timeout`.
     pub fn send(
         self: Arc<Self>,
         req: Request<OutBody>,
         now: Instant,
+        timeout: Duration,
     ) -> impl Future<Output = Result<Response<UpstreamBody>, Failure>> + Send + 'static + use<> {
         // Framed and encoded before the future is made, and a request that cannot be
         // framed never becomes one: the future then holds the request once.
         let (parts, body) = req.into_parts();
-        match Outgoing::new(parts, body) {
+        match Outgoing::new(parts, body, timeout) {
             Ok(out) => Either::Left(self.send_framed(out, now)),
             Err(failure) => Either::Right(std::future::ready(Err(failure))),
         }
@@ -125,11 +127,17 @@ impl Pool {
                     None => (Box::pin(self.connect()).await?, false),
                 };
                 match exchange(&mut conn, &mut out).await {
-                    Ok(head) => {
+                    Ok((head, upload)) => {
+                        let duplex = upload.is_some();
                         let lease = Lease { conn, pool: self.clone(), _slot: slot, since: now };
-                        let mut resp = Response::new(UpstreamBody::new(lease, head.framing, head.reusable));
+                        let mut resp = Response::new(UpstreamBody::new(lease, head.framing, head.reusable, upload));
                         *resp.status_mut() = head.status;
                         *resp.headers_mut() = head.headers;
+                        if duplex {
+                            // Its end waits for the upload's: a length would let the
+                            // client's side end the body at its last byte.
+                            resp.headers_mut().remove(http::header::CONTENT_LENGTH);
+                        }
                         if let Some(queued) = queued {
                             resp.extensions_mut().insert(queued);
                         }
