@@ -135,7 +135,7 @@ async fn handle(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> 
             let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
             json(status, serde_json::json!({ "ready": ready, "upstreams": body }))
         }
-        (&Method::GET, "/metrics") => text(StatusCode::OK, "text/plain; version=0.0.4", proxy.metrics.render()),
+        (&Method::GET, "/metrics") => text(StatusCode::OK, "text/plain; version=0.0.4", proxy.metrics_text()),
         (&Method::GET, "/admin/rollout") => json(StatusCode::OK, serde_json::json!(admin.control.status())),
         (&Method::PUT, "/admin/rollout") => put_rollout(admin, req).await,
         (&Method::POST, "/admin/rollout/pause") => command(admin, &req, |c| outcome(c.pause_schedule(true))),

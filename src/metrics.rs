@@ -26,6 +26,8 @@ pub struct Metrics {
     upstream_errors: IntCounterVec,
     /// Waits for an upstream connection, by backend (index).
     upstream_queue: [Histogram; 2],
+    /// Upstream connections by host and state, set at scrape time.
+    upstream_connections: IntGaugeVec,
     /// Requests being handled now.
     pub in_flight: IntGauge,
     /// The effective rollout percentage.
@@ -108,6 +110,16 @@ impl Metrics {
         .expect("valid");
         reg(Box::new(upstream_queue.clone()));
         let upstream_queue = BackendId::ALL.map(|b| upstream_queue.with_label_values(&[b.as_str()]));
+        let upstream_connections = IntGaugeVec::new(
+            Opts::new(
+                "switchyard_upstream_connections",
+                "Upstream connections by host and state: busy (in use or connecting; all hosts together \
+                 at most upstream.max_connections) or idle.",
+            ),
+            &["host", "state"],
+        )
+        .expect("valid");
+        reg(Box::new(upstream_connections.clone()));
         let in_flight = IntGauge::new("switchyard_requests_in_flight", "Requests being handled.").expect("valid");
         let rollout_percentage =
             IntGauge::new("switchyard_rollout_percentage", "Effective V2 rollout percentage.").expect("valid");
@@ -180,6 +192,7 @@ impl Metrics {
             duration,
             upstream_errors,
             upstream_queue,
+            upstream_connections,
             in_flight,
             rollout_percentage,
             tunnels,
@@ -231,6 +244,15 @@ impl Metrics {
     /// Records a request's wait for an upstream connection.
     pub fn queued(&self, backend: BackendId, waited: Duration) {
         self.upstream_queue[backend.index()].observe(waited.as_secs_f64());
+    }
+
+    /// Sets the upstream connection gauges from `usage` (host, busy, idle).
+    pub fn upstream_usage(&self, usage: &[(String, usize, usize)]) {
+        for (host, busy, idle) in usage {
+            let gauge = |state| self.upstream_connections.with_label_values(&[host.as_str(), state]);
+            gauge("busy").set(i64::try_from(*busy).unwrap_or(i64::MAX));
+            gauge("idle").set(i64::try_from(*idle).unwrap_or(i64::MAX));
+        }
     }
 
     /// Counts one upstream failure.

@@ -149,3 +149,27 @@ async fn a_hung_backend_leaves_the_rest_of_the_budget_to_the_other() {
         s.abort();
     }
 }
+
+#[tokio::test]
+async fn the_connection_gauges_show_busy_and_idle_connections_per_host() {
+    let (v1, _) = slow(Duration::from_millis(300)).await;
+    let sy = start(&config_text(&v1.url(), &v1.url(), 0, "[upstream]\nmax_connections = 4\n")).await;
+    let admin = sy.admin_addr.unwrap();
+    let host = v1.url().trim_start_matches("http://").to_string();
+    let gauge = |text: &str, state: &str| {
+        let series = format!("switchyard_upstream_connections{{host=\"{host}\",state=\"{state}\"}} ");
+        text.lines().find_map(|l| l.strip_prefix(&series)).map(|v| v.parse::<u64>().unwrap())
+    };
+    let requests = futures_util::future::join_all(
+        (0..10).map(|i| get_as(sy.addr, "/rest/v1/t", if i % 2 == 0 { "a" } else { "b" })),
+    );
+    let scrape = async {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        support::metrics_text(admin).await
+    };
+    let (answers, during) = tokio::join!(requests, scrape);
+    assert!(answers.iter().all(|a| a.status == StatusCode::OK));
+    assert_eq!(gauge(&during, "busy"), Some(4), "all of the budget in use:\n{during}");
+    let after = support::metrics_text(admin).await;
+    assert_eq!((gauge(&after, "busy"), gauge(&after, "idle")), (Some(0), Some(4)), "{after}");
+}

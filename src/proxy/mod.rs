@@ -67,6 +67,12 @@ impl Proxy {
         Proxy { state, metrics, tunnels, guard, shadow, upstream }
     }
 
+    /// The Prometheus text of every metric, the upstream connection gauges read now.
+    pub fn metrics_text(&self) -> String {
+        self.metrics.upstream_usage(&self.upstream.usage());
+        self.metrics.render()
+    }
+
     /// Handles one request from `peer`, end to end: the decisions are made here, before
     /// anything is awaited; the returned future only waits for the upstream. It never
     /// fails: errors become responses in the client's native shape.

@@ -25,12 +25,18 @@ pub struct Slot {
 pub struct Budget {
     shared: Arc<Semaphore>,
     host: Arc<Semaphore>,
+    ceiling: usize,
 }
 
 impl Budget {
     /// A host's share of `shared`, at most `ceiling` at once.
     pub fn new(shared: Arc<Semaphore>, ceiling: usize) -> Budget {
-        Budget { shared, host: Arc::new(Semaphore::new(ceiling)) }
+        Budget { shared, host: Arc::new(Semaphore::new(ceiling)), ceiling }
+    }
+
+    /// Slots this host holds now.
+    pub fn busy(&self) -> usize {
+        self.ceiling - self.host.available_permits()
     }
 
     /// A slot if one is free now; `None` when either the budget or the host's
@@ -82,6 +88,7 @@ mod tests {
         assert!(soon(&a).await.is_none(), "and waits there");
         let last = b.try_take().expect("the ceiling left one for b");
         assert!(b.try_take().is_none(), "the budget is used up");
+        assert_eq!((a.busy(), b.busy()), (3, 1));
         drop(last);
         assert!(b.try_take().is_some());
         drop(held);

@@ -51,7 +51,6 @@ impl<T> IdleStack<T> {
     }
 
     /// How many entries are parked.
-    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.entries.len()
     }

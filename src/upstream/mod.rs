@@ -98,6 +98,17 @@ impl Upstream {
         Sending { inner: tokio::time::timeout_at(now + timeout, sent), backend, timeout }
     }
 
+    /// Each upstream host's connections: in use (or connecting), and idle. Read at
+    /// scrape time, so that requests pay nothing for the gauges.
+    pub fn usage(&self) -> Vec<(String, usize, usize)> {
+        let pools = self.inner.pools.load();
+        let usage = |(_, authority, pool): &(Scheme, Authority, Arc<Pool>)| {
+            let (busy, idle) = pool.usage();
+            (authority.to_string(), busy, idle)
+        };
+        pools.iter().map(usage).collect()
+    }
+
     /// The pool for `scheme://authority`, made on first use. A linear scan: there is
     /// one host per backend, so a handful at most.
     fn pool(&self, scheme: &Scheme, authority: &Authority) -> Arc<Pool> {

@@ -150,6 +150,11 @@ impl Pool {
         }
     }
 
+    /// Connections in use (or connecting) and idle ones, now.
+    pub fn usage(&self) -> (usize, usize) {
+        (self.budget.busy(), self.stack().len())
+    }
+
     /// Closes idle connections past the idle timeout.
     pub fn reap(&self) {
         self.stack().expire(Instant::now());
