@@ -34,7 +34,8 @@ impl Budget {
         Budget { shared, host: Arc::new(Semaphore::new(ceiling)), ceiling }
     }
 
-    /// Slots this host holds now.
+    /// Places under this host's ceiling taken now: its busy connections, and the few
+    /// requests that passed the ceiling and wait for the shared budget.
     pub fn busy(&self) -> usize {
         self.ceiling - self.host.available_permits()
     }

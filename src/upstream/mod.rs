@@ -1,8 +1,9 @@
 //! The upstream client: HTTP/1.1 (TLS through rustls) to the projects, over one
 //! connection [`pool`] per scheme + authority, so pools outlive every config change,
-//! all within one [`budget`] of busy connections. HTTP/1.1 only, as nginx does upstream: it keeps WebSocket upgrades simple
-//! and every Supabase service speaks it. Each exchange runs in the request's own task
-//! ([`exchange`], [`body`]), over the wire format in [`wire`] and [`chunked`].
+//! all within one [`budget`] of busy connections. HTTP/1.1 only, as nginx does
+//! upstream: it keeps WebSocket upgrades simple and every Supabase service speaks it.
+//! Each exchange runs in the request's own task ([`exchange`], [`body`]), over the
+//! wire format in [`wire`] and [`chunked`].
 
 mod body;
 mod budget;
