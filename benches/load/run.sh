@@ -168,30 +168,24 @@ for round in $(seq "$rounds"); do
   pair "switchyard 1000 conns JWT" 18200 "nginx 1000 conns JWT" 18203 "$work/tokens.txt"
   conns=$conns_saved
 done
-declare -A RPS_ALL P99_ALL CPU_ALL
-for t in "${targets[@]}"; do
-  RPS_ALL[$t]=${RPS[$t]}; P99_ALL[$t]=${P99[$t]}; CPU_ALL[$t]=${CPU[$t]}
-done
-for t in "${targets[@]}"; do
-  RPS[$t]=$(median "${RPS[$t]}"); P50[$t]=$(median "${P50[$t]}"); P99[$t]=$(median "${P99[$t]}"); CPU[$t]=$(median "${CPU[$t]}")
-done
 echo "medians of $rounds interleaved rounds of ${secs} s ($conns connections unless the name says 1000):"
 printf '%-26s %10s %9s %9s %12s %9s\n' "target" "req/s" "p50 ms" "p99 ms" "cpu us/req" "RSS MiB"
 for t in "${targets[@]}"; do
-  printf '%-26s %10s %9s %9s %12s %9s\n' "$t" "${RPS[$t]}" "${P50[$t]}" "${P99[$t]}" "${CPU[$t]}" "${RSS[$t]}"
+  printf '%-26s %10s %9s %9s %12s %9s\n' "$t" "$(median "${RPS[$t]}")" "$(median "${P50[$t]}")" \
+    "$(median "${P99[$t]}")" "$(median "${CPU[$t]}")" "${RSS[$t]}"
 done
 
 # The ratio of each round's pair (run back to back), then the median and range over
 # the rounds: steadier on a shared machine than a ratio of two medians.
 paired() { # values_a values_b
-  paste -d' ' <(echo "$1" | tr ' ' '\n' | sed '/^$/d') <(echo "$2" | tr ' ' '\n' | sed '/^$/d') |
-    awk '$2 > 0 { print $1 / $2 }' | sort -g |
-    awk '{ r[NR] = $1 } END { m = (NR % 2) ? r[(NR + 1) / 2] : (r[NR / 2] + r[NR / 2 + 1]) / 2
-      printf "%.2f (%.2f-%.2f)", m, r[1], r[NR] }'
+  local r
+  r=$(paste -d' ' <(echo "$1" | tr ' ' '\n' | sed '/^$/d') <(echo "$2" | tr ' ' '\n' | sed '/^$/d') |
+    awk '$2 > 0 { print $1 / $2 }' | sort -g)
+  printf '%.2f (%.2f-%.2f)' "$(median "$(echo $r)")" "$(echo "$r" | head -1)" "$(echo "$r" | tail -1)"
 }
 ratios() { # label a b
-  echo "$1: throughput $(paired "${RPS_ALL[$2]}" "${RPS_ALL[$3]}"), p99 $(paired "${P99_ALL[$2]}" "${P99_ALL[$3]}")," \
-    "cpu per request $(paired "${CPU_ALL[$2]}" "${CPU_ALL[$3]}")"
+  echo "$1: throughput $(paired "${RPS[$2]}" "${RPS[$3]}"), p99 $(paired "${P99[$2]}" "${P99[$3]}")," \
+    "cpu per request $(paired "${CPU[$2]}" "${CPU[$3]}")"
 }
 echo
 echo "switchyard / nginx, median (and range) of the $rounds rounds' ratios:"

@@ -4,7 +4,7 @@
 
 use serde::Deserialize;
 
-use super::ConfigError;
+use super::{ConfigError, at_least};
 
 /// `[limits]` as written.
 #[derive(Debug, Deserialize)]
@@ -46,19 +46,12 @@ pub struct LimitsConfig {
 }
 
 pub fn limits(raw: LimitsFile) -> Result<LimitsConfig, ConfigError> {
-    let at_least = |key: &str, v: usize, min: usize| {
-        if v < min {
-            Err(ConfigError::new(format!("limits.{key}"), format!("must be at least {min}, got {v}")))
-        } else {
-            Ok(v)
-        }
-    };
     Ok(LimitsConfig {
-        max_connections: at_least("max_connections", raw.max_connections, 1)?,
-        max_in_flight: at_least("max_in_flight", raw.max_in_flight, 1)?,
-        max_header_count: at_least("max_header_count", raw.max_header_count, 8)?,
+        max_connections: at_least("limits.max_connections", raw.max_connections, 1)?,
+        max_in_flight: at_least("limits.max_in_flight", raw.max_in_flight, 1)?,
+        max_header_count: at_least("limits.max_header_count", raw.max_header_count, 8)?,
         // hyper's read buffer cannot be smaller than 8 KiB.
-        max_header_bytes: at_least("max_header_bytes", raw.max_header_bytes, 8192)?,
+        max_header_bytes: at_least("limits.max_header_bytes", raw.max_header_bytes, 8192)?,
         max_body_bytes: (raw.max_body_bytes > 0).then_some(raw.max_body_bytes),
     })
 }

@@ -231,11 +231,9 @@ fn seconds(key: &str, v: f64) -> Result<Duration, ConfigError> {
         .ok_or_else(|| ConfigError::new(key, format!("expected a positive number of seconds, got {v}")))
 }
 
-fn at_least_one(key: &str, n: usize) -> Result<usize, ConfigError> {
-    match n {
-        0 => Err(ConfigError::new(key, "must be at least 1, got 0")),
-        n => Ok(n),
-    }
+/// `v`, if it is at least `min`.
+fn at_least(key: &str, v: usize, min: usize) -> Result<usize, ConfigError> {
+    if v < min { Err(ConfigError::new(key, format!("must be at least {min}, got {v}"))) } else { Ok(v) }
 }
 
 fn ca_certificates(path: &str) -> Result<Vec<rustls_pki_types::CertificateDer<'static>>, ConfigError> {
@@ -310,8 +308,8 @@ fn validate(raw: file::FileConfig, seen: env::Overridden) -> Result<Config, Conf
         timeout: seconds("upstream.timeout_seconds", u.timeout_seconds)?,
         pool_idle_timeout: seconds("upstream.pool_idle_timeout_seconds", u.pool_idle_timeout_seconds)?,
         pool_max_idle_per_host: u.pool_max_idle_per_host,
-        max_connections: at_least_one("upstream.max_connections", u.max_connections)?,
-        max_connections_per_host: at_least_one("upstream.max_connections_per_host", u.max_connections_per_host)?,
+        max_connections: at_least("upstream.max_connections", u.max_connections, 1)?,
+        max_connections_per_host: at_least("upstream.max_connections_per_host", u.max_connections_per_host, 1)?,
         extra_roots: match &u.ca_file {
             None => Vec::new(),
             Some(path) => ca_certificates(path)?,
