@@ -15,13 +15,15 @@ use super::jwt::Token;
 
 /// Sets per thread, of `WAYS` entries each (2,048 tokens, about 2 MiB when full of
 /// typical Supabase tokens); a miss only costs the full check. Several ways per set,
-/// because with one a few colliding tokens in use at the same time would keep evicting
-/// each other.
+/// and two sets a token may go in (the one with room is taken), because the tokens
+/// in use do not spread evenly: with one set each, the fullest sets would overflow
+/// long before the table is full, and their tokens, used in turn, would keep evicting
+/// each other and miss every time (measured: 4 % of a thousand users, at any size).
 const SETS: usize = 256;
 const WAYS: usize = 8;
 /// Longer tokens are not kept (Supabase access tokens are about 1 KiB).
 const MAX_TOKEN_LEN: usize = 2048;
-/// Bytes of the token's end that pick its set: the signature, which varies most.
+/// Bytes of the token's end that pick its sets: the signature, which varies most.
 const HASHED_TAIL: usize = 32;
 
 /// When a checked token is valid, in Unix seconds, leeway included.
@@ -56,27 +58,24 @@ struct Set {
     /// way's (a working set of a thousand tokens does not stay in the CPU's caches).
     tags: [u64; WAYS],
     ways: [Option<Entry>; WAYS],
-    /// The way the next insertion replaces when none is free (round robin).
-    next: usize,
 }
 
 impl Set {
     fn find(&self, tag: u64, verifier: u64, token: &str) -> Option<&Entry> {
-        (0..WAYS)
-            .filter(|&i| self.tags[i] == tag)
-            .filter_map(|i| self.ways[i].as_ref())
-            .find(|e| e.verifier == verifier && *e.token == *token)
+        self.position(tag, |e| e.verifier == verifier && *e.token == *token).and_then(|i| self.ways[i].as_ref())
     }
 
-    fn insert(&mut self, tag: u64, entry: Entry) {
-        let way = self
-            .ways
-            .iter()
-            .position(|w| w.as_ref().is_none_or(|e| e.verifier != entry.verifier || *e.token == *entry.token))
-            .unwrap_or_else(|| {
-                self.next = (self.next + 1) % WAYS;
-                self.next
-            });
+    /// The first way with the right tag whose entry passes `f`.
+    fn position(&self, tag: u64, f: impl Fn(&Entry) -> bool) -> Option<usize> {
+        (0..WAYS).find(|&i| self.tags[i] == tag && self.ways[i].as_ref().is_some_and(&f))
+    }
+
+    /// A way that holds nothing of use to `verifier`: empty, or left by an older one.
+    fn free(&self, verifier: u64) -> Option<usize> {
+        self.ways.iter().position(|w| w.as_ref().is_none_or(|e| e.verifier != verifier))
+    }
+
+    fn put(&mut self, way: usize, tag: u64, entry: Entry) {
         self.tags[way] = tag;
         self.ways[way] = Some(entry);
     }
@@ -88,14 +87,29 @@ struct Table {
 }
 
 impl Table {
-    /// The set `token` belongs in, and its tag there: the low bits of one hash pick
-    /// the set, the high ones make the tag (never 0, which marks an empty way).
-    fn set(&self, token: &str) -> (usize, u64) {
+    /// The two sets `token` may be in, and its tag in either: one hash's low bits pick
+    /// the sets, its high ones make the tag (never 0, which marks an empty way).
+    fn sets(&self, token: &str) -> ([usize; 2], u64) {
         let bytes = token.as_bytes();
         let tail = &bytes[bytes.len().saturating_sub(HASHED_TAIL)..];
         let hash = self.hasher.hash_one(tail);
-        // Truncation is fine: only the low bits pick the set.
-        (hash as usize % SETS, (hash >> 32) | 1)
+        // Truncation is fine: only the low bits pick the sets.
+        ([hash as usize % SETS, (hash >> 16) as usize % SETS], (hash >> 32) | 1)
+    }
+
+    /// Keeps `entry`: in place of the same token if either set has it, else in a free
+    /// way (first set first), else in place of a random way of a random one of the two
+    /// (random, not in turn: tokens used in turn would then evict each other in turn).
+    fn insert(&mut self, token: &str, entry: Entry) {
+        let (sets, tag) = self.sets(token);
+        let same = |s: usize| self.sets[s].position(tag, |e| *e.token == *token).map(|w| (s, w));
+        let free = |s: usize| self.sets[s].free(entry.verifier).map(|w| (s, w));
+        let (set, way) = same(sets[0])
+            .or_else(|| same(sets[1]))
+            .or_else(|| free(sets[0]))
+            .or_else(|| free(sets[1]))
+            .unwrap_or_else(|| (sets[fastrand::usize(..2)], fastrand::usize(..WAYS)));
+        self.sets[set].put(way, tag, entry);
     }
 }
 
@@ -110,8 +124,8 @@ thread_local! {
 /// is still valid at `now`.
 pub fn get(verifier: u64, token: &str, now: u64) -> Option<Token> {
     TABLE.with_borrow(|t| {
-        let (set, tag) = t.set(token);
-        let e = t.sets[set].find(tag, verifier, token)?;
+        let ([first, second], tag) = t.sets(token);
+        let e = t.sets[first].find(tag, verifier, token).or_else(|| t.sets[second].find(tag, verifier, token))?;
         e.window.contains(now).then(|| e.checked.clone())
     })
 }
@@ -122,8 +136,7 @@ pub fn put(verifier: u64, token: &str, checked: &Token, window: Window) {
         return;
     }
     TABLE.with_borrow_mut(|t| {
-        let (set, tag) = t.set(token);
-        t.sets[set].insert(tag, Entry { verifier, token: token.into(), checked: checked.clone(), window });
+        t.insert(token, Entry { verifier, token: token.into(), checked: checked.clone(), window })
     });
 }
 
@@ -165,14 +178,21 @@ mod tests {
 
     #[test]
     fn a_working_set_of_a_thousand_tokens_stays_cached() {
+        // As the proxy uses the cache: a miss is checked and put, and the users'
+        // tokens come in turn. A set that overflows would then miss at every turn.
         let tokens: Vec<String> = (0..1000).map(|i| format!("h.p.working-set-{i}")).collect();
-        for t in &tokens {
-            put(5, t, &user(t), Window::ALWAYS);
+        let mut hits = 0;
+        for pass in 0..3 {
+            for t in &tokens {
+                match get(5, t, 5) {
+                    Some(found) => hits += usize::from(pass == 2 && found == user(t)),
+                    None => put(5, t, &user(t), Window::ALWAYS),
+                }
+            }
         }
-        let hits = tokens.iter().filter(|t| get(5, t, 5).is_some()).count();
-        // The set a token lands in is random; about 99 % stay on average, and fewer than
-        // 95 % is many standard deviations away.
-        assert!(hits >= 950, "{hits} of 1000");
+        // Half the table's room, in two places each: an overflowing pair of sets is
+        // rare (a few tokens), while one set per token left about 40 out at any run.
+        assert!(hits >= 995, "{hits} of 1000 hit on the third turn");
     }
 
     #[test]
