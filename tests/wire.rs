@@ -129,6 +129,24 @@ async fn interim_answers_are_skipped_and_chunked_bodies_reuse_the_connection() {
 }
 
 #[tokio::test]
+async fn the_upstreams_hop_by_hop_headers_stay_on_its_connection() {
+    let up = raw(
+        &[b"HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Upstream-Hop\r\nX-Upstream-Hop: not for clients\r\n\
+          Keep-Alive: timeout=5\r\nProxy-Connection: keep-alive\r\nX-Kept: yes\r\ncontent-length: 2\r\n\r\nok"],
+        false,
+    )
+    .await;
+    let sy = proxy_to(&up).await;
+    for got in gets(&sy, 2, b"ok").await {
+        for hop in ["x-upstream-hop", "keep-alive", "proxy-connection"] {
+            assert!(got.headers.get(hop).is_none(), "{hop} reached the client");
+        }
+        assert_eq!(got.headers["x-kept"], "yes");
+    }
+    assert_eq!(up.conns.load(Ordering::SeqCst), 1, "kept alive, as it said");
+}
+
+#[tokio::test]
 async fn a_body_delimited_by_close_arrives_whole_and_its_connection_is_not_reused() {
     let up = raw(&[b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n\r\nuntil the end"], true).await;
     let sy = proxy_to(&up).await;

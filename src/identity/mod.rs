@@ -66,7 +66,10 @@ const MAX_ID_LEN: usize = 256;
 
 /// The bearer token of an `Authorization` header.
 pub fn bearer(headers: &HeaderMap) -> Option<&str> {
-    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    // What `to_str` accepts in a header value (visible ASCII), but checked a word at a
+    // time: a Supabase token is a kilobyte, `to_str` goes byte by byte.
+    let bytes = headers.get(header::AUTHORIZATION)?.as_bytes();
+    let value = std::str::from_utf8(bytes).ok().filter(|v| v.is_ascii())?;
     let (scheme, token) = value.split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim()).filter(|t| !t.is_empty())
 }
@@ -222,6 +225,10 @@ mod tests {
         assert_eq!(bearer(&headers(&[("authorization", "Bearer  abc ")])), Some("abc"));
         assert_eq!(bearer(&headers(&[("authorization", "Basic abc")])), None);
         assert_eq!(bearer(&headers(&[("authorization", "Bearer ")])), None);
+        // Not visible ASCII (UTF-8 as obs-text): no token, as `to_str` would have it.
+        let mut h = HeaderMap::new();
+        h.insert(header::AUTHORIZATION, http::HeaderValue::from_bytes("Bearer tök".as_bytes()).unwrap());
+        assert_eq!(bearer(&h), None);
         assert_eq!(admin_path_user("/auth/v1/admin/users/"), None);
         assert_eq!(admin_path_user("/auth/v1/admin/users"), None);
     }

@@ -51,6 +51,12 @@ pub fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
         .any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
+/// Whether `name` is a hop-by-hop header (one of those every connection strips; the
+/// ones `Connection` names aside).
+pub fn is_hop_by_hop(name: &HeaderName) -> bool {
+    HOP_BY_HOP.contains(name)
+}
+
 /// Whether a request asks for a WebSocket upgrade (HTTP/1.1 `Connection: upgrade`).
 pub fn is_upgrade(headers: &HeaderMap) -> bool {
     has_token(headers, &header::CONNECTION, "upgrade") && has_token(headers, &header::UPGRADE, "websocket")

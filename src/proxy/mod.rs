@@ -273,7 +273,9 @@ pub fn prepare(
 /// Whether the request declares a body longer than `limit`.
 fn declared_too_large(req: &Request<Incoming>, limit: Option<u64>) -> bool {
     let Some(limit) = limit else { return false };
-    req.headers().get(header::CONTENT_LENGTH).and_then(crate::upstream::wire::parse_length).is_some_and(|n| n > limit)
+    let declared =
+        req.headers().get(header::CONTENT_LENGTH).and_then(|v| crate::upstream::wire::parse_length(v.as_bytes()));
+    declared.is_some_and(|n| n > limit)
 }
 
 /// A copy of a request head without its extensions (which hold the connection's

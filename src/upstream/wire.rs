@@ -8,7 +8,7 @@ use bytes::BytesMut;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Version, request};
 
-use crate::proxy::headers::has_token;
+use crate::proxy::headers::is_hop_by_hop;
 
 /// The largest response head accepted.
 pub const MAX_HEAD: usize = 64 * 1024;
@@ -37,7 +37,7 @@ pub enum Sent {
 pub fn frame_request(parts: &mut request::Parts, empty: bool, exact: Option<u64>) -> Result<Sent, Malformed> {
     let h = &mut parts.headers;
     if let Some(v) = h.get(header::CONTENT_LENGTH) {
-        let n = parse_length(v).ok_or(Malformed("request content-length"))?;
+        let n = parse_length(v.as_bytes()).ok_or(Malformed("request content-length"))?;
         return Ok(if n == 0 { Sent::Nothing } else { Sent::Length(n) });
     }
     if empty {
@@ -117,7 +117,9 @@ pub enum Parsed {
 }
 
 /// Parses (and consumes) the response head at the front of `buf`, for a request that
-/// was `HEAD` or not.
+/// was `HEAD` or not. Hop-by-hop headers are left out of the head (they describe this
+/// connection, not the answer), except in a `101` (the upgrade needs them) and a
+/// `Connection` naming other headers (the proxy's header rewrite removes those).
 pub fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Parsed, Malformed> {
     // Left uninitialised: zeroing every slot would cost more than parsing a small head.
     let mut slots = [const { MaybeUninit::uninit() }; MAX_HEADERS];
@@ -135,76 +137,110 @@ pub fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Parsed, Malf
     let code = resp.code.unwrap_or_default();
     let status = StatusCode::from_u16(code).map_err(|_| Malformed("status"))?;
     let version = if resp.version == Some(0) { Version::HTTP_10 } else { Version::HTTP_11 };
-    // Where each header sits in the head, so the values can share its bytes.
+    let switching = status == StatusCode::SWITCHING_PROTOCOLS;
+    // One pass reads what framing and reuse depend on, and where each kept header sits
+    // in the head, so that the values can share its bytes.
     let base = buf.as_ptr() as usize;
+    let mut said = Said::default();
     let mut spans = Vec::with_capacity(resp.headers.len());
     for h in resp.headers.iter() {
         let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| Malformed("header name"))?;
-        let at = h.value.as_ptr() as usize - base;
-        spans.push((name, at, at + h.value.len()));
+        let hop = said.note(&name, h.value);
+        if !hop || switching || name == header::CONNECTION {
+            let at = h.value.as_ptr() as usize - base;
+            spans.push((name, at, at + h.value.len()));
+        }
     }
     let head = buf.split_to(len).freeze();
-    if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
+    if status.is_informational() && !switching {
         return Ok(Parsed::Interim);
     }
     let mut headers = HeaderMap::with_capacity(spans.len());
     for (name, from, to) in spans {
+        if name == header::CONNECTION && !switching && !said.connection_names_others {
+            continue;
+        }
         let value = HeaderValue::from_maybe_shared(head.slice(from..to)).map_err(|_| Malformed("header value"))?;
         headers.append(name, value);
     }
-    let (framing, delimited) = framing(status, &headers, head_request)?;
-    let reusable = delimited && keeps_alive(version, &headers);
-    Ok(Parsed::Head(Head { status, headers, framing, reusable }))
+    let (framing, delimited) = said.framing(status, head_request)?;
+    let stays_open = if version == Version::HTTP_10 { said.keep_alive } else { !said.close };
+    Ok(Parsed::Head(Head { status, headers, framing, reusable: delimited && stays_open }))
 }
 
-/// The body's framing, and whether its end is known without the connection closing
-/// (and without any doubt about where it is).
-fn framing(status: StatusCode, headers: &HeaderMap, head_request: bool) -> Result<(Framing, bool), Malformed> {
-    if status == StatusCode::SWITCHING_PROTOCOLS {
-        return Ok((Framing::Upgrade, false));
-    }
-    if head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
-        return Ok((Framing::Empty, true));
-    }
-    let lengths = headers.get_all(header::CONTENT_LENGTH);
-    if let Some(coding) = headers.get_all(header::TRANSFER_ENCODING).iter().next_back() {
-        let last = coding.to_str().ok().and_then(|v| v.rsplit(',').next()).unwrap_or("");
-        if !last.trim().eq_ignore_ascii_case("chunked") {
-            return Ok((Framing::Close, false));
-        }
-        // Both framings sent: chunked wins, but such a connection is not trusted again.
-        return Ok((Framing::Chunked, lengths.iter().next().is_none()));
-    }
-    let mut found = None;
-    for v in lengths {
-        let n = parse_length(v).ok_or(Malformed("content-length"))?;
-        if found.is_some_and(|f| f != n) {
-            return Err(Malformed("conflicting content-length"));
-        }
-        found = Some(n);
-    }
-    Ok(match found {
-        Some(0) => (Framing::Empty, true),
-        Some(n) => (Framing::Length(n), true),
-        None => (Framing::Close, false),
-    })
+/// What a response head said about its body's framing and its connection.
+#[derive(Default)]
+struct Said {
+    /// `Content-Length`, if any, or why it cannot be used.
+    length: Option<Result<u64, &'static str>>,
+    /// Whether the last `Transfer-Encoding` header ends in `chunked`, if there is one.
+    chunked: Option<bool>,
+    /// `Connection` tokens.
+    close: bool,
+    keep_alive: bool,
+    connection_names_others: bool,
 }
 
-/// Whether the upstream keeps the connection open after this response.
-fn keeps_alive(version: Version, headers: &HeaderMap) -> bool {
-    let said = |token| has_token(headers, &header::CONNECTION, token);
-    if version == Version::HTTP_10 { said("keep-alive") } else { !said("close") }
+impl Said {
+    /// Takes note of one header; says whether it is hop-by-hop.
+    fn note(&mut self, name: &HeaderName, value: &[u8]) -> bool {
+        if *name == header::CONTENT_LENGTH {
+            self.length = Some(match (self.length, parse_length(value)) {
+                (Some(Err(e)), _) => Err(e),
+                (_, None) => Err("content-length"),
+                (Some(Ok(n)), Some(m)) if n != m => Err("conflicting content-length"),
+                (_, Some(m)) => Ok(m),
+            });
+            return false;
+        }
+        if *name == header::TRANSFER_ENCODING {
+            let last = value.rsplit(|&b| b == b',').next().unwrap_or_default().trim_ascii();
+            self.chunked = Some(value.is_ascii() && last.eq_ignore_ascii_case(b"chunked"));
+        } else if *name == header::CONNECTION && value.is_ascii() {
+            for token in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                let is = |t: &[u8]| token.eq_ignore_ascii_case(t);
+                if is(b"close") {
+                    self.close = true;
+                } else if is(b"keep-alive") {
+                    self.keep_alive = true;
+                } else if !token.is_empty() && !is(b"upgrade") {
+                    self.connection_names_others = true;
+                }
+            }
+        }
+        is_hop_by_hop(name)
+    }
+
+    /// The body's framing, and whether its end is known without the connection closing
+    /// (and without any doubt about where it is).
+    fn framing(&self, status: StatusCode, head_request: bool) -> Result<(Framing, bool), Malformed> {
+        if status == StatusCode::SWITCHING_PROTOCOLS {
+            return Ok((Framing::Upgrade, false));
+        }
+        if head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
+            return Ok((Framing::Empty, true));
+        }
+        match (self.chunked, self.length) {
+            (Some(false), _) => Ok((Framing::Close, false)),
+            // Both framings sent: chunked wins, but such a connection is not trusted again.
+            (Some(true), length) => Ok((Framing::Chunked, length.is_none())),
+            (None, Some(Err(e))) => Err(Malformed(e)),
+            (None, Some(Ok(0))) => Ok((Framing::Empty, true)),
+            (None, Some(Ok(n))) => Ok((Framing::Length(n), true)),
+            (None, None) => Ok((Framing::Close, false)),
+        }
+    }
 }
 
 /// A `Content-Length` value: digits only (a list of equal values is also accepted).
-pub fn parse_length(v: &HeaderValue) -> Option<u64> {
+pub fn parse_length(v: &[u8]) -> Option<u64> {
     let mut found = None;
-    for part in v.to_str().ok()?.split(',') {
-        let part = part.trim();
-        if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
+    for part in v.split(|&b| b == b',') {
+        let part = part.trim_ascii();
+        if part.is_empty() || !part.iter().all(u8::is_ascii_digit) {
             return None;
         }
-        let n: u64 = part.parse().ok()?;
+        let n: u64 = std::str::from_utf8(part).ok()?.parse().ok()?;
         if found.is_some_and(|f| f != n) {
             return None;
         }
@@ -288,6 +324,12 @@ mod tests {
         let f = |raw: &str| parsed(raw).framing;
         assert_eq!(f("HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"), Framing::Chunked);
         assert_eq!(f("HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\n"), Framing::Close);
+        assert_eq!(f("HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, Chunked \r\n\r\n"), Framing::Chunked);
+        assert_eq!(
+            f("HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ntransfer-encoding: gzip\r\n\r\n"),
+            Framing::Close
+        );
+        assert_eq!(f("HTTP/1.1 200 OK\r\ncontent-length: 3, 3\r\ncontent-length: 3\r\n\r\n"), Framing::Length(3));
         assert_eq!(f("HTTP/1.1 200 OK\r\n\r\n"), Framing::Close);
         assert_eq!(f("HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"), Framing::Empty);
         assert_eq!(f("HTTP/1.1 304 Not Modified\r\ncontent-length: 9\r\n\r\n"), Framing::Empty);
@@ -305,6 +347,25 @@ mod tests {
         assert!(r("HTTP/1.0 200 OK\r\ncontent-length: 1\r\nconnection: keep-alive\r\n\r\n"));
         assert!(!r("HTTP/1.1 200 OK\r\n\r\n"), "delimited by close");
         assert!(!r("HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 3\r\n\r\n"), "both framings");
+    }
+
+    #[test]
+    fn hop_by_hop_headers_are_left_out_but_for_an_upgrade() {
+        let h = parsed(
+            "HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\nx-a: 1\r\ncontent-length: 0\r\n\r\n",
+        );
+        assert_eq!(h.headers.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["x-a", "content-length"]);
+        let h = parsed("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: x-t\r\n\r\n");
+        assert_eq!((h.framing, h.headers.len()), (Framing::Chunked, 0), "framing read, headers left out");
+        // Naming another header: `Connection` stays, for the rewrite to remove both.
+        let h = parsed("HTTP/1.1 200 OK\r\nConnection: close, X-Hop\r\nX-Hop: 1\r\ncontent-length: 0\r\n\r\n");
+        assert_eq!((h.headers["connection"].to_str().unwrap(), h.reusable), ("close, X-Hop", false));
+        assert!(h.headers.contains_key("x-hop"));
+        let h = parsed("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n");
+        assert_eq!(
+            (h.headers["connection"].to_str().unwrap(), h.headers["upgrade"].to_str().unwrap()),
+            ("Upgrade", "websocket")
+        );
     }
 
     #[test]
