@@ -10,6 +10,8 @@ use crate::config::{BackendConfig, Secret};
 /// The credentials of both projects, row by kind.
 pub struct KeyMap {
     rows: Vec<PerBackend<Option<String>>>,
+    /// Whether any row has both keys (else no key has a counterpart).
+    paired: bool,
     signers: PerBackend<Option<EncodingKey>>,
 }
 
@@ -30,7 +32,14 @@ impl KeyMap {
             pick(|b| &b.secret_key),
         ];
         let signer = |b: &BackendConfig| b.jwt_secret.as_ref().map(|s| EncodingKey::from_secret(s.expose().as_bytes()));
-        KeyMap { rows, signers: PerBackend { v1: signer(&backends.v1), v2: signer(&backends.v2) } }
+        let paired = rows.iter().any(|row| row.v1.is_some() && row.v2.is_some());
+        KeyMap { rows, paired, signers: PerBackend { v1: signer(&backends.v1), v2: signer(&backends.v2) } }
+    }
+
+    /// Whether any kind of key is known for both projects (else no key has a
+    /// counterpart).
+    pub fn any_pair(&self) -> bool {
+        self.paired
     }
 
     /// `to`'s counterpart of a key that belongs to the other project, if both are known.

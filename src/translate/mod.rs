@@ -131,21 +131,27 @@ impl Translator {
 
     fn credentials(&self, parts: &mut request::Parts, to: BackendId, token: Option<&Token>, applied: &mut Applied) {
         let h = &mut parts.headers;
-        if let Some(key) = h.get(&APIKEY).and_then(|v| v.to_str().ok())
+        // Each header is looked up only if something could come of it.
+        if self.keys.any_pair()
+            && let Some(key) = h.get(&APIKEY).and_then(|v| v.to_str().ok())
             && let Some(new) = self.keys.counterpart(key, to).and_then(|k| HeaderValue::from_str(k).ok())
         {
             h.insert(APIKEY.clone(), new);
             applied.kinds.push(Kind::ApiKey);
         }
-        if let Some(bearer) = identity::bearer(h) {
-            let (new, kind) = match token {
-                Some(Token::ApiKey(from)) if *from != to => {
-                    (self.keys.counterpart(bearer, to).map(str::to_string), Kind::BearerKey)
-                }
-                Some(Token::Jwt { issuer: Some(from), verified: true, .. }) if *from != to => {
-                    (self.keys.resign(bearer, to), Kind::JwtResign)
-                }
-                _ => (None, Kind::BearerKey),
+        // Only a token of the other project is translated (`token` is what the bearer
+        // token was found to be).
+        let kind = match token {
+            Some(Token::ApiKey(from)) if *from != to => Some(Kind::BearerKey),
+            Some(Token::Jwt { issuer: Some(from), verified: true, .. }) if *from != to => Some(Kind::JwtResign),
+            _ => None,
+        };
+        if let Some(kind) = kind
+            && let Some(bearer) = identity::bearer(h)
+        {
+            let new = match kind {
+                Kind::JwtResign => self.keys.resign(bearer, to),
+                _ => self.keys.counterpart(bearer, to).map(str::to_string),
             };
             if let Some(v) = new.and_then(|t| HeaderValue::from_str(&format!("Bearer {t}")).ok()) {
                 h.insert(header::AUTHORIZATION, v);

@@ -237,10 +237,14 @@ pub fn parse_length(v: &[u8]) -> Option<u64> {
     let mut found = None;
     for part in v.split(|&b| b == b',') {
         let part = part.trim_ascii();
-        if part.is_empty() || !part.iter().all(u8::is_ascii_digit) {
+        if part.is_empty() {
             return None;
         }
-        let n: u64 = std::str::from_utf8(part).ok()?.parse().ok()?;
+        let mut n: u64 = 0;
+        for &b in part {
+            let digit = b.checked_sub(b'0').filter(|d| *d <= 9)?;
+            n = n.checked_mul(10)?.checked_add(u64::from(digit))?;
+        }
         if found.is_some_and(|f| f != n) {
             return None;
         }
@@ -374,6 +378,9 @@ mod tests {
             "HTTP/1.1 200 OK\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\n",
             "HTTP/1.1 200 OK\r\ncontent-length: -1\r\n\r\n",
             "HTTP/1.1 200 OK\r\ncontent-length: 1, 2\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ncontent-length: +1\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ncontent-length: 1,\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ncontent-length: 18446744073709551616\r\n\r\n",
             "HTTX/1.1 200 OK\r\n\r\n",
             "HTTP/1.1 2000 OK\r\n\r\n",
             "HTTP/1.1 200 OK\r\nbad\0name: x\r\n\r\n",
