@@ -113,7 +113,10 @@ impl Upstream {
     /// The pool for `scheme://authority`, made on first use. A linear scan: there is
     /// one host per backend, so a handful at most.
     fn pool(&self, scheme: &Scheme, authority: &Authority) -> Arc<Pool> {
-        let found = |pools: &Pools| pools.iter().find(|(s, a, _)| s == scheme && a == authority).map(|p| p.2.clone());
+        // The text compared first: the same backend's authority, byte for byte, is the
+        // usual case, and `Authority`'s own comparison ignores case a byte at a time.
+        let same = |a: &Authority| a.as_str() == authority.as_str() || a == authority;
+        let found = |pools: &Pools| pools.iter().find(|(s, a, _)| s == scheme && same(a)).map(|p| p.2.clone());
         if let Some(pool) = found(&self.inner.pools.load()) {
             return pool;
         }
