@@ -9,7 +9,7 @@
 //! is refused by the full check.
 
 use std::cell::RefCell;
-use std::hash::{BuildHasher, RandomState};
+use std::hash::BuildHasher;
 
 use super::jwt::Token;
 
@@ -82,7 +82,9 @@ impl Set {
 }
 
 struct Table {
-    hasher: RandomState,
+    /// Seeded at random per thread, so that nobody can aim tokens at one set. (Fast
+    /// rather than cryptographic: a token is only ever found by comparing it whole.)
+    hasher: foldhash::fast::RandomState,
     sets: Vec<Set>,
 }
 
@@ -115,7 +117,7 @@ impl Table {
 
 thread_local! {
     static TABLE: RefCell<Table> = RefCell::new(Table {
-        hasher: RandomState::new(),
+        hasher: foldhash::fast::RandomState::default(),
         sets: std::iter::repeat_with(Set::default).take(SETS).collect(),
     });
 }

@@ -66,12 +66,15 @@ const MAX_ID_LEN: usize = 256;
 
 /// The bearer token of an `Authorization` header.
 pub fn bearer(headers: &HeaderMap) -> Option<&str> {
-    // What `to_str` accepts in a header value (visible ASCII), but checked a word at a
-    // time: a Supabase token is a kilobyte, `to_str` goes byte by byte.
-    let bytes = headers.get(header::AUTHORIZATION)?.as_bytes();
-    let value = std::str::from_utf8(bytes).ok().filter(|v| v.is_ascii())?;
-    let (scheme, token) = value.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim()).filter(|t| !t.is_empty())
+    // On bytes: a Supabase token is a kilobyte, and this runs for every request. A
+    // token of anything but visible ASCII is none, as `to_str` would have it.
+    let value = headers.get(header::AUTHORIZATION)?.as_bytes();
+    let (scheme, rest) = value.split_at_checked(6)?;
+    let token = rest.strip_prefix(b" ")?.trim_ascii();
+    if !scheme.eq_ignore_ascii_case(b"bearer") || token.is_empty() || !token.is_ascii() {
+        return None;
+    }
+    std::str::from_utf8(token).ok()
 }
 
 /// The user of an admin call: `/auth/v1/admin/users/<uid>[/...]`.
@@ -225,6 +228,9 @@ mod tests {
         assert_eq!(bearer(&headers(&[("authorization", "Bearer  abc ")])), Some("abc"));
         assert_eq!(bearer(&headers(&[("authorization", "Basic abc")])), None);
         assert_eq!(bearer(&headers(&[("authorization", "Bearer ")])), None);
+        assert_eq!(bearer(&headers(&[("authorization", "bEaReR t.k.n")])), Some("t.k.n"));
+        assert_eq!(bearer(&headers(&[("authorization", "Bearer")])), None);
+        assert_eq!(bearer(&headers(&[("authorization", "Bearerx abc")])), None);
         // Not visible ASCII (UTF-8 as obs-text): no token, as `to_str` would have it.
         let mut h = HeaderMap::new();
         h.insert(header::AUTHORIZATION, http::HeaderValue::from_bytes("Bearer tök".as_bytes()).unwrap());
