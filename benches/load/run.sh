@@ -10,53 +10,11 @@
 # shared machine hits all targets alike; the table shows each figure's median.
 #   benches/load/run.sh [SECONDS] [CONNECTIONS] [ROUNDS]
 set -euo pipefail
-cd "$(dirname "$0")/../.."
-ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" || true
 secs=${1:-10}
 conns=${2:-64}
 rounds=${3:-3}
-here=benches/load
-work=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
-
-need() { command -v "$1" >/dev/null || { export DEBIAN_FRONTEND=noninteractive; apt-get update -qq; apt-get install -y -qq "$2" >/dev/null; }; }
-need nginx nginx; need haproxy haproxy; need wrk wrk
-cargo build --release --quiet --bin switchyard
-bin=target/release/switchyard
-ncpu=$(nproc)
-proxy_cpu=0
-load_cpu=$(( ncpu > 1 ? 1 : 0 ))
-
-# Backends: one nginx, two servers.
-cat > "$work/backend.conf" <<CONF
-worker_processes 1; pid $work/backend.pid; error_log $work/backend.err;
-events { worker_connections 4096; }
-http { access_log off; keepalive_requests 100000;
-  server { listen 127.0.0.1:18101; location / { return 200 '[{"id":1,"project":"v1"}]'; } }
-  server { listen 127.0.0.1:18102; location / { return 200 '[{"id":1,"project":"v2"}]'; } } }
-CONF
-taskset -c $load_cpu nginx -c "$work/backend.conf" -g 'daemon off;' &
-
-# switchyard, with and without a JWT secret.
-secret="load-test-secret-0123456789abcdef"
-cat > "$work/switchyard.toml" <<CONF
-[server]
-listen = "127.0.0.1:18200"
-admin_listen = ""
-[rollout]
-percentage = 37
-[guard]
-enabled = false
-[limits]
-max_connections = 20000
-max_in_flight = 20000
-[backends.v1]
-url = "http://127.0.0.1:18101"
-jwt_secret = "$secret"
-issuer = "load"
-[backends.v2]
-url = "http://127.0.0.1:18102"
-CONF
+source "$(dirname "$0")/setup.sh"
+need haproxy haproxy
 RUST_LOG=warn taskset -c $proxy_cpu $bin serve --workers 1 --config "$work/switchyard.toml" 2>"$work/switchyard.err" &
 sy_pid=$!
 
@@ -105,18 +63,6 @@ backend v2
 CONF
 taskset -c $proxy_cpu haproxy -f "$work/haproxy.cfg" -db >/dev/null 2>&1 &
 sleep 1.5
-
-# Bearer tokens for the JWT runs (HS256, verified by switchyard).
-python3 - "$secret" > "$work/tokens.txt" <<'PY'
-import base64, hmac, hashlib, json, sys, time
-secret = sys.argv[1].encode()
-b64 = lambda b: base64.urlsafe_b64encode(b).rstrip(b"=").decode()
-head = b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
-for i in range(1000):
-    claims = {"sub": f"user-{i}", "iss": "load", "aud": "authenticated", "role": "authenticated", "exp": int(time.time()) + 3600}
-    msg = head + "." + b64(json.dumps(claims).encode())
-    print(msg + "." + b64(hmac.new(secret, msg.encode(), hashlib.sha256).digest()))
-PY
 
 pid_of() { # the process listening on a port
   ss -ltnp "sport = :$1" | grep -o 'pid=[0-9]*' | head -1 | cut -d= -f2

@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Shared by the load scripts (sourced): a work directory, tools installed when
+# missing, the release build, nginx `return 200` as the v1 and v2 backends on one
+# core, switchyard's config (a JWT secret for v1) and a thousand HS256 bearer tokens
+# for it in "$work/tokens.txt". The caller starts what it measures.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" || true
+here=benches/load
+work=$(mktemp -d)
+trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
+
+need() { command -v "$1" >/dev/null || { export DEBIAN_FRONTEND=noninteractive; apt-get update -qq; apt-get install -y -qq "$2" >/dev/null; }; }
+need nginx nginx; need wrk wrk
+cargo build --release --quiet --bin switchyard
+bin=target/release/switchyard
+ncpu=$(nproc)
+proxy_cpu=0
+load_cpu=$(( ncpu > 1 ? 1 : 0 ))
+
+# Backends: one nginx, two servers.
+cat > "$work/backend.conf" <<CONF
+worker_processes 1; pid $work/backend.pid; error_log $work/backend.err;
+events { worker_connections 4096; }
+http { access_log off; keepalive_requests 100000;
+  server { listen 127.0.0.1:18101; location / { return 200 '[{"id":1,"project":"v1"}]'; } }
+  server { listen 127.0.0.1:18102; location / { return 200 '[{"id":1,"project":"v2"}]'; } } }
+CONF
+taskset -c $load_cpu nginx -c "$work/backend.conf" -g 'daemon off;' &
+
+# switchyard's config: v1 verifies JWTs (the x-user-id runs send none).
+secret="load-test-secret-0123456789abcdef"
+cat > "$work/switchyard.toml" <<CONF
+[server]
+listen = "127.0.0.1:18200"
+admin_listen = ""
+[rollout]
+percentage = 37
+[guard]
+enabled = false
+[limits]
+max_connections = 20000
+max_in_flight = 20000
+[backends.v1]
+url = "http://127.0.0.1:18101"
+jwt_secret = "$secret"
+issuer = "load"
+[backends.v2]
+url = "http://127.0.0.1:18102"
+CONF
+
+# Bearer tokens for the JWT runs (HS256, verified by switchyard).
+python3 - "$secret" > "$work/tokens.txt" <<'PY'
+import base64, hmac, hashlib, json, sys, time
+secret = sys.argv[1].encode()
+b64 = lambda b: base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+head = b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
+for i in range(1000):
+    claims = {"sub": f"user-{i}", "iss": "load", "aud": "authenticated", "role": "authenticated", "exp": int(time.time()) + 3600}
+    msg = head + "." + b64(json.dumps(claims).encode())
+    print(msg + "." + b64(hmac.new(secret, msg.encode(), hashlib.sha256).digest()))
+PY
+
