@@ -139,10 +139,11 @@ pub fn prepare_request(
     let h = &mut parts.headers;
     match h.entry(&X_FORWARDED_FOR) {
         Entry::Occupied(mut prev) => {
-            let xff = match prev.get().to_str() {
-                Ok(prev) => HeaderValue::try_from(format!("{prev}, {}", peer.0.to_str().unwrap_or_default()))?,
-                Err(_) => peer.0.clone(),
-            };
+            // Every line of the chain, in order (a proxy in front may have added its own
+            // line rather than joined the list), then this client.
+            let mut chain: Vec<&str> = prev.iter().filter_map(|v| v.to_str().ok()).collect();
+            chain.push(peer.0.to_str().unwrap_or_default());
+            let xff = HeaderValue::try_from(chain.join(", "))?;
             prev.insert(xff);
         }
         Entry::Vacant(v) => {
@@ -206,6 +207,10 @@ mod tests {
         let h = &p.headers;
         assert_eq!(h["host"], "abc.supabase.co");
         assert_eq!(h["x-forwarded-for"], "10.0.0.1, 127.0.0.1");
+        let mut p = parts("/", &[("x-forwarded-for", "10.0.0.1"), ("x-forwarded-for", "10.0.0.2, 10.0.0.3")]);
+        prepare_request(&mut p, &up, &peer, false).unwrap();
+        let xff: Vec<_> = p.headers.get_all("x-forwarded-for").iter().collect();
+        assert_eq!(xff, ["10.0.0.1, 10.0.0.2, 10.0.0.3, 127.0.0.1"], "every line kept, in order, as one");
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-host"], "proxy.example");
         assert_eq!(h["apikey"], "k");
