@@ -7,7 +7,7 @@
 set -euo pipefail
 secs=${1:-5}
 source "$(dirname "$0")/setup.sh"
-need valgrind valgrind
+need valgrind valgrind; need curl curl
 # Instrumented only once warm: connections open, pools and caches filled.
 RUST_LOG=warn taskset -c $proxy_cpu valgrind --tool=callgrind --instr-atstart=no \
   --callgrind-out-file="$work/callgrind.out" $bin serve --workers 1 --config "$work/switchyard.toml" \

@@ -140,23 +140,20 @@ impl Translator {
             applied.kinds.push(Kind::ApiKey);
         }
         // Only a token of the other project is translated (`token` is what the bearer
-        // token was found to be).
-        let kind = match token {
-            Some(Token::ApiKey(from)) if *from != to => Some(Kind::BearerKey),
-            Some(Token::Jwt { issuer: Some(from), verified: true, .. }) if *from != to => Some(Kind::JwtResign),
+        // token was found to be), so only then is the header read again.
+        let translated = match token {
+            Some(Token::ApiKey(from)) if *from != to => identity::bearer(h)
+                .map(|bearer| (self.keys.counterpart(bearer, to).map(str::to_string), Kind::BearerKey)),
+            Some(Token::Jwt { issuer: Some(from), verified: true, .. }) if *from != to => {
+                identity::bearer(h).map(|bearer| (self.keys.resign(bearer, to), Kind::JwtResign))
+            }
             _ => None,
         };
-        if let Some(kind) = kind
-            && let Some(bearer) = identity::bearer(h)
+        if let Some((Some(new), kind)) = translated
+            && let Ok(v) = HeaderValue::from_str(&format!("Bearer {new}"))
         {
-            let new = match kind {
-                Kind::JwtResign => self.keys.resign(bearer, to),
-                _ => self.keys.counterpart(bearer, to).map(str::to_string),
-            };
-            if let Some(v) = new.and_then(|t| HeaderValue::from_str(&format!("Bearer {t}")).ok()) {
-                h.insert(header::AUTHORIZATION, v);
-                applied.kinds.push(kind);
-            }
+            h.insert(header::AUTHORIZATION, v);
+            applied.kinds.push(kind);
         }
         if parts.uri.path().starts_with("/realtime/v1/")
             && let Some(query) = parts.uri.query()
