@@ -134,6 +134,57 @@ async fn slow_headers_and_idle_connections_are_closed() {
     assert!(closed.is_ok(), "idle connection kept open");
 }
 
+/// One keep-alive connection, kept under one deadline at a time: a slow answer and a
+/// slow download both outlast the header read timeout, a hung upstream still times out,
+/// and the connection serves on after each, then closes once idle.
+#[tokio::test]
+async fn one_connection_keeps_each_requests_deadline_in_turn() {
+    let v1 = upstream(|req| async move {
+        match req.uri().path() {
+            "/rest/v1/slow" => {
+                tokio::time::sleep(Duration::from_millis(800)).await;
+                Response::new(full("slow"))
+            }
+            "/rest/v1/stream" => {
+                let (tx, rx) = tokio::sync::mpsc::channel(1);
+                tokio::spawn(async move {
+                    for _ in 0..4 {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        let _ = tx.send(Bytes::from_static(b"chunk")).await;
+                    }
+                });
+                Response::new(channel_body(rx))
+            }
+            "/rest/v1/hang" => std::future::pending().await,
+            _ => Response::new(full("ok")),
+        }
+    })
+    .await;
+    let text = config_text(&v1.url(), &v1.url(), 0, "[upstream]\ntimeout_seconds = 1.5\n")
+        .replace("shutdown_grace_seconds = 5", "shutdown_grace_seconds = 5\nheader_read_timeout_seconds = 0.3");
+    let sy = start(&text).await;
+    let stream = TcpStream::connect(sy.addr).await.unwrap();
+    let (mut tx, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.unwrap();
+    let closed = tokio::spawn(conn);
+    let mut get = async |path: &str| {
+        let req = Request::get(path).header("host", "x").body(http_body_util::Empty::<Bytes>::new()).unwrap();
+        let resp = tx.send_request(req).await.expect("answered on the same connection");
+        let status = resp.status().as_u16();
+        (status, resp.into_body().collect().await.expect("whole body").to_bytes())
+    };
+    assert_eq!(get("/rest/v1/slow").await, (200, Bytes::from_static(b"slow")));
+    assert_eq!(get("/rest/v1/stream").await, (200, Bytes::from_static(b"chunkchunkchunkchunk")));
+    let started = std::time::Instant::now();
+    assert_eq!(get("/rest/v1/hang").await.0, 504);
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_millis(1400) && waited < Duration::from_secs(4), "timed out after {waited:?}");
+    assert_eq!(get("/rest/v1/t").await, (200, Bytes::from_static(b"ok")));
+    // Then idle: closed by the proxy after the header read timeout.
+    let idle = std::time::Instant::now();
+    tokio::time::timeout(Duration::from_secs(3), closed).await.expect("idle connection closed").unwrap().unwrap();
+    assert!(idle.elapsed() >= Duration::from_millis(250), "closed after {:?}", idle.elapsed());
+}
+
 #[tokio::test]
 async fn a_request_starting_like_the_http2_preface_is_still_http1() {
     let (_v1, _v2, sy) = support::stack(0, "").await;

@@ -21,6 +21,7 @@ use prometheus::IntGauge;
 use tokio::time::Instant;
 
 use crate::backend::BackendId;
+use crate::deadline::Deadline;
 use crate::error::{Error, Kind as ErrorKind};
 use crate::guard::Guard;
 use crate::identity::Token;
@@ -73,7 +74,7 @@ impl Proxy {
         self.metrics.render()
     }
 
-    /// Handles one request from `peer`, end to end: the decisions are made here, before
+    /// Handles one request from `client`, end to end: the decisions are made here, before
     /// anything is awaited; the returned future only waits for the upstream. It never
     /// fails: errors become responses in the client's native shape.
     ///
@@ -84,7 +85,7 @@ impl Proxy {
     pub fn handle(
         self: Arc<Self>,
         req: Request<Incoming>,
-        peer: &ClientAddr,
+        client: &Client,
     ) -> Handling<impl Future<Output = Result<Response<UpstreamBody>, Error>> + Send + 'static + use<>> {
         let started = Instant::now();
         let in_flight = InFlight::enter(&self.metrics.in_flight);
@@ -95,7 +96,7 @@ impl Proxy {
 
         let route = route::route(&snap, service, req.headers(), req.uri());
         let exchange =
-            self.admit(&snap, &route, &req).and_then(|()| self.start(req, &snap, &route, peer, service, started));
+            self.admit(&snap, &route, &req).and_then(|()| self.start(req, &snap, &route, client, service, started));
         let decision = route.decision;
         let done = Done {
             proxy: self,
@@ -108,7 +109,7 @@ impl Proxy {
             backend: decision.backend,
             set_cookie: decision.set_cookie,
         };
-        Handling::new(exchange, done)
+        Handling::new(exchange, done, client.deadline.clone())
     }
 
     /// Whether the request may go upstream at all: load shedding, declared body size,
@@ -149,7 +150,7 @@ impl Proxy {
         mut req: Request<Incoming>,
         snap: &Arc<Snapshot>,
         route: &Route,
-        peer: &ClientAddr,
+        client: &Client,
         service: Service,
         now: Instant,
     ) -> Result<(impl Future<Output = Result<Response<UpstreamBody>, Error>> + Send + 'static + use<>, After), Error>
@@ -164,14 +165,15 @@ impl Proxy {
                 token: route.token.clone(),
                 to: backend.other(),
                 service,
-                peer: peer.clone(),
+                peer: client.addr.clone(),
             })
         });
-        let applied = prepare(snap, &mut parts, backend, route.token.as_ref(), peer, upgrade)?;
+        let applied = prepare(snap, &mut parts, backend, route.token.as_ref(), &client.addr, upgrade)?;
         let req = Request::from_parts(parts, Either::Left(Capped::new(body, snap.config.limits.max_body_bytes)));
         let target = &snap.config.backends.get(backend).url;
         let after = After { client_upgrade, applied, shadow };
-        Ok((self.upstream.send(target, backend, req, snap.config.upstream.timeout, now), after))
+        let deadline = client.deadline.clone();
+        Ok((self.upstream.send(target, backend, req, snap.config.upstream.timeout, now, deadline), after))
     }
 
     /// The upstream's response, made the client's: tunnel started for an upgrade,
@@ -198,6 +200,14 @@ impl Proxy {
         let tap = shadow.and_then(|copy| self.shadow.start(snap.clone(), *copy, resp.status()));
         resp.map(|body| Either::Left(Tapped::new(body, tap)))
     }
+}
+
+/// The client connection a request came on.
+pub struct Client {
+    /// Its address, for `X-Forwarded-For`.
+    pub addr: ClientAddr,
+    /// Its deadline, when it has one request at a time (plain HTTP/1).
+    pub deadline: Option<Arc<Deadline>>,
 }
 
 /// What a request sent upstream still needs when the answer comes.

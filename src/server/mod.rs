@@ -27,8 +27,9 @@ use crate::admin;
 use crate::config::limits::LimitsConfig;
 use crate::config::{Config, ServerConfig};
 use crate::control::Control;
+use crate::deadline::{Deadline, Watched};
 use crate::metrics::Metrics;
-use crate::proxy::{ClientAddr, Proxy};
+use crate::proxy::{Client, ClientAddr, Proxy};
 use crate::state::State;
 use crate::upstream::Upstream;
 use crate::watch;
@@ -128,26 +129,34 @@ async fn connection(
         _ = shutdown.as_mut() => return,
         opening = tokio::time::timeout(builders.opening, sniff::opening(&stream)) => opening,
     };
-    let client = ClientAddr::new(peer.ip());
-    let service = service_fn(move |req: Request<Incoming>| proxy.clone().handle(req, &client));
+    let addr = ClientAddr::new(peer.ip());
     let io = TokioIo::new(stream);
     let ended = match opening {
         Ok(Ok(Some(Opening::Http1))) => {
+            // One request at a time: the connection keeps one deadline for all of them.
+            let deadline = Deadline::new(builders.opening);
+            let client = Client { addr, deadline: Some(deadline.clone()) };
+            let service = service_fn(move |req: Request<Incoming>| proxy.clone().handle(req, &client));
             // hyper-util's graceful watch has no hook for this connection type: shutdown
             // is driven from the token, and holding the watcher keeps the drain waiting.
             let _watcher = watcher;
-            let mut conn = std::pin::pin!(builders.http1.serve_connection(io, service).with_upgrades());
+            let conn = builders.http1.serve_connection(io, service).with_upgrades();
+            let mut conn = std::pin::pin!(Watched::new(conn, deadline));
             let ended = tokio::select! {
                 biased;
                 ended = conn.as_mut() => ended,
                 _ = shutdown.as_mut() => {
-                    conn.as_mut().graceful_shutdown();
+                    conn.as_mut().conn().graceful_shutdown();
                     conn.await
                 }
             };
-            ended.map_err(Into::into)
+            // None: the next request did not come within the header read timeout.
+            ended.map_or(Ok(()), |ended| ended.map_err(Into::into))
         }
         Ok(Ok(Some(Opening::MaybeHttp2))) => {
+            // Requests run side by side here, each with its own timers.
+            let client = Client { addr, deadline: None };
+            let service = service_fn(move |req: Request<Incoming>| proxy.clone().handle(req, &client));
             // Boxed: rare, and every connection's task would otherwise be its size.
             Box::pin(watcher.watch(builders.detect.serve_connection_with_upgrades(io, service))).await
         }
@@ -228,11 +237,12 @@ impl Builders {
             .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
             .keep_alive_interval(server.header_read_timeout)
             .keep_alive_timeout(server.header_read_timeout);
+        // The header read timeout is kept by the connection's deadline, not by hyper's
+        // timer, which takes a timer of its own for every request.
         let mut http1 = hyper::server::conn::http1::Builder::new();
         http1
             .writev(false)
-            .timer(TokioTimer::new())
-            .header_read_timeout(server.header_read_timeout)
+            .header_read_timeout(None)
             .max_headers(limits.max_header_count)
             .max_buf_size(limits.max_header_bytes);
         Builders { http1, detect, opening: server.header_read_timeout }

@@ -121,7 +121,8 @@ impl Shadow {
         }
         let req = Request::from_parts(parts, Either::Right(Empty::<Bytes>::new()));
         let target = &snap.config.backends.get(copy.to).url;
-        let Ok(resp) = self.upstream.send(target, copy.to, req, cfg.timeout, tokio::time::Instant::now()).await else {
+        let Ok(resp) = self.upstream.send(target, copy.to, req, cfg.timeout, tokio::time::Instant::now(), None).await
+        else {
             return (Outcome::Error, 0);
         };
         let status = resp.status().as_u16();

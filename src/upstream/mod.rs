@@ -16,7 +16,7 @@ pub mod wire;
 
 use std::pin::Pin;
 use std::sync::{Arc, Weak};
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -27,6 +27,7 @@ use http_body_util::{Either, Empty};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use pin_project_lite::pin_project;
+use tokio::time::Sleep;
 
 pub use body::UpstreamBody;
 pub use conn::Conn;
@@ -34,6 +35,7 @@ pub use exchange::Failure;
 
 use crate::backend::BackendId;
 use crate::config::{BaseUrl, UpstreamConfig};
+use crate::deadline::Deadline;
 use crate::error::Error;
 use crate::proxy::capped::Capped;
 use budget::Budget;
@@ -85,7 +87,8 @@ impl Upstream {
     /// Sends `req` (origin-form URI) to `backend` at `to`, waiting at most `timeout` from
     /// `now` for a connection and the response headers. The body then streams for as
     /// long as it takes. (`now` is the caller's: reading the clock once per request is
-    /// enough.)
+    /// enough.) The wait is timed by the client connection's `deadline` if it has one,
+    /// else by a timer of the request's own.
     pub fn send(
         &self,
         to: &BaseUrl,
@@ -93,10 +96,18 @@ impl Upstream {
         req: Request<OutBody>,
         timeout: Duration,
         now: tokio::time::Instant,
+        deadline: Option<Arc<Deadline>>,
     ) -> Sending<impl Future<Output = Result<Response<UpstreamBody>, Failure>> + Send + 'static + use<>> {
         let pool = self.pool(&to.scheme, &to.authority);
         let sent = pool.send(req, now.into_std(), timeout);
-        Sending { inner: tokio::time::timeout_at(now + timeout, sent), backend, timeout }
+        let timer = match &deadline {
+            Some(d) => {
+                d.answer_within(now, timeout);
+                None
+            }
+            None => Some(tokio::time::sleep_until(now + timeout)),
+        };
+        Sending { inner: sent, timer, deadline, backend, timeout }
     }
 
     /// Each upstream host's connections: in use (or connecting), and idle. Read at
@@ -143,7 +154,11 @@ pin_project! {
     /// A request on its way upstream, until the response head (or the time-out).
     pub struct Sending<F> {
         #[pin]
-        inner: tokio::time::Timeout<F>,
+        inner: F,
+        // The request's own timer, when its connection has no deadline to keep.
+        #[pin]
+        timer: Option<Sleep>,
+        deadline: Option<Arc<Deadline>>,
         backend: BackendId,
         timeout: Duration,
     }
@@ -154,11 +169,15 @@ impl<F: Future<Output = Result<Response<UpstreamBody>, Failure>>> Future for Sen
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        Poll::Ready(match ready!(this.inner.poll(cx)) {
-            Ok(Ok(resp)) => Ok(resp),
-            Ok(Err(failure)) => Err(Error::upstream(*this.backend, failure)),
-            Err(_) => Err(Error::timeout(*this.backend, *this.timeout)),
-        })
+        if let Poll::Ready(answered) = this.inner.poll(cx) {
+            return Poll::Ready(answered.map_err(|failure| Error::upstream(*this.backend, failure)));
+        }
+        let late = match (this.timer.as_pin_mut(), this.deadline) {
+            (Some(timer), _) => timer.poll(cx).is_ready(),
+            (None, Some(deadline)) => deadline.expired(),
+            (None, None) => false,
+        };
+        if late { Poll::Ready(Err(Error::timeout(*this.backend, *this.timeout))) } else { Poll::Pending }
     }
 }
 
