@@ -1,6 +1,6 @@
 //! Path, query and header rewriting on arbitrary request heads: the upstream head is
-//! built or the request refused, never a panic, and the query survives byte for byte
-//! unless a translation had to change it.
+//! built (and encoded, with one `Host`) or the request refused, never a panic, and the
+//! query survives byte for byte unless a translation had to change it.
 #![no_main]
 
 use http::{HeaderName, HeaderValue, Request};
@@ -49,7 +49,12 @@ fuzz_target!(|data: &[u8]| {
         for to in BackendId::ALL {
             let mut p = parts.clone();
             let upgrade = switchyard::proxy::headers::is_upgrade(&p.headers);
-            if let Ok(applied) = switchyard::proxy::prepare(snap, &mut p, to, None, &peer, upgrade) {
+            if let Ok((applied, forwarded)) = switchyard::proxy::prepare(snap, &mut p, to, None, &peer, upgrade) {
+                // The head on the wire: one request line, one `Host`, and its end.
+                let head = switchyard::upstream::wire::encode_head(&p, &forwarded);
+                let text = String::from_utf8_lossy(&head);
+                assert!(text.ends_with("\r\n\r\n") && text.split("\r\n").next().is_some_and(|l| l.ends_with(" HTTP/1.1")));
+                assert_eq!(text.matches("\r\nhost: ").count(), 1, "{text}");
                 let changed_query = applied.kinds.iter().any(|k| matches!(k, switchyard::translate::Kind::Embed | switchyard::translate::Kind::RealtimeApiKey));
                 if !changed_query {
                     assert_eq!(p.uri.query(), parts.uri.query());

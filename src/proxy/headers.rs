@@ -4,7 +4,7 @@
 
 use std::net::IpAddr;
 
-use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Uri, Version, request};
 
@@ -45,6 +45,74 @@ fn hop_by_hop_index(name: &HeaderName) -> Option<usize> {
     }
 }
 
+/// What one pass over a request's headers found: the hop-by-hop ones, and those the
+/// forwarding headers depend on.
+#[derive(Default)]
+struct Seen {
+    hop_by_hop: [bool; HOP_BY_HOP.len()],
+    host: Option<HeaderValue>,
+    chain: bool,
+    proto: bool,
+    forwarded_host: bool,
+}
+
+impl Seen {
+    fn scan(headers: &HeaderMap) -> Seen {
+        let mut seen = Seen::default();
+        for (name, value) in headers {
+            match name.as_str() {
+                "host" => seen.host = seen.host.or_else(|| Some(value.clone())),
+                "x-forwarded-for" => seen.chain = true,
+                "x-forwarded-proto" => seen.proto = true,
+                "x-forwarded-host" => seen.forwarded_host = true,
+                _ => {
+                    if let Some(i) = hop_by_hop_index(name) {
+                        seen.hop_by_hop[i] = true;
+                    }
+                }
+            }
+        }
+        seen
+    }
+}
+
+/// The headers the proxy sets on a request for the upstream. They are written after
+/// the client's own lines, by [`crate::upstream::wire::encode_head`], instead of being
+/// put in the request's header map, where each would cost a look-up and an insert on
+/// every request.
+#[derive(Debug, Clone)]
+pub struct Forwarded {
+    /// `Host`: the upstream's own. The client's is left out.
+    host: HeaderValue,
+    /// `X-Forwarded-For`: the client's chain, if it sent one, then its address.
+    chain: HeaderValue,
+    /// Whether the client sent `X-Forwarded-For` lines, which are then left out.
+    replaces_chain: bool,
+    /// `X-Forwarded-Proto`, when the client (a load balancer in front) did not say.
+    proto: Option<HeaderValue>,
+    /// `X-Forwarded-Host`: the host the client asked for, when it did not say.
+    original_host: Option<HeaderValue>,
+}
+
+impl Forwarded {
+    /// Whether the client's header `name` is left out: the proxy writes its own.
+    pub fn leaves_out(&self, name: &HeaderName) -> bool {
+        name == header::HOST || self.replaces_chain && name == X_FORWARDED_FOR
+    }
+
+    /// The `Host` line's value, written first.
+    pub fn host(&self) -> &HeaderValue {
+        &self.host
+    }
+
+    /// The lines written after the client's.
+    pub fn trailing(&self) -> impl Iterator<Item = (&HeaderName, &HeaderValue)> {
+        let proto = self.proto.as_ref().map(|v| (&X_FORWARDED_PROTO, v));
+        let host = self.original_host.as_ref().map(|v| (&X_FORWARDED_HOST, v));
+        std::iter::once((&X_FORWARDED_FOR, &self.chain)).chain(proto).chain(host)
+    }
+}
+
 /// A client's address as `X-Forwarded-For` carries it: formatted once per
 /// connection, not per request.
 #[derive(Debug, Clone)]
@@ -80,15 +148,9 @@ pub fn is_upgrade(headers: &HeaderMap) -> bool {
 
 /// Removes hop-by-hop headers, those named in `Connection` included. For an upgrade
 /// the `Upgrade` header and `Connection: upgrade` are kept: they are the point.
-fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
-    // One pass over the names finds which are present (usually none, or only
-    // `Connection`), instead of a hash lookup per hop-by-hop name.
-    let mut present = [false; HOP_BY_HOP.len()];
-    for name in headers.keys() {
-        if let Some(i) = hop_by_hop_index(name) {
-            present[i] = true;
-        }
-    }
+/// `present` says which of [`HOP_BY_HOP`] are there: one pass over the names finds
+/// them (usually none, or only `Connection`), instead of a look-up per name.
+fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool, present: [bool; HOP_BY_HOP.len()]) {
     if !present.contains(&true) {
         return;
     }
@@ -118,50 +180,55 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
 
 /// Turns a client request head into the upstream request head for `upstream`: the
 /// URI in origin form (the backend's path prefix is added last, by
-/// [`BaseUrl::prefixed`], after translation has seen the client's path).
+/// [`BaseUrl::prefixed`], after translation has seen the client's path), and the
+/// headers the proxy sets, which go on the wire after the client's.
 pub fn prepare_request(
     parts: &mut request::Parts,
     upstream: &BaseUrl,
     peer: &ClientAddr,
     upgrade: bool,
-) -> Result<(), http::Error> {
-    // The upstream's own host: Supabase (and Realtime's tenant lookup) key on it. (Each
-    // header below is looked up once: this runs for every request.)
-    let authority = parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok());
-    let original_host = parts.headers.insert(header::HOST, upstream.host.clone()).or(authority);
-    strip_hop_by_hop(&mut parts.headers, upgrade);
+) -> Result<Forwarded, http::Error> {
+    let seen = Seen::scan(&parts.headers);
+    strip_hop_by_hop(&mut parts.headers, upgrade, seen.hop_by_hop);
+    // The host the client asked for: its `Host` header, else the URI's authority.
+    let authority = || parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok());
+    let original_host = seen.host.or_else(authority);
     if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
         let pq = parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
         parts.uri = Uri::from(pq);
     }
     parts.version = Version::HTTP_11;
-
-    let h = &mut parts.headers;
-    match h.entry(&X_FORWARDED_FOR) {
-        Entry::Occupied(mut prev) => {
-            // Every line of the chain, in order (a proxy in front may have added its own
-            // line rather than joined the list), then this client.
-            let mut chain: Vec<&str> = prev.iter().filter_map(|v| v.to_str().ok()).collect();
-            chain.push(peer.0.to_str().unwrap_or_default());
-            let xff = HeaderValue::try_from(chain.join(", "))?;
-            prev.insert(xff);
-        }
-        Entry::Vacant(v) => {
-            v.insert(peer.0.clone());
-        }
-    }
-    // A load balancer in front may have terminated TLS: keep what it said.
-    h.entry(&X_FORWARDED_PROTO).or_insert_with(|| HeaderValue::from_static("http"));
-    if let Some(host) = original_host {
-        h.entry(&X_FORWARDED_HOST).or_insert(host);
-    }
-    Ok(())
+    let chain = if seen.chain {
+        // Every line of the chain, in order (a proxy in front may have added its own
+        // line rather than joined the list), then this client.
+        let mut chain: Vec<&str> =
+            parts.headers.get_all(&X_FORWARDED_FOR).iter().filter_map(|v| v.to_str().ok()).collect();
+        chain.push(peer.0.to_str().unwrap_or_default());
+        HeaderValue::try_from(chain.join(", "))?
+    } else {
+        peer.0.clone()
+    };
+    Ok(Forwarded {
+        // The upstream's own host: Supabase (and Realtime's tenant lookup) key on it.
+        host: upstream.host.clone(),
+        chain,
+        replaces_chain: seen.chain,
+        // A load balancer in front may have terminated TLS: keep what it said.
+        proto: (!seen.proto).then(|| HeaderValue::from_static("http")),
+        original_host: original_host.filter(|_| !seen.forwarded_host),
+    })
 }
 
 /// Cleans an upstream response head and labels it with the backend. `switching` is
 /// true for a `101 Switching Protocols` answer to an upgrade.
 pub fn prepare_response(headers: &mut HeaderMap, switching: bool, backend: BackendId) {
-    strip_hop_by_hop(headers, switching);
+    let mut present = [false; HOP_BY_HOP.len()];
+    for name in headers.keys() {
+        if let Some(i) = hop_by_hop_index(name) {
+            present[i] = true;
+        }
+    }
+    strip_hop_by_hop(headers, switching, present);
     headers.insert(BACKEND_HEADER.clone(), HeaderValue::from_static(backend.as_str()));
 }
 
@@ -201,22 +268,51 @@ mod tests {
         );
         let up = BaseUrl::parse("https://abc.supabase.co").unwrap();
         let peer = ClientAddr::new("127.0.0.1".parse().unwrap());
-        prepare_request(&mut p, &up, &peer, false).unwrap();
+        let fwd = prepare_request(&mut p, &up, &peer, false).unwrap();
         assert_eq!(p.uri.to_string(), "/rest/v1/t?select=*,a(b)&id=eq.%C3%A9", "origin form, byte for byte");
         assert_eq!(p.version, Version::HTTP_11);
+        assert_eq!(fwd.host(), "abc.supabase.co");
+        assert!(fwd.leaves_out(&header::HOST), "the client's host is not forwarded");
+        assert!(fwd.leaves_out(&X_FORWARDED_FOR), "nor its chain, which is forwarded in one line");
+        assert_eq!(
+            lines(&fwd),
+            [
+                ("x-forwarded-for", "10.0.0.1, 127.0.0.1"),
+                ("x-forwarded-proto", "http"),
+                ("x-forwarded-host", "proxy.example")
+            ]
+        );
         let h = &p.headers;
-        assert_eq!(h["host"], "abc.supabase.co");
-        assert_eq!(h["x-forwarded-for"], "10.0.0.1, 127.0.0.1");
-        let mut p = parts("/", &[("x-forwarded-for", "10.0.0.1"), ("x-forwarded-for", "10.0.0.2, 10.0.0.3")]);
-        prepare_request(&mut p, &up, &peer, false).unwrap();
-        let xff: Vec<_> = p.headers.get_all("x-forwarded-for").iter().collect();
-        assert_eq!(xff, ["10.0.0.1, 10.0.0.2, 10.0.0.3, 127.0.0.1"], "every line kept, in order, as one");
-        assert_eq!(h["x-forwarded-proto"], "http");
-        assert_eq!(h["x-forwarded-host"], "proxy.example");
         assert_eq!(h["apikey"], "k");
+        assert!(!fwd.leaves_out(&HeaderName::from_static("apikey")));
         for gone in ["connection", "x-drop-me", "keep-alive", "te", "upgrade"] {
             assert!(!h.contains_key(gone), "{gone} was forwarded");
         }
+        let mut p = parts("/", &[("x-forwarded-for", "10.0.0.1"), ("x-forwarded-for", "10.0.0.2, 10.0.0.3")]);
+        let fwd = prepare_request(&mut p, &up, &peer, false).unwrap();
+        assert_eq!(
+            lines(&fwd)[0],
+            ("x-forwarded-for", "10.0.0.1, 10.0.0.2, 10.0.0.3, 127.0.0.1"),
+            "every line kept, in order, as one"
+        );
+    }
+
+    fn lines(fwd: &Forwarded) -> Vec<(&str, &str)> {
+        fwd.trailing().map(|(n, v)| (n.as_str(), v.to_str().unwrap())).collect()
+    }
+
+    #[test]
+    fn what_a_proxy_in_front_said_is_kept() {
+        let mut p = parts(
+            "/rest/v1/t",
+            &[("host", "a.example"), ("x-forwarded-proto", "https"), ("x-forwarded-host", "lb.example")],
+        );
+        let up = BaseUrl::parse("https://abc.supabase.co").unwrap();
+        let fwd = prepare_request(&mut p, &up, &ClientAddr::new("10.1.2.3".parse().unwrap()), false).unwrap();
+        assert_eq!(lines(&fwd), [("x-forwarded-for", "10.1.2.3")], "the client's proto and host stay, unchanged");
+        assert!(!fwd.leaves_out(&X_FORWARDED_FOR), "no chain of the client's to replace");
+        assert_eq!(p.headers["x-forwarded-proto"], "https");
+        assert_eq!(p.headers["x-forwarded-host"], "lb.example");
     }
 
     #[test]
@@ -227,10 +323,10 @@ mod tests {
         );
         assert!(is_upgrade(&p.headers));
         let up = BaseUrl::parse("http://127.0.0.1:9").unwrap();
-        prepare_request(&mut p, &up, &ClientAddr::new("::1".parse().unwrap()), true).unwrap();
+        let fwd = prepare_request(&mut p, &up, &ClientAddr::new("::1".parse().unwrap()), true).unwrap();
         assert_eq!(p.headers["connection"], "upgrade");
         assert_eq!(p.headers["upgrade"], "websocket");
-        assert_eq!(p.headers["x-forwarded-host"], "proxy:8080");
+        assert_eq!(lines(&fwd)[2], ("x-forwarded-host", "proxy:8080"), "from the URI's authority");
         assert_eq!(p.uri.to_string(), "/realtime/v1/websocket?apikey=a&vsn=2.0.0");
     }
 

@@ -31,7 +31,7 @@ use crate::shadow::{self, Shadow, tap::Tapped};
 use crate::state::{Snapshot, State};
 use crate::translate;
 use crate::translate::Applied;
-use crate::upstream::{Queued, Upstream, UpstreamBody};
+use crate::upstream::{Outbound, Queued, Upstream, UpstreamBody};
 use capped::Capped;
 pub use handling::Handling;
 pub use headers::ClientAddr;
@@ -168,12 +168,13 @@ impl Proxy {
                 peer: client.addr.clone(),
             })
         });
-        let applied = prepare(snap, &mut parts, backend, route.token.as_ref(), &client.addr, upgrade)?;
+        let (applied, forwarded) = prepare(snap, &mut parts, backend, route.token.as_ref(), &client.addr, upgrade)?;
         let req = Request::from_parts(parts, Either::Left(Capped::new(body, snap.config.limits.max_body_bytes)));
+        let out = Outbound { req, forwarded };
         let target = &snap.config.backends.get(backend).url;
         let after = After { client_upgrade, applied, shadow };
         let deadline = client.deadline.clone();
-        Ok((self.upstream.send(target, backend, req, snap.config.upstream.timeout, now, deadline), after))
+        Ok((self.upstream.send(target, backend, out, snap.config.upstream.timeout, now, deadline), after))
     }
 
     /// The upstream's response, made the client's: tunnel started for an upgrade,
@@ -260,7 +261,8 @@ impl Done {
 }
 
 /// Turns a client request head into the head sent to backend `to`: addressed to it,
-/// hop-by-hop and QA headers removed, credentials and names translated for it.
+/// hop-by-hop and QA headers removed, credentials and names translated for it; and
+/// the headers the proxy sets on it.
 pub fn prepare(
     snap: &Snapshot,
     parts: &mut http::request::Parts,
@@ -268,16 +270,17 @@ pub fn prepare(
     token: Option<&Token>,
     peer: &ClientAddr,
     upgrade: bool,
-) -> Result<Applied, Error> {
+) -> Result<(Applied, headers::Forwarded), Error> {
     let target = &snap.config.backends.get(to).url;
-    headers::prepare_request(parts, target, peer, upgrade).map_err(|e| Error::bad_request(to, e.to_string()))?;
+    let forwarded =
+        headers::prepare_request(parts, target, peer, upgrade).map_err(|e| Error::bad_request(to, e.to_string()))?;
     if let Some(qa) = &snap.config.overrides.qa_header {
         // It carries a secret: never forwarded, valid or not.
         parts.headers.remove(qa);
     }
     let applied = snap.translator.request(parts, to, token).map_err(|e| Error::cross_schema_embed(to, &e))?;
     parts.uri = target.prefixed(std::mem::take(&mut parts.uri)).map_err(|e| Error::bad_request(to, e.to_string()))?;
-    Ok(applied)
+    Ok((applied, forwarded))
 }
 
 /// Whether the request declares a body longer than `limit`.

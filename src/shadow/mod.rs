@@ -22,7 +22,7 @@ use crate::metrics::Metrics;
 use crate::proxy::ClientAddr;
 use crate::routing::service::Service;
 use crate::state::Snapshot;
-use crate::upstream::Upstream;
+use crate::upstream::{Outbound, Upstream};
 use tap::{Missed, Tap};
 
 /// How one shadow comparison ended; the `result` label of `switchyard_shadow_total`.
@@ -116,12 +116,14 @@ impl Shadow {
     ) -> (Outcome, u16) {
         let cfg = &snap.config.shadow;
         let mut parts = copy.head;
-        if crate::proxy::prepare(snap, &mut parts, copy.to, copy.token.as_ref(), &copy.peer, false).is_err() {
+        let Ok((_, forwarded)) =
+            crate::proxy::prepare(snap, &mut parts, copy.to, copy.token.as_ref(), &copy.peer, false)
+        else {
             return (Outcome::Error, 0);
-        }
-        let req = Request::from_parts(parts, Either::Right(Empty::<Bytes>::new()));
+        };
+        let out = Outbound { req: Request::from_parts(parts, Either::Right(Empty::<Bytes>::new())), forwarded };
         let target = &snap.config.backends.get(copy.to).url;
-        let Ok(resp) = self.upstream.send(target, copy.to, req, cfg.timeout, tokio::time::Instant::now(), None).await
+        let Ok(resp) = self.upstream.send(target, copy.to, out, cfg.timeout, tokio::time::Instant::now(), None).await
         else {
             return (Outcome::Error, 0);
         };

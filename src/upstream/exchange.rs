@@ -11,15 +11,15 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::{Method, request};
+use http::Method;
 use hyper::body::{Body, Frame};
 use tokio::io::AsyncWrite;
 use tokio::time::Sleep;
 
-use super::OutBody;
 use super::chunked;
 use super::conn::Conn;
 use super::wire::{self, Framing, Head, Malformed, Parsed, Sent};
+use super::{OutBody, Outbound};
 use crate::error::BoxError;
 
 /// Why a request got no response from the upstream.
@@ -59,14 +59,16 @@ pub struct Outgoing {
 }
 
 impl Outgoing {
-    /// Frames `parts` + `body` for HTTP/1.1; an upload that outlives its response may
-    /// stall for `stall` at most.
-    pub fn new(mut parts: request::Parts, body: OutBody, stall: Duration) -> Result<Outgoing, Failure> {
+    /// Frames `out` for HTTP/1.1; an upload that outlives its response may stall for
+    /// `stall` at most.
+    pub fn new(out: Outbound, stall: Duration) -> Result<Outgoing, Failure> {
+        let Outbound { req, forwarded } = out;
+        let (mut parts, body) = req.into_parts();
         let sent = wire::frame_request(&mut parts, body.is_end_stream(), body.size_hint().exact())
             .map_err(|e| Failure::Body(e.into()))?;
         let m = &parts.method;
         Ok(Outgoing {
-            head: wire::encode_head(&parts),
+            head: wire::encode_head(&parts, &forwarded),
             body: (sent != Sent::Nothing).then_some(body),
             sent,
             head_request: m == Method::HEAD,

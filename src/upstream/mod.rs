@@ -38,12 +38,21 @@ use crate::config::{BaseUrl, UpstreamConfig};
 use crate::deadline::Deadline;
 use crate::error::Error;
 use crate::proxy::capped::Capped;
+use crate::proxy::headers::Forwarded;
 use budget::Budget;
 use pool::{Pool, Settings};
 
 /// What the proxy sends upstream: the client's body, streamed, or nothing (shadow
 /// reads).
 pub type OutBody = Either<Capped, Empty<Bytes>>;
+
+/// A request for the upstream (origin-form URI), and the headers the proxy sets on it.
+pub struct Outbound {
+    /// The request, its headers cleaned and translated.
+    pub req: Request<OutBody>,
+    /// `Host` and `X-Forwarded-*`, written after the request's own headers.
+    pub forwarded: Forwarded,
+}
 
 /// How long a request waited for a connection (`max_connections` were busy, or its
 /// host's `max_connections_per_host`): time the backend had no part in. Set on the
@@ -84,7 +93,7 @@ impl Upstream {
         Upstream { inner }
     }
 
-    /// Sends `req` (origin-form URI) to `backend` at `to`, waiting at most `timeout` from
+    /// Sends `out` to `backend` at `to`, waiting at most `timeout` from
     /// `now` for a connection and the response headers. The body then streams for as
     /// long as it takes. (`now` is the caller's: reading the clock once per request is
     /// enough.) The wait is timed by the client connection's `deadline` if it has one,
@@ -93,13 +102,13 @@ impl Upstream {
         &self,
         to: &BaseUrl,
         backend: BackendId,
-        req: Request<OutBody>,
+        out: Outbound,
         timeout: Duration,
         now: tokio::time::Instant,
         deadline: Option<Arc<Deadline>>,
     ) -> Sending<impl Future<Output = Result<Response<UpstreamBody>, Failure>> + Send + 'static + use<>> {
         let pool = self.pool(&to.scheme, &to.authority);
-        let sent = pool.send(req, now.into_std(), timeout);
+        let sent = pool.send(out, now.into_std(), timeout);
         let timer = match &deadline {
             Some(d) => {
                 d.answer_within(now, timeout);

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use futures_util::future::Either;
-use http::{Request, Response, Uri};
+use http::{Response, Uri};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use tower_service::Service;
@@ -18,7 +18,7 @@ use super::budget::{Budget, Slot};
 use super::conn::Conn;
 use super::exchange::{Attempt, Failure, Outgoing, exchange};
 use super::idle::IdleStack;
-use super::{OutBody, Queued};
+use super::{Outbound, Queued};
 
 /// Pool sizes and timeouts, fixed for the process.
 #[derive(Debug, Clone, Copy)]
@@ -90,14 +90,13 @@ impl Pool {
     /// outlives its response may stall for `timeout`.
     pub fn send(
         self: Arc<Self>,
-        req: Request<OutBody>,
+        out: Outbound,
         now: Instant,
         timeout: Duration,
     ) -> impl Future<Output = Result<Response<UpstreamBody>, Failure>> + Send + 'static + use<> {
         // Framed and encoded before the future is made, and a request that cannot be
         // framed never becomes one: the future then holds the request once.
-        let (parts, body) = req.into_parts();
-        match Outgoing::new(parts, body, timeout) {
+        match Outgoing::new(out, timeout) {
             Ok(out) => Either::Left(self.send_framed(out, now)),
             Err(failure) => Either::Right(std::future::ready(Err(failure))),
         }

@@ -8,7 +8,7 @@ use bytes::BytesMut;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Version, request};
 
-use crate::proxy::headers::is_hop_by_hop;
+use crate::proxy::headers::{Forwarded, is_hop_by_hop};
 
 /// The largest response head accepted.
 pub const MAX_HEAD: usize = 64 * 1024;
@@ -60,15 +60,19 @@ pub fn frame_request(parts: &mut request::Parts, empty: bool, exact: Option<u64>
 }
 
 /// The request head, origin-form, ready to write (left unfrozen: freezing a buffer
-/// that is not exactly full costs an allocation).
-pub fn encode_head(parts: &request::Parts) -> BytesMut {
+/// that is not exactly full costs an allocation): `Host` first, then the client's
+/// headers, then the other headers the proxy sets.
+pub fn encode_head(parts: &request::Parts, forwarded: &Forwarded) -> BytesMut {
     let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
-    let size: usize = parts.headers.iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum();
+    let host = (&header::HOST, forwarded.host());
+    let client = || parts.headers.iter().filter(|(name, _)| !forwarded.leaves_out(name));
+    let lines = || std::iter::once(host).chain(client()).chain(forwarded.trailing());
+    let size: usize = lines().map(|(n, v)| n.as_str().len() + v.len() + 4).sum();
     let mut out = BytesMut::with_capacity(parts.method.as_str().len() + target.len() + size + 16);
     for piece in [parts.method.as_str().as_bytes(), b" ", target.as_bytes(), b" HTTP/1.1\r\n"] {
         out.extend_from_slice(piece);
     }
-    for (name, value) in &parts.headers {
+    for (name, value) in lines() {
         for piece in [name.as_str().as_bytes(), b": ", value.as_bytes(), b"\r\n"] {
             out.extend_from_slice(piece);
         }
@@ -298,9 +302,17 @@ mod tests {
     }
 
     #[test]
-    fn the_head_is_origin_form_http11() {
-        let p = parts(Method::GET, &[("host", "v2.example"), ("x-a", "1")]);
-        assert_eq!(&encode_head(&p)[..], b"GET /rest/v1/items?id=eq.1 HTTP/1.1\r\nhost: v2.example\r\nx-a: 1\r\n\r\n");
+    fn the_head_is_origin_form_http11_with_the_proxys_headers_around_the_clients() {
+        let mut p = parts(Method::GET, &[("host", "client.example"), ("x-a", "1"), ("x-forwarded-for", "10.0.0.9")]);
+        let up = crate::config::BaseUrl::parse("http://v2.example").unwrap();
+        let peer = crate::proxy::ClientAddr::new("127.0.0.1".parse().unwrap());
+        let fwd = crate::proxy::headers::prepare_request(&mut p, &up, &peer, false).unwrap();
+        let head = encode_head(&p, &fwd);
+        let expected = "GET /rest/v1/items?id=eq.1 HTTP/1.1\r\nhost: v2.example\r\nx-a: 1\r\n\
+                        x-forwarded-for: 10.0.0.9, 127.0.0.1\r\nx-forwarded-proto: http\r\n\
+                        x-forwarded-host: client.example\r\n\r\n";
+        assert_eq!(String::from_utf8_lossy(&head), expected);
+        assert!(head.capacity() <= head.len() + 2, "sized for what is written, in one allocation");
     }
 
     #[test]
