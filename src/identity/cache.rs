@@ -61,8 +61,9 @@ struct Set {
 }
 
 impl Set {
-    fn find(&self, tag: u64, verifier: u64, token: &str) -> Option<&Entry> {
-        self.position(tag, |e| e.verifier == verifier && *e.token == *token).and_then(|i| self.ways[i].as_ref())
+    fn find(&self, tag: u64, verifier: u64, token: &[u8]) -> Option<&Entry> {
+        self.position(tag, |e| e.verifier == verifier && e.token.as_bytes() == token)
+            .and_then(|i| self.ways[i].as_ref())
     }
 
     /// The first way with the right tag whose entry passes `f`.
@@ -91,9 +92,8 @@ struct Table {
 impl Table {
     /// The two sets `token` may be in, and its tag in either: one hash's low bits pick
     /// the sets, its high ones make the tag (never 0, which marks an empty way).
-    fn sets(&self, token: &str) -> ([usize; 2], u64) {
-        let bytes = token.as_bytes();
-        let tail = &bytes[bytes.len().saturating_sub(HASHED_TAIL)..];
+    fn sets(&self, token: &[u8]) -> ([usize; 2], u64) {
+        let tail = &token[token.len().saturating_sub(HASHED_TAIL)..];
         let hash = self.hasher.hash_one(tail);
         // Truncation is fine: only the low bits pick the sets.
         ([hash as usize % SETS, (hash >> 16) as usize % SETS], (hash >> 32) | 1)
@@ -103,7 +103,7 @@ impl Table {
     /// way (first set first), else in place of a random way of a random one of the two
     /// (random, not in turn: tokens used in turn would then evict each other in turn).
     fn insert(&mut self, token: &str, entry: Entry) {
-        let (sets, tag) = self.sets(token);
+        let (sets, tag) = self.sets(token.as_bytes());
         let same = |s: usize| self.sets[s].position(tag, |e| *e.token == *token).map(|w| (s, w));
         let free = |s: usize| self.sets[s].free(entry.verifier).map(|w| (s, w));
         let (set, way) = same(sets[0])
@@ -124,7 +124,7 @@ thread_local! {
 
 /// What `verifier` found `token` to be, if it checked it on this thread and the token
 /// is still valid at `now`.
-pub fn get(verifier: u64, token: &str, now: u64) -> Option<Token> {
+pub fn get(verifier: u64, token: &[u8], now: u64) -> Option<Token> {
     TABLE.with_borrow(|t| {
         let ([first, second], tag) = t.sets(token);
         let e = t.sets[first].find(tag, verifier, token).or_else(|| t.sets[second].find(tag, verifier, token))?;
@@ -154,27 +154,27 @@ mod tests {
     fn hits_only_for_the_same_token_verifier_and_window() {
         let w = Window { from: 100, until: 200 };
         put(7, "a.b.signature-one", &user("u1"), w);
-        assert_eq!(get(7, "a.b.signature-one", 150), Some(user("u1")));
-        assert_eq!(get(7, "a.b.signature-one", 100), Some(user("u1")), "bounds are inclusive");
-        assert_eq!(get(7, "a.b.signature-one", 200), Some(user("u1")));
-        assert_eq!(get(7, "a.b.signature-one", 201), None, "expired: the full check decides");
-        assert_eq!(get(7, "a.b.signature-one", 99), None, "not yet valid");
-        assert_eq!(get(8, "a.b.signature-one", 150), None, "another verifier (a reload) never hits");
-        assert_eq!(get(7, "x.b.signature-one", 150), None, "same signature, other token");
-        assert_eq!(get(7, "a.b.signature-two", 150), None);
+        assert_eq!(get(7, b"a.b.signature-one", 150), Some(user("u1")));
+        assert_eq!(get(7, b"a.b.signature-one", 100), Some(user("u1")), "bounds are inclusive");
+        assert_eq!(get(7, b"a.b.signature-one", 200), Some(user("u1")));
+        assert_eq!(get(7, b"a.b.signature-one", 201), None, "expired: the full check decides");
+        assert_eq!(get(7, b"a.b.signature-one", 99), None, "not yet valid");
+        assert_eq!(get(8, b"a.b.signature-one", 150), None, "another verifier (a reload) never hits");
+        assert_eq!(get(7, b"x.b.signature-one", 150), None, "same signature, other token");
+        assert_eq!(get(7, b"a.b.signature-two", 150), None);
     }
 
     #[test]
     fn a_newer_entry_replaces_the_same_token_and_the_table_stays_bounded() {
         put(1, "t.one", &user("old"), Window::ALWAYS);
         put(1, "t.one", &user("new"), Window::ALWAYS);
-        assert_eq!(get(1, "t.one", 5), Some(user("new")));
+        assert_eq!(get(1, b"t.one", 5), Some(user("new")));
         // Far more tokens than entries: bounded, and whatever hits answers right.
         let n = 3 * SETS * WAYS;
         for i in 0..n {
             put(2, &format!("h.p.{i}"), &user(&i.to_string()), Window::ALWAYS);
         }
-        let hits = (0..n).filter(|i| get(2, &format!("h.p.{i}"), 5) == Some(user(&i.to_string()))).count();
+        let hits = (0..n).filter(|i| get(2, format!("h.p.{i}").as_bytes(), 5) == Some(user(&i.to_string()))).count();
         assert!(hits <= SETS * WAYS && hits > 0, "{hits}");
     }
 
@@ -186,7 +186,7 @@ mod tests {
         let mut hits = 0;
         for pass in 0..3 {
             for t in &tokens {
-                match get(5, t, 5) {
+                match get(5, t.as_bytes(), 5) {
                     Some(found) => hits += usize::from(pass == 2 && found == user(t)),
                     None => put(5, t, &user(t), Window::ALWAYS),
                 }
@@ -201,14 +201,14 @@ mod tests {
     fn very_long_tokens_are_not_kept() {
         let long = "x".repeat(MAX_TOKEN_LEN + 1);
         put(3, &long, &user("u"), Window::ALWAYS);
-        assert_eq!(get(3, &long, 5), None);
+        assert_eq!(get(3, long.as_bytes(), 5), None);
     }
 
     #[test]
     fn each_thread_has_its_own_table() {
         put(4, "t.thread", &user("u"), Window::ALWAYS);
-        let other = std::thread::spawn(|| get(4, "t.thread", 5)).join().unwrap();
+        let other = std::thread::spawn(|| get(4, b"t.thread", 5)).join().unwrap();
         assert_eq!(other, None);
-        assert_eq!(get(4, "t.thread", 5), Some(user("u")));
+        assert_eq!(get(4, b"t.thread", 5), Some(user("u")));
     }
 }

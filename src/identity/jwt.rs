@@ -152,13 +152,31 @@ impl Verifier {
     /// verifier accepted before on this thread is answered from the token cache while
     /// its `exp`/`nbf` still allow it.
     pub fn check(&self, token: &str) -> Result<Token, AuthReason> {
-        if let Some((id, _)) = self.projects.iter().find(|(_, p)| p.api_keys.iter().any(|k| k == token)) {
-            return Ok(Token::ApiKey(id));
+        self.known(token.as_bytes()).map_or_else(|| self.check_new(token), Ok)
+    }
+
+    /// As [`Verifier::check`], for a token as it came, in bytes: an API key or a token in
+    /// the cache is answered without reading it as text, and any other must be ASCII,
+    /// or it is no token at all (`None`), as [`super::bearer`] has it.
+    pub fn check_bytes(&self, token: &[u8]) -> Option<Result<Token, AuthReason>> {
+        if let Some(known) = self.known(token) {
+            return Some(Ok(known));
         }
-        let now = jsonwebtoken::get_current_timestamp();
-        if let Some(known) = cache::get(self.id, token, now) {
-            return Ok(known);
+        let token = std::str::from_utf8(token).ok().filter(|t| t.is_ascii())?;
+        Some(self.check_new(token))
+    }
+
+    /// What `token` is, if it is an API key or a token this verifier accepted before on
+    /// this thread (and still valid).
+    fn known(&self, token: &[u8]) -> Option<Token> {
+        if let Some((id, _)) = self.projects.iter().find(|(_, p)| p.api_keys.iter().any(|k| k.as_bytes() == token)) {
+            return Some(Token::ApiKey(id));
         }
+        cache::get(self.id, token, jsonwebtoken::get_current_timestamp())
+    }
+
+    /// The full check of a token met for the first time, its answer kept if accepted.
+    fn check_new(&self, token: &str) -> Result<Token, AuthReason> {
         let (checked, window) = self.check_jwt(token)?;
         cache::put(self.id, token, &checked, window);
         Ok(checked)
@@ -343,6 +361,20 @@ pub(crate) mod tests {
         let swapped = if &t[at..=at] == "A" { "B" } else { "A" };
         let forged = format!("{}{swapped}{}", &t[..at], &t[at + 1..]);
         assert_eq!(v.check(&forged), Err(AuthReason::Signature));
+    }
+
+    #[test]
+    fn tokens_in_bytes_are_checked_alike_and_only_ascii_ones_are_tokens() {
+        let v = verifier(Some("s1"), None);
+        let t = user("s1", ISS1, now() + 600);
+        assert_eq!(v.check_bytes(b"anon-2"), Some(Ok(Token::ApiKey(BackendId::V2))));
+        let first = v.check_bytes(t.as_bytes());
+        assert_eq!(first, Some(v.check(&t)));
+        assert_eq!(v.check_bytes(t.as_bytes()), first, "from the cache, identically");
+        assert_eq!(v.check_bytes(user("s2", ISS1, now() + 600).as_bytes()), Some(Err(AuthReason::Signature)));
+        assert_eq!(v.check_bytes("ey.é.x".as_bytes()), None, "UTF-8 beyond ASCII: no token");
+        assert_eq!(v.check_bytes(b"ey.\xff.x"), None, "not UTF-8: no token");
+        assert_eq!(v.check_bytes(b"garbage"), Some(Err(AuthReason::Malformed)));
     }
 
     #[test]

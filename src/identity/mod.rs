@@ -64,17 +64,19 @@ enum UserId<'a> {
 /// rather than hashed (they are not Supabase ids).
 const MAX_ID_LEN: usize = 256;
 
-/// The bearer token of an `Authorization` header.
+/// The bearer token of an `Authorization` header. A token of anything but ASCII is
+/// none.
 pub fn bearer(headers: &HeaderMap) -> Option<&str> {
-    // On bytes: a Supabase token is a kilobyte, and this runs for every request. A
-    // token of anything but visible ASCII is none, as `to_str` would have it.
+    std::str::from_utf8(bearer_bytes(headers)?).ok().filter(|t| t.is_ascii())
+}
+
+/// The bearer token of an `Authorization` header, as it came: not yet read as text
+/// (a Supabase token is a kilobyte, and a token the cache knows need not be).
+fn bearer_bytes(headers: &HeaderMap) -> Option<&[u8]> {
     let value = headers.get(header::AUTHORIZATION)?.as_bytes();
     let (scheme, rest) = value.split_at_checked(6)?;
     let token = rest.strip_prefix(b" ")?.trim_ascii();
-    if !scheme.eq_ignore_ascii_case(b"bearer") || token.is_empty() || !token.is_ascii() {
-        return None;
-    }
-    std::str::from_utf8(token).ok()
+    (scheme.eq_ignore_ascii_case(b"bearer") && !token.is_empty()).then_some(token)
 }
 
 /// The user of an admin call: `/auth/v1/admin/users/<uid>[/...]`.
@@ -99,7 +101,7 @@ pub fn extract<'a>(
     header_name: &HeaderName,
     verifier: &Verifier,
 ) -> Result<Identity<'a>, AuthReason> {
-    let token = bearer(headers).map(|t| verifier.check(t)).transpose()?;
+    let token = bearer_bytes(headers).and_then(|t| verifier.check_bytes(t)).transpose()?;
     let user = sources.iter().find_map(|src| {
         let id = match src {
             IdentitySource::Jwt => subject(&token).map(|_| UserId::Subject),
