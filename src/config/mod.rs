@@ -224,11 +224,14 @@ fn translation(raw: &mut file::TranslationFile, dir: &Path) -> Result<Translatio
     })
 }
 
+/// The longest duration accepted: a day. Longer ones are mistakes, and deadlines are
+/// computed as now + duration, which must not overflow.
+const MAX_SECONDS: f64 = 86_400.0;
+
 fn seconds(key: &str, v: f64) -> Result<Duration, ConfigError> {
-    Duration::try_from_secs_f64(v)
-        .ok()
-        .filter(|d| !d.is_zero())
-        .ok_or_else(|| ConfigError::new(key, format!("expected a positive number of seconds, got {v}")))
+    Duration::try_from_secs_f64(v).ok().filter(|d| !d.is_zero() && v <= MAX_SECONDS).ok_or_else(|| {
+        ConfigError::new(key, format!("expected a positive number of seconds up to {MAX_SECONDS}, got {v}"))
+    })
 }
 
 /// `v`, if it is at least `min`.
@@ -428,6 +431,12 @@ mod tests {
             let none = format!("{MINIMAL}\n[upstream]\n{key} = 0");
             assert_eq!(err(&none).key, format!("upstream.{key}"));
         }
+        for v in ["0", "-1", "1e20", "86401", "nan"] {
+            let e = err(&format!("{MINIMAL}\n[upstream]\ntimeout_seconds = {v}"));
+            assert_eq!(e.key, "upstream.timeout_seconds", "{v}: {e}");
+        }
+        let day = Config::parse(&format!("{MINIMAL}\n[upstream]\ntimeout_seconds = 86400"), &no_env).unwrap();
+        assert_eq!(day.upstream.timeout, Duration::from_secs(86_400));
     }
 
     #[test]

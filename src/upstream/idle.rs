@@ -5,7 +5,8 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-/// Idle entries, oldest at the front, newest at the back.
+/// Idle entries, oldest at the front, newest at the back, each with the instant it
+/// expires (kept rather than when it went idle: a comparison per check, no arithmetic).
 #[derive(Debug)]
 pub struct IdleStack<T> {
     entries: VecDeque<(T, Instant)>,
@@ -25,7 +26,7 @@ impl<T> IdleStack<T> {
         if self.entries.len() >= self.max {
             return Some(item);
         }
-        self.entries.push_back((item, now));
+        self.entries.push_back((item, now + self.timeout));
         None
     }
 
@@ -44,9 +45,11 @@ impl<T> IdleStack<T> {
 
     /// Drops every entry idle for `timeout` or longer; returns how many.
     pub fn expire(&mut self, now: Instant) -> usize {
-        let fresh = self.entries.iter().position(|(_, since)| now.saturating_duration_since(*since) < self.timeout);
-        let stale = fresh.unwrap_or(self.entries.len());
-        self.entries.drain(..stale);
+        let mut stale = 0;
+        while self.entries.front().is_some_and(|(_, expires)| *expires <= now) {
+            self.entries.pop_front();
+            stale += 1;
+        }
         stale
     }
 
