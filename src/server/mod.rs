@@ -127,14 +127,14 @@ async fn connection(
     let mut shutdown = std::pin::pin!(Shutdown::new(&shutdown));
     let opening = tokio::select! {
         _ = shutdown.as_mut() => return,
-        opening = tokio::time::timeout(builders.opening, sniff::opening(&stream)) => opening,
+        opening = tokio::time::timeout(builders.header_read, sniff::opening(&stream)) => opening,
     };
     let addr = ClientAddr::new(peer.ip());
     let io = TokioIo::new(stream);
     let ended = match opening {
         Ok(Ok(Some(Opening::Http1))) => {
             // One request at a time: the connection keeps one deadline for all of them.
-            let deadline = Deadline::new(builders.opening);
+            let deadline = Deadline::new(builders.header_read);
             let client = Client { addr, deadline: Some(deadline.clone()) };
             let service = service_fn(move |req: Request<Incoming>| proxy.clone().handle(req, &client));
             // hyper-util's graceful watch has no hook for this connection type: shutdown
@@ -212,8 +212,9 @@ async fn schedule_loop(control: Arc<Control>, shutdown: CancellationToken) {
 struct Builders {
     http1: hyper::server::conn::http1::Builder,
     detect: auto::Builder<TokioExecutor>,
-    /// How long a client may take to send its first bytes (the header read timeout).
-    opening: Duration,
+    /// The header read timeout: how long a client may take to send its first bytes,
+    /// and then each request head, and how long a keep-alive connection may idle.
+    header_read: Duration,
 }
 
 impl Builders {
@@ -245,7 +246,7 @@ impl Builders {
             .header_read_timeout(None)
             .max_headers(limits.max_header_count)
             .max_buf_size(limits.max_header_bytes);
-        Builders { http1, detect, opening: server.header_read_timeout }
+        Builders { http1, detect, header_read: server.header_read_timeout }
     }
 }
 
