@@ -81,7 +81,10 @@ fn benches(c: &mut Criterion) {
     c.bench_function("headers/prepare_request", |b| {
         b.iter_batched(
             || template.clone().into_parts().0,
-            |mut parts| headers::prepare_request(&mut parts, upstream, &peer, false).unwrap(),
+            |mut parts| {
+                let survey = headers::Survey::of(&parts.headers);
+                headers::prepare_request(&mut parts, upstream, &peer, survey).unwrap()
+            },
             criterion::BatchSize::SmallInput,
         )
     });

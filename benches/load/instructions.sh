@@ -1,31 +1,43 @@
 #!/usr/bin/env bash
 # User-space instructions per proxied request (callgrind), with `x-user-id` and with
-# JWT identity, 64 connections. Unlike time, which moves by 10 % and more from one
-# minute to the next on a shared machine, the count moves by about 0.3 %: the figure
-# to judge a small change of the request path by (run it before and after).
+# JWT identity, 64 connections, for switchyard and for nginx doing the same rollout.
+# Unlike time, which moves by 10 % and more from one minute to the next on a shared
+# machine, the count moves by about 0.3 %: the figure to judge a small change of the
+# request path by (run it before and after), and the user-space half of a comparison
+# whose kernel half is the same four socket calls per request.
 #   benches/load/instructions.sh [SECONDS]
 set -euo pipefail
 secs=${1:-5}
 source "$(dirname "$0")/setup.sh"
 need valgrind valgrind; need curl curl
-# Instrumented only once warm: connections open, pools and caches filled.
-RUST_LOG=warn taskset -c $proxy_cpu valgrind --tool=callgrind --instr-atstart=no \
-  --callgrind-out-file="$work/callgrind.out" $bin serve --workers 1 --config "$work/switchyard.toml" \
-  2>"$work/valgrind.err" &
-vg=$!
-load() { # seconds [tokens]: wrk's request count
-  TOKENS=${2:-} taskset -c $load_cpu wrk -t1 -c64 -d"$1s" -s $here/users.lua http://127.0.0.1:18200/ |
+load() { # port seconds [tokens]: wrk's request count
+  TOKENS=${3:-} taskset -c $load_cpu wrk -t1 -c64 -d"$2s" -s $here/users.lua "http://127.0.0.1:$1/" |
     awk '/requests in/ {print $1}'
 }
-for _ in $(seq 100); do curl -s -o /dev/null http://127.0.0.1:18200/ && break; sleep 0.2; done
-load 3 >/dev/null; load 3 "$work/tokens.txt" >/dev/null
-callgrind_control -i on $vg >/dev/null 2>&1
-for identity in x-user-id JWT; do
-  tokens=""; [ $identity = JWT ] && tokens="$work/tokens.txt"
-  n=$(load "$secs" "$tokens")
-  # A dump writes the counts so far and starts them again from zero.
-  callgrind_control -d $vg >/dev/null 2>&1
-  dump=$(ls -t "$work"/callgrind.out* | head -1)
-  ir=$(awk '/^(summary|totals):/ {print $2; exit}' "$dump")
-  echo "$identity: $n requests, $(awk -v i="$ir" -v n="$n" 'BEGIN { printf "%.0f", i / n }') instructions per request"
-done
+# count NAME X-USER-ID-PORT JWT-PORT COMMAND...: one line of instructions per request,
+# counted only once warm (connections open, pools and caches filled).
+count() {
+  local name=$1 port=$2 jwt_port=$3; shift 3
+  RUST_LOG=warn taskset -c $proxy_cpu valgrind --tool=callgrind --instr-atstart=no \
+    --callgrind-out-file="$work/callgrind.$name" "$@" 2>"$work/valgrind.$name" &
+  local vg=$!
+  for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$port/" && break; sleep 0.2; done
+  load "$port" 3 >/dev/null; load "$jwt_port" 3 "$work/tokens.txt" >/dev/null
+  callgrind_control -i on $vg >/dev/null 2>&1
+  local line="" n ir dump
+  for run in "$port" "$jwt_port $work/tokens.txt"; do
+    set -- $run
+    n=$(load "$1" "$secs" "${2:-}")
+    # A dump writes the counts so far and starts them again from zero.
+    callgrind_control -d $vg >/dev/null 2>&1
+    dump=$(ls -t "$work"/callgrind.$name* | head -1)
+    ir=$(awk '/^(summary|totals):/ {print $2; exit}' "$dump")
+    line="$line $(awk -v i="$ir" -v n="$n" 'BEGIN { printf "%12.0f", i / n }')"
+  done
+  kill $vg; wait $vg 2>/dev/null || true
+  printf "%-12s%s\n" "$name" "$line"
+}
+printf "%-12s%12s%12s\n" "" "x-user-id" "JWT"
+count switchyard 18200 18200 $bin serve --workers 1 --config "$work/switchyard.toml"
+# nginx's master process off: the one process that serves is the one counted.
+count nginx 18201 18203 nginx -c "$work/nginx-proxy.conf" -g 'daemon off; master_process off;'

@@ -18,24 +18,7 @@ need haproxy haproxy
 RUST_LOG=warn taskset -c $proxy_cpu $bin serve --workers 1 --config "$work/switchyard.toml" 2>"$work/switchyard.err" &
 sy_pid=$!
 
-# nginx as the rollout proxy.
-cat > "$work/nginx-proxy.conf" <<CONF
-worker_processes 1; worker_cpu_affinity auto; pid $work/proxy.pid; error_log $work/proxy.err;
-events { worker_connections 20000; }
-http { access_log off; keepalive_requests 100000;
-  split_clients "\$http_x_user_id" \$cohort { 37% v2; * v1; }
-  # The JWT runs' requests, split on the whole Authorization header: nginx cannot
-  # verify a JWT (nor read its sub) without a module, but it handles the same bytes.
-  split_clients "\$http_authorization" \$cohort_token { 37% v2; * v1; }
-  upstream v1 { server 127.0.0.1:18101; keepalive 256; }
-  upstream v2 { server 127.0.0.1:18102; keepalive 256; }
-  server { listen 127.0.0.1:18201;
-    location / { proxy_pass http://\$cohort; proxy_http_version 1.1; proxy_set_header Connection "";
-      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for; add_header x-switchyard-backend \$cohort; } }
-  server { listen 127.0.0.1:18203;
-    location / { proxy_pass http://\$cohort_token; proxy_http_version 1.1; proxy_set_header Connection "";
-      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for; add_header x-switchyard-backend \$cohort_token; } } }
-CONF
+# nginx as the rollout proxy (its config is setup.sh's).
 taskset -c $proxy_cpu nginx -c "$work/nginx-proxy.conf" -g 'daemon off;' &
 
 # HAProxy doing the same.

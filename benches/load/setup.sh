@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Shared by the load scripts (sourced): a work directory, tools installed when
 # missing, the release build, nginx `return 200` as the v1 and v2 backends on one
-# core, switchyard's config (a JWT secret for v1) and a thousand HS256 bearer tokens
-# for it in "$work/tokens.txt". The caller starts what it measures.
+# core, switchyard's config (a JWT secret for v1), nginx's as the rollout proxy, and a
+# thousand HS256 bearer tokens in "$work/tokens.txt". The caller starts what it measures.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" || true
@@ -47,6 +47,25 @@ jwt_secret = "$secret"
 issuer = "load"
 [backends.v2]
 url = "http://127.0.0.1:18102"
+CONF
+
+# nginx as the rollout proxy: x-user-id requests on 18201, the JWT runs' on 18203.
+cat > "$work/nginx-proxy.conf" <<CONF
+worker_processes 1; worker_cpu_affinity auto; pid $work/proxy.pid; error_log $work/proxy.err;
+events { worker_connections 20000; }
+http { access_log off; keepalive_requests 100000;
+  split_clients "\$http_x_user_id" \$cohort { 37% v2; * v1; }
+  # The JWT runs' requests, split on the whole Authorization header: nginx cannot
+  # verify a JWT (nor read its sub) without a module, but it handles the same bytes.
+  split_clients "\$http_authorization" \$cohort_token { 37% v2; * v1; }
+  upstream v1 { server 127.0.0.1:18101; keepalive 256; }
+  upstream v2 { server 127.0.0.1:18102; keepalive 256; }
+  server { listen 127.0.0.1:18201;
+    location / { proxy_pass http://\$cohort; proxy_http_version 1.1; proxy_set_header Connection "";
+      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for; add_header x-switchyard-backend \$cohort; } }
+  server { listen 127.0.0.1:18203;
+    location / { proxy_pass http://\$cohort_token; proxy_http_version 1.1; proxy_set_header Connection "";
+      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for; add_header x-switchyard-backend \$cohort_token; } } }
 CONF
 
 # Bearer tokens for the JWT runs (HS256, verified by switchyard).

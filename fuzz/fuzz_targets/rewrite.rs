@@ -48,8 +48,9 @@ fuzz_target!(|data: &[u8]| {
     SNAP.with(|snap| {
         for to in BackendId::ALL {
             let mut p = parts.clone();
-            let upgrade = switchyard::proxy::headers::is_upgrade(&p.headers);
-            if let Ok((applied, forwarded)) = switchyard::proxy::prepare(snap, &mut p, to, None, &peer, upgrade) {
+            let survey = switchyard::proxy::headers::Survey::of(&p.headers);
+            assert_eq!(survey.upgrade(), switchyard::proxy::headers::is_upgrade(&p.headers));
+            if let Ok((applied, forwarded)) = switchyard::proxy::prepare(snap, &mut p, to, None, &peer, survey) {
                 // The head on the wire: one request line, one `Host`, and its end.
                 let head = switchyard::upstream::wire::encode_head(&p, &forwarded);
                 let text = String::from_utf8_lossy(&head);

@@ -45,26 +45,32 @@ fn hop_by_hop_index(name: &HeaderName) -> Option<usize> {
     }
 }
 
-/// What one pass over a request's headers found: the hop-by-hop ones, and those the
-/// forwarding headers depend on.
-#[derive(Default)]
-struct Seen {
+/// What one pass over a request's header names found: what the request path would
+/// otherwise look up one name at a time (a hash and a probe each): the hop-by-hop
+/// headers, those the forwarding headers depend on, whether the client asked for an
+/// upgrade, and for the newer error shape.
+#[derive(Debug, Clone, Default)]
+pub struct Survey {
     hop_by_hop: [bool; HOP_BY_HOP.len()],
     host: Option<HeaderValue>,
     chain: bool,
     proto: bool,
     forwarded_host: bool,
+    upgrade: bool,
+    versioned: bool,
 }
 
-impl Seen {
-    fn scan(headers: &HeaderMap) -> Seen {
-        let mut seen = Seen::default();
+impl Survey {
+    /// The survey of `headers`.
+    pub fn of(headers: &HeaderMap) -> Survey {
+        let mut seen = Survey::default();
         for (name, value) in headers {
             match name.as_str() {
                 "host" => seen.host = seen.host.or_else(|| Some(value.clone())),
                 "x-forwarded-for" => seen.chain = true,
                 "x-forwarded-proto" => seen.proto = true,
                 "x-forwarded-host" => seen.forwarded_host = true,
+                "x-supabase-api-version" => seen.versioned = true,
                 _ => {
                     if let Some(i) = hop_by_hop_index(name) {
                         seen.hop_by_hop[i] = true;
@@ -72,7 +78,19 @@ impl Seen {
                 }
             }
         }
+        // Both names present (rare): then their values decide.
+        seen.upgrade = seen.hop_by_hop[0] && seen.hop_by_hop[6] && is_upgrade(headers);
         seen
+    }
+
+    /// Whether the request asks for a WebSocket upgrade ([`is_upgrade`]).
+    pub fn upgrade(&self) -> bool {
+        self.upgrade
+    }
+
+    /// Whether the request asks for the newer error shape (`X-Supabase-Api-Version`).
+    pub fn versioned(&self) -> bool {
+        self.versioned
     }
 }
 
@@ -178,18 +196,17 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool, present: [bool; HOP_
     }
 }
 
-/// Turns a client request head into the upstream request head for `upstream`: the
-/// URI in origin form (the backend's path prefix is added last, by
+/// Turns a client request head, as `seen`, into the upstream request head for
+/// `upstream`: the URI in origin form (the backend's path prefix is added last, by
 /// [`BaseUrl::prefixed`], after translation has seen the client's path), and the
 /// headers the proxy sets, which go on the wire after the client's.
 pub fn prepare_request(
     parts: &mut request::Parts,
     upstream: &BaseUrl,
     peer: &ClientAddr,
-    upgrade: bool,
+    seen: Survey,
 ) -> Result<Forwarded, http::Error> {
-    let seen = Seen::scan(&parts.headers);
-    strip_hop_by_hop(&mut parts.headers, upgrade, seen.hop_by_hop);
+    strip_hop_by_hop(&mut parts.headers, seen.upgrade, seen.hop_by_hop);
     // The host the client asked for: its `Host` header, else the URI's authority.
     let authority = || parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok());
     let original_host = seen.host.or_else(authority);
@@ -268,7 +285,8 @@ mod tests {
         );
         let up = BaseUrl::parse("https://abc.supabase.co").unwrap();
         let peer = ClientAddr::new("127.0.0.1".parse().unwrap());
-        let fwd = prepare_request(&mut p, &up, &peer, false).unwrap();
+        let seen = Survey::of(&p.headers);
+        let fwd = prepare_request(&mut p, &up, &peer, seen).unwrap();
         assert_eq!(p.uri.to_string(), "/rest/v1/t?select=*,a(b)&id=eq.%C3%A9", "origin form, byte for byte");
         assert_eq!(p.version, Version::HTTP_11);
         assert_eq!(fwd.host(), "abc.supabase.co");
@@ -289,7 +307,8 @@ mod tests {
             assert!(!h.contains_key(gone), "{gone} was forwarded");
         }
         let mut p = parts("/", &[("x-forwarded-for", "10.0.0.1"), ("x-forwarded-for", "10.0.0.2, 10.0.0.3")]);
-        let fwd = prepare_request(&mut p, &up, &peer, false).unwrap();
+        let seen = Survey::of(&p.headers);
+        let fwd = prepare_request(&mut p, &up, &peer, seen).unwrap();
         assert_eq!(
             lines(&fwd)[0],
             ("x-forwarded-for", "10.0.0.1, 10.0.0.2, 10.0.0.3, 127.0.0.1"),
@@ -308,7 +327,8 @@ mod tests {
             &[("host", "a.example"), ("x-forwarded-proto", "https"), ("x-forwarded-host", "lb.example")],
         );
         let up = BaseUrl::parse("https://abc.supabase.co").unwrap();
-        let fwd = prepare_request(&mut p, &up, &ClientAddr::new("10.1.2.3".parse().unwrap()), false).unwrap();
+        let seen = Survey::of(&p.headers);
+        let fwd = prepare_request(&mut p, &up, &ClientAddr::new("10.1.2.3".parse().unwrap()), seen).unwrap();
         assert_eq!(lines(&fwd), [("x-forwarded-for", "10.1.2.3")], "the client's proto and host stay, unchanged");
         assert!(!fwd.leaves_out(&X_FORWARDED_FOR), "no chain of the client's to replace");
         assert_eq!(p.headers["x-forwarded-proto"], "https");
@@ -323,11 +343,24 @@ mod tests {
         );
         assert!(is_upgrade(&p.headers));
         let up = BaseUrl::parse("http://127.0.0.1:9").unwrap();
-        let fwd = prepare_request(&mut p, &up, &ClientAddr::new("::1".parse().unwrap()), true).unwrap();
+        let seen = Survey::of(&p.headers);
+        let fwd = prepare_request(&mut p, &up, &ClientAddr::new("::1".parse().unwrap()), seen).unwrap();
         assert_eq!(p.headers["connection"], "upgrade");
         assert_eq!(p.headers["upgrade"], "websocket");
         assert_eq!(lines(&fwd)[2], ("x-forwarded-host", "proxy:8080"), "from the URI's authority");
         assert_eq!(p.uri.to_string(), "/realtime/v1/websocket?apikey=a&vsn=2.0.0");
+    }
+
+    #[test]
+    fn one_pass_finds_an_upgrade_and_the_newer_error_shape() {
+        let survey = |h: &[(&str, &str)]| Survey::of(&parts("/", h).headers);
+        let s = survey(&[("connection", "Upgrade"), ("upgrade", "websocket")]);
+        assert!(s.upgrade() && !s.versioned());
+        assert!(!survey(&[("upgrade", "websocket")]).upgrade(), "no Connection: upgrade");
+        assert!(!survey(&[("connection", "keep-alive"), ("upgrade", "websocket")]).upgrade());
+        assert!(!survey(&[("connection", "upgrade"), ("upgrade", "h2c")]).upgrade(), "not a WebSocket");
+        assert!(survey(&[("x-supabase-api-version", "2024-01-01")]).versioned());
+        assert!(!survey(&[("x-supabase-api-versions", "1")]).versioned());
     }
 
     #[test]

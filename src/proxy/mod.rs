@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderName, Method, Request, Response, StatusCode, header};
+use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
@@ -36,9 +36,6 @@ use capped::Capped;
 pub use handling::Handling;
 pub use headers::ClientAddr;
 pub use route::{Route, route, route_user};
-
-/// The header whose presence asks for the newer error shape.
-static API_VERSION: HeaderName = HeaderName::from_static("x-supabase-api-version");
 
 /// The body of every proxied response: the upstream's, streamed (and perhaps tapped
 /// for a shadow comparison), or the proxy's own.
@@ -92,11 +89,10 @@ impl Proxy {
         let snap = self.state.load();
         let service = Service::from_path(req.uri().path());
         let method = req.method().clone();
-        let versioned = req.headers().contains_key(&API_VERSION);
+        // One pass over the header names, for what would otherwise be looked up by name.
+        let survey = headers::Survey::of(req.headers());
 
         let route = route::route(&snap, service, req.headers(), req.uri());
-        let exchange =
-            self.admit(&snap, &route, &req).and_then(|()| self.start(req, &snap, &route, client, service, started));
         let decision = route.decision;
         let done = Done {
             proxy: self,
@@ -105,10 +101,13 @@ impl Proxy {
             _in_flight: in_flight,
             method,
             service,
-            versioned,
+            versioned: survey.versioned(),
             backend: decision.backend,
             set_cookie: decision.set_cookie,
         };
+        let proxy = &done.proxy;
+        let exchange =
+            proxy.admit(&done.snap, &route, &req).and_then(|()| proxy.start(req, survey, &route, client, &done));
         Handling::new(exchange, done, client.deadline.clone())
     }
 
@@ -148,15 +147,15 @@ impl Proxy {
     fn start(
         &self,
         mut req: Request<Incoming>,
-        snap: &Arc<Snapshot>,
+        survey: headers::Survey,
         route: &Route,
         client: &Client,
-        service: Service,
-        now: Instant,
+        done: &Done,
     ) -> Result<(impl Future<Output = Result<Response<UpstreamBody>, Error>> + Send + 'static + use<>, After), Error>
     {
+        let (snap, service, now) = (&done.snap, done.service, done.started);
         let backend = route.decision.backend;
-        let upgrade = headers::is_upgrade(req.headers());
+        let upgrade = survey.upgrade();
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
         let shadow = (!upgrade && shadow::wanted(&parts.method, snap.config.shadow.fraction)).then(|| {
@@ -168,7 +167,7 @@ impl Proxy {
                 peer: client.addr.clone(),
             })
         });
-        let (applied, forwarded) = prepare(snap, &mut parts, backend, route.token.as_ref(), &client.addr, upgrade)?;
+        let (applied, forwarded) = prepare(snap, &mut parts, backend, route.token.as_ref(), &client.addr, survey)?;
         let req = Request::from_parts(parts, Either::Left(Capped::new(body, snap.config.limits.max_body_bytes)));
         let out = Outbound { req, forwarded };
         let target = &snap.config.backends.get(backend).url;
@@ -269,11 +268,11 @@ pub fn prepare(
     to: BackendId,
     token: Option<&Token>,
     peer: &ClientAddr,
-    upgrade: bool,
+    survey: headers::Survey,
 ) -> Result<(Applied, headers::Forwarded), Error> {
     let target = &snap.config.backends.get(to).url;
     let forwarded =
-        headers::prepare_request(parts, target, peer, upgrade).map_err(|e| Error::bad_request(to, e.to_string()))?;
+        headers::prepare_request(parts, target, peer, survey).map_err(|e| Error::bad_request(to, e.to_string()))?;
     if let Some(qa) = &snap.config.overrides.qa_header {
         // It carries a secret: never forwarded, valid or not.
         parts.headers.remove(qa);

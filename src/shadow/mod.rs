@@ -116,8 +116,9 @@ impl Shadow {
     ) -> (Outcome, u16) {
         let cfg = &snap.config.shadow;
         let mut parts = copy.head;
+        let survey = crate::proxy::headers::Survey::of(&parts.headers);
         let Ok((_, forwarded)) =
-            crate::proxy::prepare(snap, &mut parts, copy.to, copy.token.as_ref(), &copy.peer, false)
+            crate::proxy::prepare(snap, &mut parts, copy.to, copy.token.as_ref(), &copy.peer, survey)
         else {
             return (Outcome::Error, 0);
         };

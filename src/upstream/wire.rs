@@ -306,7 +306,8 @@ mod tests {
         let mut p = parts(Method::GET, &[("host", "client.example"), ("x-a", "1"), ("x-forwarded-for", "10.0.0.9")]);
         let up = crate::config::BaseUrl::parse("http://v2.example").unwrap();
         let peer = crate::proxy::ClientAddr::new("127.0.0.1".parse().unwrap());
-        let fwd = crate::proxy::headers::prepare_request(&mut p, &up, &peer, false).unwrap();
+        let seen = crate::proxy::headers::Survey::of(&p.headers);
+        let fwd = crate::proxy::headers::prepare_request(&mut p, &up, &peer, seen).unwrap();
         let head = encode_head(&p, &fwd);
         let expected = "GET /rest/v1/items?id=eq.1 HTTP/1.1\r\nhost: v2.example\r\nx-a: 1\r\n\
                         x-forwarded-for: 10.0.0.9, 127.0.0.1\r\nx-forwarded-proto: http\r\n\
