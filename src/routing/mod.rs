@@ -2,7 +2,6 @@
 //! policy and the request's identity. A pure function, so every rule is unit-tested
 //! here and the request path only gathers inputs.
 
-mod memo;
 pub mod percentile;
 pub mod policy;
 pub mod service;
