@@ -4,21 +4,24 @@
 # Unlike time, which moves by 10 % and more from one minute to the next on a shared
 # machine, the count moves by about 0.3 %: the figure to judge a small change of the
 # request path by (run it before and after), and the user-space half of a comparison
-# whose kernel half is the same four socket calls per request.
+# whose kernel half is the same four socket calls per request. Beside each count, the
+# locked (atomic read-modify-write) instructions among them (locked.py): each costs
+# about twenty plain ones, which the count does not show.
 #   benches/load/instructions.sh [SECONDS]
 set -euo pipefail
 secs=${1:-5}
 source "$(dirname "$0")/setup.sh"
-need valgrind valgrind; need curl curl
+need valgrind valgrind; need curl curl; need objdump binutils
 load() { # port seconds [tokens]: wrk's request count
   TOKENS=${3:-} taskset -c $load_cpu wrk -t1 -c64 -d"$2s" -s $here/users.lua "http://127.0.0.1:$1/" |
     awk '/requests in/ {print $1}'
 }
-# count NAME X-USER-ID-PORT JWT-PORT COMMAND...: one line of instructions per request,
-# counted only once warm (connections open, pools and caches filled).
+# count NAME X-USER-ID-PORT JWT-PORT COMMAND...: one line of instructions (and locked
+# ones) per request, counted only once warm (connections open, pools and caches filled).
 count() {
   local name=$1 port=$2 jwt_port=$3; shift 3
   RUST_LOG=warn taskset -c $proxy_cpu valgrind --tool=callgrind --instr-atstart=no \
+    --dump-instr=yes --compress-strings=no --compress-pos=no \
     --callgrind-out-file="$work/callgrind.$name" "$@" 2>"$work/valgrind.$name" &
   local vg=$!
   for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$port/" && break; sleep 0.2; done
@@ -33,11 +36,12 @@ count() {
     dump=$(ls -t "$work"/callgrind.$name* | head -1)
     ir=$(awk '/^(summary|totals):/ {print $2; exit}' "$dump")
     line="$line $(awk -v i="$ir" -v n="$n" 'BEGIN { printf "%12.0f", i / n }')"
+    line="$line $(printf '%8s' "$(python3 $here/locked.py "$dump" "$n")")"
   done
   kill $vg; wait $vg 2>/dev/null || true
   printf "%-12s%s\n" "$name" "$line"
 }
-printf "%-12s%12s%12s\n" "" "x-user-id" "JWT"
+printf "%-12s%12s%9s%12s%9s\n" "" "x-user-id" "locked" "JWT" "locked"
 count switchyard 18200 18200 $bin serve --workers 1 --config "$work/switchyard.toml"
 # nginx's master process off: the one process that serves is the one counted.
 count nginx 18201 18203 nginx -c "$work/nginx-proxy.conf" -g 'daemon off; master_process off;'
