@@ -10,7 +10,7 @@ identity=${1:-x-user-id}
 secs=${2:-6}
 top=${3:-30}
 source "$(dirname "$0")/setup.sh"
-need perf linux-perf
+need perf linux-perf; need curl curl
 bin=${B:-$bin}
 RUST_LOG=warn taskset -c $proxy_cpu $bin serve --workers 1 --config "$work/switchyard.toml" 2>/dev/null &
 sy=$!
