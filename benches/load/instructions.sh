@@ -11,7 +11,7 @@
 set -euo pipefail
 secs=${1:-5}
 source "$(dirname "$0")/setup.sh"
-need valgrind valgrind; need curl curl; need objdump binutils
+need valgrind valgrind; need objdump binutils
 load() { # port seconds [tokens]: wrk's request count
   TOKENS=${3:-} taskset -c $load_cpu wrk -t1 -c64 -d"$2s" -s $here/users.lua "http://127.0.0.1:$1/" |
     awk '/requests in/ {print $1}'
@@ -24,7 +24,7 @@ count() {
     --dump-instr=yes --compress-strings=no --compress-pos=no \
     --callgrind-out-file="$work/callgrind.$name" "$@" 2>"$work/valgrind.$name" &
   local vg=$!
-  for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$port/" && break; sleep 0.2; done
+  ready "$port"
   load "$port" 3 >/dev/null; load "$jwt_port" 3 "$work/tokens.txt" >/dev/null
   callgrind_control -i on $vg >/dev/null 2>&1
   local line="" n ir dump

@@ -10,11 +10,11 @@ identity=${1:-x-user-id}
 secs=${2:-6}
 top=${3:-30}
 source "$(dirname "$0")/setup.sh"
-need perf linux-perf; need curl curl
+need perf linux-perf
 bin=${B:-$bin}
 RUST_LOG=warn taskset -c $proxy_cpu $bin serve --workers 1 --config "$work/switchyard.toml" 2>/dev/null &
 sy=$!
-for _ in $(seq 100); do curl -s -o /dev/null http://127.0.0.1:18200/ && break; sleep 0.2; done
+ready 18200
 tokens=""; [ "$identity" = jwt ] && tokens="$work/tokens.txt"
 load() { TOKENS=$tokens taskset -c $load_cpu wrk -t1 -c64 -d"$1s" -s $here/users.lua http://127.0.0.1:18200/; }
 load 2 >/dev/null

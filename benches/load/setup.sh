@@ -11,6 +11,11 @@ work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 
 need() { command -v "$1" >/dev/null || { export DEBIAN_FRONTEND=noninteractive; apt-get update -qq; apt-get install -y -qq "$2" >/dev/null; }; }
+# ready PORT: waits (20 s at most) until something answers HTTP on 127.0.0.1:PORT.
+ready() {
+  need curl curl
+  for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$1/" && return; sleep 0.2; done
+}
 need nginx nginx; need wrk wrk
 cargo build --release --quiet --bin switchyard
 bin=target/release/switchyard
