@@ -43,17 +43,6 @@ where
     Raw { url, conns }
 }
 
-/// Where the request head in `buf` ends (after its blank line), once it has.
-fn head_end(buf: &[u8]) -> Option<usize> {
-    buf.windows(4).position(|w| w == b"\r\n\r\n").map(|at| at + 4)
-}
-
-/// The `content-length` of a request head (0 without one).
-fn content_length(head: &[u8]) -> usize {
-    let head = String::from_utf8_lossy(head).to_lowercase();
-    head.lines().find_map(|l| l.strip_prefix("content-length:")).map_or(0, |v| v.trim().parse().unwrap())
-}
-
 /// Reads request heads (and `content-length` bodies), answering each with `reply`.
 async fn answer_each(mut s: TcpStream, reply: &'static [&'static [u8]], close_after: bool) {
     let mut buf = Vec::new();
@@ -81,18 +70,6 @@ async fn answer_each(mut s: TcpStream, reply: &'static [&'static [u8]], close_af
         }
         if close_after {
             return;
-        }
-    }
-}
-
-/// Appends what the socket has to `buf`; false once it is closed.
-async fn read_more(s: &mut TcpStream, buf: &mut Vec<u8>) -> bool {
-    let mut more = [0u8; 4096];
-    match s.read(&mut more).await {
-        Ok(0) | Err(_) => false,
-        Ok(n) => {
-            buf.extend_from_slice(&more[..n]);
-            true
         }
     }
 }

@@ -6,6 +6,7 @@
 pub mod capped;
 mod handling;
 pub mod headers;
+pub mod inbound;
 pub mod route;
 pub mod tunnel;
 
@@ -15,7 +16,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::{Either, Full};
-use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use prometheus::IntGauge;
 use tokio::time::Instant;
@@ -35,6 +35,7 @@ use crate::upstream::{Outbound, Queued, Upstream, UpstreamBody};
 use capped::Capped;
 pub use handling::Handling;
 pub use headers::ClientAddr;
+pub use inbound::Inbound;
 pub use route::{Route, route, route_user};
 
 /// The body of every proxied response: the upstream's, streamed (and perhaps tapped
@@ -81,7 +82,7 @@ impl Proxy {
     /// instead of reusing that one in place.
     pub fn handle(
         self: Arc<Self>,
-        req: Request<Incoming>,
+        req: Request<Inbound>,
         client: &Client,
     ) -> Handling<impl Future<Output = Result<Response<UpstreamBody>, Error>> + Send + 'static + use<>> {
         let started = Instant::now();
@@ -113,7 +114,7 @@ impl Proxy {
 
     /// Whether the request may go upstream at all: load shedding, declared body size,
     /// a refused bearer token.
-    fn admit(&self, snap: &Snapshot, route: &Route, req: &Request<Incoming>) -> Result<(), Error> {
+    fn admit(&self, snap: &Snapshot, route: &Route, req: &Request<Inbound>) -> Result<(), Error> {
         let (backend, limits) = (route.decision.backend, &snap.config.limits);
         if self.metrics.in_flight.get() > limits.max_in_flight as i64 {
             return Err(Error::overloaded(backend));
@@ -146,7 +147,7 @@ impl Proxy {
     /// Turns the request into the one for its backend and starts sending it.
     fn start(
         &self,
-        mut req: Request<Incoming>,
+        mut req: Request<Inbound>,
         survey: headers::Survey,
         route: &Route,
         client: &Client,
@@ -283,7 +284,7 @@ pub fn prepare(
 }
 
 /// Whether the request declares a body longer than `limit`.
-fn declared_too_large(req: &Request<Incoming>, limit: Option<u64>) -> bool {
+fn declared_too_large(req: &Request<Inbound>, limit: Option<u64>) -> bool {
     let Some(limit) = limit else { return false };
     let declared =
         req.headers().get(header::CONTENT_LENGTH).and_then(|v| crate::upstream::wire::parse_length(v.as_bytes()));

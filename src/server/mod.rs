@@ -1,18 +1,23 @@
 //! Listeners and lifecycle: accepts client connections (HTTP/1.1 and h2c prior
 //! knowledge on one port), hands each request to [`Proxy::handle`], and shuts down
 //! gracefully: stop accepting, let in-flight requests and tunnels finish within the
-//! grace period, then close what is left.
+//! grace period, then close what is left. Plain HTTP/1.1 requests are served by the
+//! proxy's own connection code ([`plain`]); hyper's servers take everything else.
 
+pub mod plain;
+mod rewind;
 mod signal;
 mod sniff;
 
+use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::Request;
+use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -27,12 +32,13 @@ use crate::admin;
 use crate::config::limits::LimitsConfig;
 use crate::config::{Config, ServerConfig};
 use crate::control::Control;
-use crate::deadline::{Deadline, Watched};
+use crate::deadline::{Deadline, Reply, Watched};
 use crate::metrics::Metrics;
-use crate::proxy::{Client, ClientAddr, Proxy};
+use crate::proxy::{Body, Client, ClientAddr, Inbound, Proxy};
 use crate::state::State;
 use crate::upstream::Upstream;
 use crate::watch;
+use rewind::Rewind;
 use signal::Shutdown;
 use sniff::Opening;
 
@@ -130,35 +136,14 @@ async fn connection(
         opening = tokio::time::timeout(builders.header_read, sniff::opening(&stream)) => opening,
     };
     let addr = ClientAddr::new(peer.ip());
-    let io = TokioIo::new(stream);
     let ended = match opening {
-        Ok(Ok(Some(Opening::Http1))) => {
-            // One request at a time: the connection keeps one deadline for all of them.
-            let deadline = Deadline::new(builders.header_read);
-            let client = Client { addr, deadline: Some(deadline.clone()) };
-            let service = service_fn(move |req: Request<Incoming>| proxy.clone().handle(req, &client));
-            // hyper-util's graceful watch has no hook for this connection type: shutdown
-            // is driven from the token, and holding the watcher keeps the drain waiting.
-            let _watcher = watcher;
-            let conn = builders.http1.serve_connection(io, service).with_upgrades();
-            let mut conn = std::pin::pin!(Watched::new(conn, deadline));
-            let ended = tokio::select! {
-                biased;
-                ended = conn.as_mut() => ended,
-                _ = shutdown.as_mut() => {
-                    conn.as_mut().conn().graceful_shutdown();
-                    conn.await
-                }
-            };
-            // None: the next request did not come within the header read timeout.
-            ended.map_or(Ok(()), |ended| ended.map_err(Into::into))
-        }
+        Ok(Ok(Some(Opening::Http1))) => http1(stream, addr, proxy, &builders, watcher, shutdown.as_mut()).await,
         Ok(Ok(Some(Opening::MaybeHttp2))) => {
             // Requests run side by side here, each with its own timers.
-            let client = Client { addr, deadline: None };
-            let service = service_fn(move |req: Request<Incoming>| proxy.clone().handle(req, &client));
+            let service = service(proxy, Client { addr, deadline: None });
+            let conn = builders.detect.serve_connection_with_upgrades(TokioIo::new(stream), service);
             // Boxed: rare, and every connection's task would otherwise be its size.
-            Box::pin(watcher.watch(builders.detect.serve_connection_with_upgrades(io, service))).await
+            Box::pin(watcher.watch(conn)).await
         }
         // Closed, failed, or silent for the whole header read timeout.
         _ => return,
@@ -166,6 +151,52 @@ async fn connection(
     if let Err(e) = ended {
         tracing::debug!(%peer, error = %e, "client connection ended with an error");
     }
+}
+
+/// A plain HTTP/1 connection: served by the plain path until a request it leaves to
+/// hyper's server, which then serves the rest of the connection.
+async fn http1(
+    mut stream: TcpStream,
+    addr: ClientAddr,
+    proxy: Arc<Proxy>,
+    builders: &Builders,
+    watcher: Watcher,
+    mut shutdown: Pin<&mut Shutdown>,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    // One request at a time: the connection keeps one deadline for all of them.
+    let deadline = Deadline::new(builders.header_read);
+    let client = Client { addr, deadline: Some(deadline.clone()) };
+    let plain = plain::serve(&mut stream, &proxy, &client, builders.plain, shutdown.as_mut());
+    let read = match Watched::new(plain, deadline.clone()).await {
+        Some(plain::Ended::Handoff(read)) => read,
+        // Closed, or the next request did not come within the header read timeout.
+        _ => return Ok(()),
+    };
+    // hyper-util's graceful watch has no hook for this connection type: shutdown is
+    // driven from the token, and holding the watcher keeps the drain waiting.
+    let _watcher = watcher;
+    let io = TokioIo::new(Rewind::new(read, stream));
+    let conn = builders.http1.serve_connection(io, service(proxy, client)).with_upgrades();
+    let mut conn = std::pin::pin!(Watched::new(conn, deadline));
+    let ended = tokio::select! {
+        biased;
+        ended = conn.as_mut() => ended,
+        _ = shutdown.as_mut() => {
+            conn.as_mut().conn().graceful_shutdown();
+            conn.await
+        }
+    };
+    // None: the next request did not come within the header read timeout.
+    ended.map_or(Ok(()), |ended| ended.map_err(Into::into))
+}
+
+/// hyper's server's service: each request handed to [`Proxy::handle`].
+fn service(
+    proxy: Arc<Proxy>,
+    client: Client,
+) -> impl hyper::service::Service<Request<Incoming>, Response = Response<Reply<Body>>, Error = Infallible, Future: Send>
+{
+    service_fn(move |req: Request<Incoming>| proxy.clone().handle(req.map(Inbound::Streamed), &client))
 }
 
 async fn shutdown_signal() {
@@ -207,11 +238,13 @@ async fn schedule_loop(control: Arc<Control>, shutdown: CancellationToken) {
     }
 }
 
-/// The connection builders: hyper's HTTP/1 server for plain HTTP/1 connections (most
-/// of them), and one that detects the protocol for connections that may be h2c.
+/// The connection builders: hyper's HTTP/1 server for the HTTP/1 connections the plain
+/// path hands over, and one that detects the protocol for connections that may be h2c.
 struct Builders {
     http1: hyper::server::conn::http1::Builder,
     detect: auto::Builder<TokioExecutor>,
+    /// The plain path's parsing limits.
+    plain: plain::Limits,
     /// The header read timeout: how long a client may take to send its first bytes,
     /// and then each request head, and how long a keep-alive connection may idle.
     header_read: Duration,
@@ -246,7 +279,8 @@ impl Builders {
             .header_read_timeout(None)
             .max_headers(limits.max_header_count)
             .max_buf_size(limits.max_header_bytes);
-        Builders { http1, detect, header_read: server.header_read_timeout }
+        let plain = plain::Limits { max_headers: limits.max_header_count, max_head: limits.max_header_bytes };
+        Builders { http1, detect, plain, header_read: server.header_read_timeout }
     }
 }
 

@@ -46,6 +46,14 @@ impl Shutdown {
     }
 }
 
+impl Shutdown {
+    /// Whether shutdown has started: an atomic load, which neither waits nor takes the
+    /// task's waker. It knows only once the signal has been polled (and registered).
+    pub fn started(&self) -> bool {
+        self.woken.flag.load(Ordering::Acquire)
+    }
+}
+
 impl Future for Shutdown {
     type Output = ();
 
@@ -83,6 +91,8 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(10)).await;
             cancel.cancel();
         });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(signal.started(), "seen without a poll");
         tokio::time::timeout(Duration::from_secs(5), signal).await.expect("woken by the cancellation");
     }
 
