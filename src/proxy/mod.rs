@@ -17,7 +17,6 @@ use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::{Either, Full};
 use hyper::upgrade::OnUpgrade;
-use prometheus::IntGauge;
 use tokio::time::Instant;
 
 use crate::backend::BackendId;
@@ -86,7 +85,6 @@ impl Proxy {
         client: &Client,
     ) -> Handling<impl Future<Output = Result<Response<UpstreamBody>, Error>> + Send + 'static + use<>> {
         let started = Instant::now();
-        let in_flight = InFlight::enter(&self.metrics.in_flight);
         let snap = self.state.load();
         let service = Service::from_path(req.uri().path());
         let method = req.method().clone();
@@ -96,17 +94,16 @@ impl Proxy {
         let route = route::route(&snap, service, req.headers(), req.uri());
         let decision = route.decision;
         let done = Done {
-            proxy: self,
+            proxy: InFlight::enter(self),
             snap,
             started,
-            _in_flight: in_flight,
             method,
             service,
             versioned: survey.versioned(),
             backend: decision.backend,
             set_cookie: decision.set_cookie,
         };
-        let proxy = &done.proxy;
+        let proxy = &done.proxy.0;
         let exchange =
             proxy.admit(&done.snap, &route, &req).and_then(|()| proxy.start(req, survey, &route, client, &done));
         Handling::new(exchange, done, client.deadline.clone())
@@ -221,10 +218,10 @@ struct After {
 
 /// Everything that makes the final response and records it, whatever happened.
 struct Done {
-    proxy: Arc<Proxy>,
+    /// The proxy, counted in flight until this is dropped.
+    proxy: InFlight,
     snap: Arc<Snapshot>,
     started: Instant,
-    _in_flight: InFlight,
     method: Method,
     service: Service,
     versioned: bool,
@@ -234,7 +231,8 @@ struct Done {
 
 impl Done {
     fn finish(self, result: Result<(Response<UpstreamBody>, After), Error>) -> Response<Body> {
-        let Done { proxy, snap, started, method, service, versioned, backend, set_cookie, .. } = self;
+        let Done { proxy, snap, started, method, service, versioned, backend, set_cookie } = self;
+        let proxy = &proxy.0;
         let result = result.map(|(resp, after)| proxy.answer(&snap, backend, after, resp));
         // The guard judges the backends, not the clients' requests: an answer, or an
         // upstream failure (a request refused before it went out is neither).
@@ -301,19 +299,19 @@ fn clone_head(parts: &http::request::Parts) -> http::request::Parts {
     b.body(()).expect("parts of a valid request").into_parts().0
 }
 
-/// Keeps the in-flight gauge right even when the client goes away mid-request and
-/// the request future is dropped.
-struct InFlight(IntGauge);
+/// The proxy, held by a request in flight: keeps the in-flight gauge right even when
+/// the client goes away mid-request and the request future is dropped.
+struct InFlight(Arc<Proxy>);
 
 impl InFlight {
-    fn enter(gauge: &IntGauge) -> InFlight {
-        gauge.inc();
-        InFlight(gauge.clone())
+    fn enter(proxy: Arc<Proxy>) -> InFlight {
+        proxy.metrics.in_flight.inc();
+        InFlight(proxy)
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.dec();
+        self.0.metrics.in_flight.dec();
     }
 }

@@ -10,14 +10,54 @@
 
 use std::sync::Arc;
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Semaphore, SemaphorePermit};
+
+/// What leads to a host's budget: the budget itself, or what holds it (the host's
+/// pool, which a busy connection holds anyway).
+pub trait Owner {
+    /// The host's budget.
+    fn budget(&self) -> &Budget;
+}
+
+impl Owner for Budget {
+    fn budget(&self) -> &Budget {
+        self
+    }
+}
+
+impl<T: Owner> Owner for Arc<T> {
+    fn budget(&self) -> &Budget {
+        T::budget(self)
+    }
+}
+
+impl<T: Owner> Owner for &T {
+    fn budget(&self) -> &Budget {
+        T::budget(self)
+    }
+}
 
 /// A place in the shared budget and one under a host's ceiling, both given back
-/// when dropped.
+/// when dropped. It holds its `owner` rather than a permit of each semaphore: two
+/// reference counts fewer to take and drop per request.
 #[derive(Debug)]
-pub struct Slot {
-    _host: OwnedSemaphorePermit,
-    _shared: OwnedSemaphorePermit,
+pub struct Slot<O: Owner> {
+    owner: O,
+}
+
+impl<O: Owner> Slot<O> {
+    /// What the slot was taken through.
+    pub fn owner(&self) -> &O {
+        &self.owner
+    }
+}
+
+impl<O: Owner> Drop for Slot<O> {
+    fn drop(&mut self) {
+        let budget = self.owner.budget();
+        budget.host.add_permits(1);
+        budget.shared.add_permits(1);
+    }
 }
 
 /// One host's way into the budget.
@@ -40,31 +80,44 @@ impl Budget {
         self.ceiling - self.host.available_permits()
     }
 
-    /// A slot if one is free now; `None` when either the budget or the host's
-    /// ceiling is used up (or others are already waiting).
-    pub fn try_take(&self) -> Option<Slot> {
-        let shared = self.shared.clone().try_acquire_owned().ok()?;
-        let host = self.host.clone().try_acquire_owned().ok()?;
-        Some(Slot { _host: host, _shared: shared })
+    /// A slot of `owner`'s budget if one is free now; `None` when either the budget or
+    /// the host's ceiling is used up (or others are already waiting).
+    pub fn try_take<O: Owner>(owner: O) -> Option<Slot<O>> {
+        let budget = owner.budget();
+        let shared = budget.shared.try_acquire().ok()?;
+        let host = budget.host.try_acquire().ok()?;
+        keep(shared, host);
+        Some(Slot { owner })
     }
 
-    /// Waits for a slot. The shared queue comes first, so that while no host is at
-    /// its ceiling requests are served in arrival order whatever their host. A
-    /// request whose host is at its ceiling leaves that queue (its place goes to the
-    /// next one, for another host), waits for its host, and then queues again.
-    pub async fn take(&self) -> Slot {
-        let shared = acquire(&self.shared).await;
-        if let Ok(host) = self.host.clone().try_acquire_owned() {
-            return Slot { _host: host, _shared: shared };
+    /// Waits for a slot of `owner`'s budget. The shared queue comes first, so that
+    /// while no host is at its ceiling requests are served in arrival order whatever
+    /// their host. A request whose host is at its ceiling leaves that queue (its place
+    /// goes to the next one, for another host), waits for its host, and then queues
+    /// again.
+    pub async fn take<O: Owner>(owner: O) -> Slot<O> {
+        let budget = owner.budget();
+        let shared = acquire(&budget.shared).await;
+        match budget.host.try_acquire() {
+            Ok(host) => keep(shared, host),
+            Err(_) => {
+                drop(shared);
+                let host = acquire(&budget.host).await;
+                keep(acquire(&budget.shared).await, host);
+            }
         }
-        drop(shared);
-        let host = acquire(&self.host).await;
-        Slot { _shared: acquire(&self.shared).await, _host: host }
+        Slot { owner }
     }
 }
 
-async fn acquire(semaphore: &Arc<Semaphore>) -> OwnedSemaphorePermit {
-    semaphore.clone().acquire_owned().await.expect("the budget's semaphores are never closed")
+/// The two permits, kept until a slot gives them back.
+fn keep(shared: SemaphorePermit<'_>, host: SemaphorePermit<'_>) {
+    shared.forget();
+    host.forget();
+}
+
+async fn acquire(semaphore: &Semaphore) -> SemaphorePermit<'_> {
+    semaphore.acquire().await.expect("the budget's semaphores are never closed")
 }
 
 #[cfg(test)]
@@ -77,34 +130,34 @@ mod tests {
         (Budget::new(shared.clone(), ceiling), Budget::new(shared, ceiling))
     }
 
-    async fn soon(b: &Budget) -> Option<Slot> {
-        tokio::time::timeout(Duration::from_millis(50), b.take()).await.ok()
+    async fn soon(b: &Budget) -> Option<Slot<&Budget>> {
+        tokio::time::timeout(Duration::from_millis(50), Budget::take(b)).await.ok()
     }
 
     #[tokio::test]
     async fn the_budget_is_shared_and_each_host_stops_at_its_ceiling() {
         let (a, b) = two_hosts(4, 3);
-        let held: Vec<Slot> = (0..3).map(|_| a.try_take().expect("under the ceiling")).collect();
-        assert!(a.try_take().is_none(), "a is at its ceiling");
+        let held: Vec<Slot<&Budget>> = (0..3).map(|_| Budget::try_take(&a).expect("under the ceiling")).collect();
+        assert!(Budget::try_take(&a).is_none(), "a is at its ceiling");
         assert!(soon(&a).await.is_none(), "and waits there");
-        let last = b.try_take().expect("the ceiling left one for b");
-        assert!(b.try_take().is_none(), "the budget is used up");
+        let last = Budget::try_take(&b).expect("the ceiling left one for b");
+        assert!(Budget::try_take(&b).is_none(), "the budget is used up");
         assert_eq!((a.busy(), b.busy()), (3, 1));
         drop(last);
-        assert!(b.try_take().is_some());
+        assert!(Budget::try_take(&b).is_some());
         drop(held);
-        assert!(a.try_take().is_some());
+        assert!(Budget::try_take(&a).is_some());
     }
 
     #[tokio::test]
     async fn waiters_are_served_in_arrival_order_whatever_their_host() {
         let (a, b) = two_hosts(1, 1);
-        let first = a.try_take().unwrap();
+        let first = Budget::try_take(&a).unwrap();
         let order = Arc::new(std::sync::Mutex::new(Vec::new()));
         let waiter = |budget: Budget, name: &'static str| {
             let order = order.clone();
             tokio::spawn(async move {
-                let slot = budget.take().await;
+                let slot = Budget::take(&budget).await;
                 order.lock().unwrap().push(name);
                 tokio::time::sleep(Duration::from_millis(5)).await;
                 drop(slot);
@@ -127,12 +180,12 @@ mod tests {
     #[tokio::test]
     async fn a_host_at_its_ceiling_leaves_its_place_to_others() {
         let (a, b) = two_hosts(3, 2);
-        let stuck: Vec<Slot> = (0..2).map(|_| a.try_take().unwrap()).collect();
-        let spare = b.try_take().unwrap();
+        let stuck: Vec<Slot<&Budget>> = (0..2).map(|_| Budget::try_take(&a).unwrap()).collect();
+        let spare = Budget::try_take(&b).unwrap();
         // a's next request waits for a; it must not sit on the place b gets back.
         let a_waits = tokio::spawn({
             let a = a.clone();
-            async move { a.take().await }
+            async move { Budget::take(a).await }
         });
         tokio::task::yield_now().await;
         drop(spare);

@@ -14,7 +14,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use tower_service::Service;
 
 use super::body::UpstreamBody;
-use super::budget::{Budget, Slot};
+use super::budget::{Budget, Owner, Slot};
 use super::conn::Conn;
 use super::exchange::{Attempt, Failure, Outgoing, exchange};
 use super::idle::IdleStack;
@@ -47,8 +47,8 @@ pub struct Lease {
     /// Boxed: a TLS connection's state is over a kilobyte, and the lease moves with
     /// every response.
     conn: Box<Conn>,
-    pool: Arc<Pool>,
-    _slot: Slot,
+    /// Its place in the budget, taken through its pool.
+    slot: Slot<Arc<Pool>>,
     /// When the request was sent: the connection's idle time is counted from then
     /// (reading the clock again at release costs every request; a connection busy
     /// for longer than the idle timeout is then closed when released, not reused).
@@ -63,12 +63,19 @@ impl Lease {
 
     /// Parks the connection for the next request.
     pub fn release(self) {
-        self.pool.park(self.conn, self.since);
+        let Lease { conn, slot, since } = self;
+        slot.owner().park(conn, since);
     }
 
     /// The connection leaves the pool for good (an upgrade); its place is freed.
     pub fn into_conn(self) -> Box<Conn> {
         self.conn
+    }
+}
+
+impl Owner for Pool {
+    fn budget(&self) -> &Budget {
+        &self.budget
     }
 }
 
@@ -111,10 +118,10 @@ impl Pool {
         // `out` and `now` are used where they were captured, never bound again: a new
         // binding would be a second copy in the future.
         async move {
-            let (slot, queued) = match self.budget.try_take() {
+            let (slot, queued) = match Budget::try_take(self.clone()) {
                 Some(slot) => (slot, None),
                 None => {
-                    let slot = self.budget.take().await;
+                    let slot = Budget::take(self.clone()).await;
                     let waited_since = std::mem::replace(&mut now, Instant::now());
                     (slot, Some(Queued(now.saturating_duration_since(waited_since))))
                 }
@@ -128,7 +135,7 @@ impl Pool {
                 match exchange(&mut conn, &mut out).await {
                     Ok((head, upload)) => {
                         let duplex = upload.is_some();
-                        let lease = Lease { conn, pool: self.clone(), _slot: slot, since: now };
+                        let lease = Lease { conn, slot, since: now };
                         let mut resp = Response::new(UpstreamBody::new(lease, head.framing, head.reusable, upload));
                         *resp.status_mut() = head.status;
                         *resp.headers_mut() = head.headers;
