@@ -69,6 +69,12 @@ impl Deadline {
         self.at.store(self.ms(Instant::now() + self.idle) << 1, Ordering::Relaxed);
     }
 
+    /// A request head came, its body not yet: the body is due within `within` (the
+    /// upstream timeout, which bounds an upload streamed to the upstream too).
+    pub fn await_body(&self, within: Duration) {
+        self.at.store(self.ms(Instant::now() + within) << 1, Ordering::Relaxed);
+    }
+
     /// Whether the answer's deadline passed.
     pub fn expired(&self) -> bool {
         self.at.load(Ordering::Relaxed) == EXPIRED

@@ -232,3 +232,24 @@ async fn what_the_plain_path_leaves_to_hyper_is_still_answered() {
     let head = exchange(b"GET /rest/v1/t HTTP/1.1\r\nhost: h\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\n").await;
     assert!(head.starts_with("http/1.1 400 "), "{head}");
 }
+
+#[tokio::test]
+async fn a_body_may_take_the_upstream_timeout_to_follow_its_head() {
+    let v1 = echo("v1").await;
+    let text = config_text(&v1.url(), &v1.url(), 0, "[upstream]\ntimeout_seconds = 1.5\n")
+        .replace("shutdown_grace_seconds = 5", "shutdown_grace_seconds = 5\nheader_read_timeout_seconds = 0.3");
+    let sy = start(&text).await;
+    let mut s = TcpStream::connect(sy.addr).await.unwrap();
+    // Longer than the header read timeout, within the upstream timeout.
+    s.write_all(b"POST /rest/v1/t HTTP/1.1\r\nhost: h\r\ncontent-length: 4\r\n\r\nab").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    s.write_all(b"cd").await.unwrap();
+    let (_, echoed) = response(&mut s, &mut Vec::new()).await;
+    assert_eq!(seen(&echoed)["body"], "abcd");
+    // A body that stops coming is given up at the upstream timeout.
+    s.write_all(b"POST /rest/v1/t HTTP/1.1\r\nhost: h\r\ncontent-length: 4\r\n\r\nab").await.unwrap();
+    let started = tokio::time::Instant::now();
+    assert!(closes(&mut s).await, "a stalled upload kept its connection");
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(1400) && took < Duration::from_secs(4), "closed after {took:?}");
+}

@@ -251,7 +251,7 @@ struct Builders {
 }
 
 impl Builders {
-    fn new(server: &ServerConfig, limits: &LimitsConfig) -> Builders {
+    fn new(server: &ServerConfig, limits: &LimitsConfig, upstream_timeout: Duration) -> Builders {
         let mut detect = auto::Builder::new(TokioExecutor::new());
         // Without a timer the header read timeout does nothing (design.md §9). It also
         // bounds how long an idle keep-alive connection waits for its next request.
@@ -279,7 +279,11 @@ impl Builders {
             .header_read_timeout(None)
             .max_headers(limits.max_header_count)
             .max_buf_size(limits.max_header_bytes);
-        let plain = plain::Limits { max_headers: limits.max_header_count, max_head: limits.max_header_bytes };
+        let plain = plain::Limits {
+            max_headers: limits.max_header_count,
+            max_head: limits.max_header_bytes,
+            body_wait: upstream_timeout,
+        };
         Builders { http1, detect, plain, header_read: server.header_read_timeout }
     }
 }
@@ -291,7 +295,8 @@ async fn serve(
     server: ServerConfig,
     limits: LimitsConfig,
 ) {
-    let builders = Arc::new(Builders::new(&server, &limits));
+    let upstream_timeout = proxy.state.load().config.upstream.timeout;
+    let builders = Arc::new(Builders::new(&server, &limits, upstream_timeout));
     let graceful = GracefulShutdown::new();
     // At the limit, new connections wait in the kernel's backlog instead of being served.
     let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));

@@ -22,6 +22,7 @@ use std::future::poll_fn;
 use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::task::Poll;
+use std::time::Duration;
 
 use bytes::BytesMut;
 use futures_util::FutureExt;
@@ -59,6 +60,9 @@ pub struct Limits {
     pub max_headers: usize,
     /// Bytes of request head.
     pub max_head: usize,
+    /// How long a body may take to follow its head: the upstream timeout, which would
+    /// bound it were it streamed to the upstream.
+    pub body_wait: Duration,
 }
 
 /// Serves requests on `stream` from `client` until it closes, shutdown ends it, or a
@@ -73,11 +77,19 @@ pub async fn serve(
     let mut buf = BytesMut::with_capacity(READ_BUFFER);
     let mut out = BytesMut::new();
     loop {
+        let mut awaiting_body = false;
         let head = loop {
             match head::parse(&buf, limits.max_headers, limits.max_head) {
                 Step::Ready(head) => break head,
                 Step::Handoff => return Ended::Handoff(buf),
                 Step::Partial => {}
+                Step::Body if awaiting_body => {}
+                Step::Body => {
+                    awaiting_body = true;
+                    if let Some(deadline) = &client.deadline {
+                        deadline.await_body(limits.body_wait);
+                    }
+                }
             }
             // Shutdown ends a connection between requests, not in the middle of one.
             let between = buf.is_empty();
