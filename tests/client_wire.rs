@@ -185,11 +185,7 @@ impl Drop for DropCount {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_finishes_the_answer_in_flight_then_closes() {
-    let slow = upstream(|_req| async move {
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        Response::new(full("finished"))
-    })
-    .await;
+    let slow = slow(Duration::from_millis(300), "finished").await;
     let sy = start(&config_text(&slow.url(), &slow.url(), 0, "")).await;
     let mut busy = TcpStream::connect(sy.addr).await.unwrap();
     let mut idle = TcpStream::connect(sy.addr).await.unwrap();
@@ -236,8 +232,8 @@ async fn what_the_plain_path_leaves_to_hyper_is_still_answered() {
 #[tokio::test]
 async fn a_body_may_take_the_upstream_timeout_to_follow_its_head() {
     let v1 = echo("v1").await;
-    let text = config_text(&v1.url(), &v1.url(), 0, "[upstream]\ntimeout_seconds = 1.5\n")
-        .replace("shutdown_grace_seconds = 5", "shutdown_grace_seconds = 5\nheader_read_timeout_seconds = 0.3");
+    let text =
+        with_header_read_timeout(&config_text(&v1.url(), &v1.url(), 0, "[upstream]\ntimeout_seconds = 1.5\n"), 0.3);
     let sy = start(&text).await;
     let mut s = TcpStream::connect(sy.addr).await.unwrap();
     // Longer than the header read timeout, within the upstream timeout.

@@ -61,11 +61,7 @@ async fn oversized_bodies_are_413() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn excess_requests_are_shed_with_retry_after() {
-    let slow = upstream(|_req| async move {
-        tokio::time::sleep(Duration::from_millis(400)).await;
-        Response::new(full("[]"))
-    })
-    .await;
+    let slow = slow(Duration::from_millis(400), "[]").await;
     let v2 = echo("v2").await;
     let sy = start(&config_text(&slow.url(), &v2.url(), 0, "[limits]\nmax_in_flight = 2\n")).await;
     let addr = sy.addr;
@@ -101,8 +97,7 @@ async fn connections_over_the_limit_wait() {
 #[tokio::test]
 async fn slow_headers_and_idle_connections_are_closed() {
     let v1 = echo("v1").await;
-    let text = config_text(&v1.url(), &v1.url(), 0, "")
-        .replace("shutdown_grace_seconds = 5", "shutdown_grace_seconds = 5\nheader_read_timeout_seconds = 0.3");
+    let text = with_header_read_timeout(&config_text(&v1.url(), &v1.url(), 0, ""), 0.3);
     let sy = start(&text).await;
     let addr = sy.addr;
     // Slowloris: half a request head, then silence.
@@ -160,8 +155,8 @@ async fn one_connection_keeps_each_requests_deadline_in_turn() {
         }
     })
     .await;
-    let text = config_text(&v1.url(), &v1.url(), 0, "[upstream]\ntimeout_seconds = 1.5\n")
-        .replace("shutdown_grace_seconds = 5", "shutdown_grace_seconds = 5\nheader_read_timeout_seconds = 0.3");
+    let text =
+        with_header_read_timeout(&config_text(&v1.url(), &v1.url(), 0, "[upstream]\ntimeout_seconds = 1.5\n"), 0.3);
     let sy = start(&text).await;
     let stream = TcpStream::connect(sy.addr).await.unwrap();
     let (mut tx, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.unwrap();

@@ -112,11 +112,7 @@ async fn a_1_gib_upload_streams_in_constant_memory() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_lets_in_flight_requests_finish() {
-    let slow = upstream(|_req| async move {
-        tokio::time::sleep(Duration::from_millis(800)).await;
-        Response::new(full("finished"))
-    })
-    .await;
+    let slow = slow(Duration::from_millis(800), "finished").await;
     let v1 = echo("v1").await;
     let mut serving = Serving::start(&serve_config("drain", &v1.url(), &slow.url(), ""));
     let addr = serving.addr;

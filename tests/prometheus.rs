@@ -14,7 +14,6 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use http::Response;
 use serde_json::Value;
 use support::process::write_config;
 use support::*;
@@ -127,11 +126,7 @@ fn covers_both_backends(result: &Value) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dashboard_and_alert_queries_work_on_real_prometheus() {
     let v1 = echo("v1").await;
-    let slow_v2 = upstream(|_req| async move {
-        tokio::time::sleep(Duration::from_millis(40)).await;
-        Response::new(full("[]"))
-    })
-    .await;
+    let slow_v2 = slow(Duration::from_millis(40), "[]").await;
     let closed = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         format!("http://{}", l.local_addr().unwrap())

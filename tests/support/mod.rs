@@ -118,6 +118,15 @@ pub async fn echo_body(label: &str, req: Request<Incoming>) -> Value {
     })
 }
 
+/// An upstream that answers every request with `body`, `after` it came.
+pub async fn slow(after: std::time::Duration, body: &'static str) -> Upstream {
+    upstream(move |_req| async move {
+        tokio::time::sleep(after).await;
+        Response::new(full(body))
+    })
+    .await
+}
+
 /// An upstream that echoes every request as JSON, labelled `label`.
 pub async fn echo(label: &'static str) -> Upstream {
     upstream(move |req| async move {
@@ -165,6 +174,14 @@ pub fn config_text(v1: &str, v2: &str, percentage: u8, extra: &str) -> String {
     format!(
         "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nshutdown_grace_seconds = 5\n\
          [rollout]\npercentage = {percentage}\n[backends.v1]\nurl = \"{v1}\"\n[backends.v2]\nurl = \"{v2}\"\n{guard}{extra}"
+    )
+}
+
+/// `text` (from [`config_text`]) with `server.header_read_timeout_seconds` set.
+pub fn with_header_read_timeout(text: &str, seconds: f64) -> String {
+    text.replace(
+        "shutdown_grace_seconds = 5",
+        &format!("shutdown_grace_seconds = 5\nheader_read_timeout_seconds = {seconds}"),
     )
 }
 
