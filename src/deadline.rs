@@ -66,11 +66,12 @@ impl Deadline {
 
     /// The response is over: the next request head is due within the idle timeout.
     pub fn await_request(&self) {
-        self.at.store(self.ms(Instant::now() + self.idle) << 1, Ordering::Relaxed);
+        self.await_body(self.idle);
     }
 
     /// A request head came, its body not yet: the body is due within `within` (the
-    /// upstream timeout, which bounds an upload streamed to the upstream too).
+    /// upstream timeout, which bounds an upload streamed to the upstream too). A wait
+    /// for the rest of a request, as for its head: when it passes, the connection ends.
     pub fn await_body(&self, within: Duration) {
         self.at.store(self.ms(Instant::now() + within) << 1, Ordering::Relaxed);
     }

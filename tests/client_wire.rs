@@ -227,6 +227,9 @@ async fn what_the_plain_path_leaves_to_hyper_is_still_answered() {
     assert!(head.starts_with("http/1.1 100 continue\r\n"), "{head}");
     let head = exchange(b"GET /rest/v1/t HTTP/1.1\r\nhost: h\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\n").await;
     assert!(head.starts_with("http/1.1 400 "), "{head}");
+    // Parsed, but a target `http` refuses.
+    let head = exchange(b"GET /rest/v1/a<b HTTP/1.1\r\nhost: h\r\n\r\n").await;
+    assert!(head.starts_with("http/1.1 400 "), "{head}");
 }
 
 #[tokio::test]

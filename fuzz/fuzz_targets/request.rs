@@ -21,8 +21,7 @@ fuzz_target!(|data: &[u8]| {
             Step::Ready(head) => {
                 assert!(head.len + head.body <= buf.len());
                 let bytes = Bytes::copy_from_slice(&buf[..head.len]);
-                let body = (head.body > 0).then(|| Bytes::copy_from_slice(&buf[head.len..head.len + head.body]));
-                let _ = head.request(&bytes, body);
+                let _ = head.request(&bytes);
                 return;
             }
         }

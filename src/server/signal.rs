@@ -44,9 +44,7 @@ impl Shutdown {
     pub fn new(token: &CancellationToken) -> Shutdown {
         Shutdown { cancelled: Box::pin(token.clone().cancelled_owned()), woken: Arc::default(), registered: None }
     }
-}
 
-impl Shutdown {
     /// Whether shutdown has started: an atomic load, which neither waits nor takes the
     /// task's waker. It knows only once the signal has been polled (and registered).
     pub fn started(&self) -> bool {
@@ -87,11 +85,12 @@ mod tests {
             assert!(futures_util::poll!(signal.as_mut()).is_pending());
         }
         let cancel = token.clone();
-        tokio::spawn(async move {
+        let cancelled = tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(10)).await;
             cancel.cancel();
         });
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!signal.started());
+        cancelled.await.unwrap();
         assert!(signal.started(), "seen without a poll");
         tokio::time::timeout(Duration::from_secs(5), signal).await.expect("woken by the cancellation");
     }

@@ -108,15 +108,16 @@ fn connection_close(value: &[u8]) -> Option<bool> {
 }
 
 impl Head {
-    /// The request, its target and header values sharing `head` (the bytes parsed).
-    /// Fails only on a target or a value `http` refuses that the parser let through.
-    pub fn request(self, head: &Bytes, body: Option<Bytes>) -> Result<Request<Inbound>, http::Error> {
+    /// The request (its body still to be set), its target and header values sharing
+    /// `head` (the bytes parsed). Fails only on a target or a value `http` refuses that
+    /// the parser let through.
+    pub fn request(self, head: &Bytes) -> Result<Request<Inbound>, http::Error> {
         let uri = Uri::from_maybe_shared(head.slice(self.target.0..self.target.1))?;
         let mut headers = HeaderMap::with_capacity(self.headers.len());
         for (name, from, to) in self.headers {
             headers.append(name, HeaderValue::from_maybe_shared(head.slice(from..to))?);
         }
-        let mut req = Request::new(Inbound::Read(body));
+        let mut req = Request::new(Inbound::Read(None));
         *req.method_mut() = self.method;
         *req.uri_mut() = uri;
         *req.version_mut() = Version::HTTP_11;
@@ -151,7 +152,7 @@ mod tests {
         let head = ready(wire);
         assert_eq!((head.len, head.body, head.close), (wire.len() - 4, 0, false));
         let bytes = Bytes::from(wire);
-        let req = head.request(&bytes, None).unwrap();
+        let req = head.request(&bytes).unwrap();
         assert_eq!(req.method(), Method::GET);
         assert_eq!(req.uri(), "/rest/v1/todos?select=*");
         assert_eq!(req.version(), Version::HTTP_11);
@@ -170,6 +171,13 @@ mod tests {
         }
         let head = ready(wire);
         assert_eq!((head.body, head.len + head.body), (7, wire.len()));
+    }
+
+    #[test]
+    fn a_target_http_refuses_fails_to_build() {
+        // httparse lets `<`, `>` and a backtick through in a target; `http` does not.
+        let wire = "GET /a<b HTTP/1.1\r\n\r\n";
+        assert!(ready(wire).request(&Bytes::from(wire)).is_err());
     }
 
     #[test]

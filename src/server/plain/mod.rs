@@ -34,9 +34,9 @@ use tokio::net::TcpStream;
 use tokio_util::io::poll_read_buf;
 
 use super::signal::Shutdown;
-use crate::proxy::{Client, Proxy};
+use crate::proxy::{Client, Inbound, Proxy};
 use crate::upstream::chunked;
-use head::Step;
+use head::{Head, Step};
 use reply::Framing;
 
 /// The read buffer's size, as hyper's: most request heads fit many times over.
@@ -77,42 +77,23 @@ pub async fn serve(
     let mut buf = BytesMut::with_capacity(READ_BUFFER);
     let mut out = BytesMut::new();
     loop {
-        let mut awaiting_body = false;
-        let head = loop {
-            match head::parse(&buf, limits.max_headers, limits.max_head) {
-                Step::Ready(head) => break head,
-                Step::Handoff => return Ended::Handoff(buf),
-                Step::Partial => {}
-                Step::Body if awaiting_body => {}
-                Step::Body => {
-                    awaiting_body = true;
-                    if let Some(deadline) = &client.deadline {
-                        deadline.await_body(limits.body_wait);
-                    }
-                }
-            }
-            // Shutdown ends a connection between requests, not in the middle of one.
-            let between = buf.is_empty();
-            let read = poll_fn(|cx| {
-                if between && shutdown.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(Ok(0));
-                }
-                reserve(&mut buf);
-                poll_read_buf(Pin::new(&mut *stream), cx, &mut buf)
-            });
-            if !matches!(read.await, Ok(n) if n > 0) {
-                return Ended::Closed;
-            }
+        let head = match next_head(stream, &mut buf, client, limits, shutdown.as_mut()).await {
+            Ok(head) => head,
+            Err(ended) => return ended,
         };
-        let close = head.close;
+        let (close, body) = (head.close, head.body);
         let bytes = buf.split_to(head.len).freeze();
-        let body = (head.body > 0).then(|| buf.split_to(head.body).freeze());
-        let Ok(req) = head.request(&bytes, body) else {
-            let _ =
-                stream.write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").await;
-            return Ended::Closed;
+        let Ok(mut req) = head.request(&bytes) else {
+            // What `http` refuses though httparse let it through: hyper's server answers
+            // it, as it answers every malformed request.
+            let mut read = BytesMut::from(&bytes[..]);
+            read.extend_from_slice(&buf);
+            return Ended::Handoff(read);
         };
         drop(bytes);
+        if body > 0 {
+            *req.body_mut() = Inbound::Read(Some(buf.split_to(body).freeze()));
+        }
         // Pinned where it is made: the future is large, and moving it costs.
         let handling = pin!(proxy.clone().handle(req, client));
         let Some(Ok(resp)) = answer(stream, &mut buf, limits.max_head, handling).await else {
@@ -123,6 +104,44 @@ pub async fn serve(
         if !respond(stream, resp, close, &mut out).await || close {
             let _ = stream.shutdown().await;
             return Ended::Closed;
+        }
+    }
+}
+
+/// Reads until the request at the front of `buf` is whole, its body included; `Err`
+/// when the connection ends instead, or goes to hyper's server.
+async fn next_head(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    client: &Client,
+    limits: Limits,
+    mut shutdown: Pin<&mut Shutdown>,
+) -> Result<Head, Ended> {
+    let mut awaiting_body = false;
+    loop {
+        match head::parse(buf, limits.max_headers, limits.max_head) {
+            Step::Ready(head) => return Ok(head),
+            Step::Handoff => return Err(Ended::Handoff(std::mem::take(buf))),
+            Step::Partial => {}
+            Step::Body if awaiting_body => {}
+            Step::Body => {
+                awaiting_body = true;
+                if let Some(deadline) = &client.deadline {
+                    deadline.await_body(limits.body_wait);
+                }
+            }
+        }
+        // Shutdown ends a connection between requests, not in the middle of one.
+        let between = buf.is_empty();
+        let read = poll_fn(|cx| {
+            if between && shutdown.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Ok(0));
+            }
+            reserve(buf);
+            poll_read_buf(Pin::new(&mut *stream), cx, buf)
+        });
+        if !matches!(read.await, Ok(n) if n > 0) {
+            return Err(Ended::Closed);
         }
     }
 }
@@ -181,10 +200,9 @@ where
         let frame = match body.frame().now_or_never() {
             Some(frame) => frame,
             None => {
-                if stream.write_all(out).await.is_err() {
+                if !flush(stream, out).await {
                     return false;
                 }
-                out.clear();
                 body.frame().await
             }
         };
@@ -205,11 +223,8 @@ where
                 out.extend_from_slice(&data);
             }
         }
-        if out.len() >= WRITE_AT {
-            if stream.write_all(out).await.is_err() {
-                return false;
-            }
-            out.clear();
+        if out.len() >= WRITE_AT && !flush(stream, out).await {
+            return false;
         }
     };
     if framing == Framing::Chunked && whole {
@@ -217,9 +232,16 @@ where
     }
     // A body that failed, or ended short of its length, cannot be finished: what was
     // sent goes out and the connection closes, so the client sees it cut.
-    let sent = stream.write_all(out).await.is_ok();
+    let sent = flush(stream, out).await;
     if out.capacity() > WRITE_AT * 2 {
         *out = BytesMut::new();
     }
     sent && whole && left == 0 && !interim
+}
+
+/// Writes what `out` holds, and empties it; false when the client is gone.
+async fn flush(stream: &mut TcpStream, out: &mut BytesMut) -> bool {
+    let sent = stream.write_all(out).await.is_ok();
+    out.clear();
+    sent
 }
