@@ -7,12 +7,15 @@
 # proxy's CPU time per request (from /proc), its RSS (with 1000 idle keep-alive
 # connections, measured first, and after each load run), and switchyard/nginx ratios.
 # Every target runs ROUNDS times, the rounds interleaved so that a slow minute of a
-# shared machine hits all targets alike; the table shows each figure's median.
+# shared machine hits all targets alike; the table shows each figure's median. Fifteen
+# rounds by default (about half an hour): at 64 connections one round's p99 ratio swings
+# from about 0.7 to 1.4 (the machine's own stalls, see the README), so fewer rounds
+# leave its median to chance.
 #   benches/load/run.sh [SECONDS] [CONNECTIONS] [ROUNDS]
 set -euo pipefail
 secs=${1:-10}
 conns=${2:-64}
-rounds=${3:-3}
+rounds=${3:-15}
 source "$(dirname "$0")/setup.sh"
 need haproxy haproxy
 RUST_LOG=warn taskset -c $proxy_cpu $bin serve --workers 1 --config "$work/switchyard.toml" 2>"$work/switchyard.err" &
@@ -87,10 +90,13 @@ pair() { # name port name port [tokens]: the two compared targets back to back, 
   if (( round % 2 )); then run "$1" "$2" "${5:-}"; run "$3" "$4" "${5:-}"
   else run "$3" "$4" "${5:-}"; run "$1" "$2" "${5:-}"; fi
 }
+# Every compared pair follows a run that kept the proxies' core busy (the backend-direct
+# run loads only wrk's core; a discarded run on HAProxy's port warms round 1).
+taskset -c $load_cpu wrk -t1 -c"$conns" -d"${secs}s" -s $here/users.lua http://127.0.0.1:18202/ >/dev/null 2>&1
 for round in $(seq "$rounds"); do
-  run "backend direct" 18101
   pair "switchyard (x-user-id)" 18200 "nginx split_clients" 18201
   pair "switchyard (JWT HS256)" 18200 "nginx, JWT requests" 18203 "$work/tokens.txt"
+  run "backend direct" 18101
   run "haproxy" 18202
   conns_saved=$conns; conns=1000
   pair "switchyard 1000 conns" 18200 "nginx 1000 conns" 18201
