@@ -99,7 +99,7 @@ async fn pipelined_requests_are_answered_in_order_across_the_hand_over() {
 }
 
 #[tokio::test]
-async fn a_body_that_follows_its_head_is_waited_for_and_a_large_one_streamed() {
+async fn a_body_that_follows_its_head_is_waited_for_and_a_large_one_goes_through_on_the_same_connection() {
     let (_v1, _v2, sy) = stack(0, "").await;
     let mut s = TcpStream::connect(sy.addr).await.unwrap();
     let mut buf = Vec::new();

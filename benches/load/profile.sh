@@ -11,8 +11,7 @@ secs=${2:-6}
 top=${3:-30}
 source "$(dirname "$0")/setup.sh"
 need perf linux-perf
-bin=${B:-$bin}
-RUST_LOG=warn taskset -c $proxy_cpu $bin serve --workers 1 --config "$work/switchyard.toml" 2>/dev/null &
+start_switchyard "${B:-$bin}"
 sy=$!
 ready 18200
 tokens=""; [ "$identity" = jwt ] && tokens="$work/tokens.txt"

@@ -18,11 +18,11 @@ conns=${2:-64}
 rounds=${3:-15}
 source "$(dirname "$0")/setup.sh"
 need haproxy haproxy
-RUST_LOG=warn taskset -c $proxy_cpu $bin serve --workers 1 --config "$work/switchyard.toml" 2>"$work/switchyard.err" &
+start_switchyard
 sy_pid=$!
 
 # nginx as the rollout proxy (its config is setup.sh's).
-taskset -c $proxy_cpu nginx -c "$work/nginx-proxy.conf" -g 'daemon off;' &
+start_nginx_proxy
 
 # HAProxy doing the same.
 cat > "$work/haproxy.cfg" <<CONF

@@ -23,6 +23,13 @@ ncpu=$(nproc)
 proxy_cpu=0
 load_cpu=$(( ncpu > 1 ? 1 : 0 ))
 
+# The proxies under test, each on the proxy core with one worker (started in the
+# background: the caller's $! is the process). start_switchyard takes another build.
+start_switchyard() {
+  RUST_LOG=warn taskset -c $proxy_cpu "${1:-$bin}" serve --workers 1 --config "$work/switchyard.toml" 2>"$work/switchyard.err" &
+}
+start_nginx_proxy() { taskset -c $proxy_cpu nginx -c "$work/nginx-proxy.conf" -g 'daemon off;' & }
+
 # Backends: one nginx, two servers.
 cat > "$work/backend.conf" <<CONF
 worker_processes 1; pid $work/backend.pid; error_log $work/backend.err;

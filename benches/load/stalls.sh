@@ -11,8 +11,8 @@ secs=${1:-6}
 rounds=${2:-1}
 source "$(dirname "$0")/setup.sh"
 need perf linux-perf
-RUST_LOG=warn taskset -c $proxy_cpu $bin serve --workers 1 --config "$work/switchyard.toml" 2>/dev/null &
-taskset -c $proxy_cpu nginx -c "$work/nginx-proxy.conf" -g 'daemon off;' &
+start_switchyard
+start_nginx_proxy
 ready 18200; ready 18201
 
 cat > "$work/tail.lua" <<LUA

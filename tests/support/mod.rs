@@ -179,10 +179,9 @@ pub fn config_text(v1: &str, v2: &str, percentage: u8, extra: &str) -> String {
 
 /// `text` (from [`config_text`]) with `server.header_read_timeout_seconds` set.
 pub fn with_header_read_timeout(text: &str, seconds: f64) -> String {
-    text.replace(
-        "shutdown_grace_seconds = 5",
-        &format!("shutdown_grace_seconds = 5\nheader_read_timeout_seconds = {seconds}"),
-    )
+    let anchor = "shutdown_grace_seconds = 5";
+    assert!(text.contains(anchor), "not a config_text: the timeout would not be set");
+    text.replace(anchor, &format!("{anchor}\nheader_read_timeout_seconds = {seconds}"))
 }
 
 /// Starts switchyard in-process with `text` (no environment overrides).
