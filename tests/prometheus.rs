@@ -10,7 +10,7 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -21,6 +21,35 @@ use support::*;
 struct Prometheus {
     child: Child,
     addr: SocketAddr,
+    log: PathBuf,
+}
+
+impl Prometheus {
+    /// The end of Prometheus' own log and whether it has exited, for a failure message.
+    fn report(&mut self) -> String {
+        let status = match self.child.try_wait() {
+            Ok(Some(status)) => format!("exited: {status}"),
+            _ => "still running".to_string(),
+        };
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(15).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        format!("prometheus on {} {status}; its log ends:\n{}", self.addr, tail.join("\n"))
+    }
+
+    /// Whether `GET path` answers 200 with a body `accept` takes; a refused or failed
+    /// connection is a no (Prometheus is still starting).
+    async fn answers(&self, path: &str, accept: impl Fn(&[u8]) -> bool) -> bool {
+        let url = format!("http://{}{path}", self.addr);
+        let got = tokio::time::timeout(Duration::from_secs(5), async {
+            let resp = client().request(http::Request::get(url).body(full("")).unwrap()).await.ok()?;
+            let ok = resp.status() == 200;
+            let body = http_body_util::BodyExt::collect(resp.into_body()).await.ok()?.to_bytes();
+            Some(ok && accept(&body))
+        })
+        .await;
+        matches!(got, Ok(Some(true)))
+    }
 }
 
 impl Drop for Prometheus {
@@ -34,7 +63,11 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-fn start_prometheus(targets: &[SocketAddr]) -> Option<Prometheus> {
+/// A running Prometheus that scrapes `targets` every second and evaluates the
+/// project's rules every second, once it reports ready. The port is chosen before
+/// Prometheus binds it, so another socket can take it in between: a Prometheus that
+/// exits is started again on another port.
+async fn start_prometheus(targets: &[SocketAddr]) -> Option<Prometheus> {
     if Command::new("prometheus").arg("--version").output().is_err() {
         assert!(
             std::env::var_os("SWITCHYARD_REQUIRE_PROMETHEUS").is_none(),
@@ -44,35 +77,47 @@ fn start_prometheus(targets: &[SocketAddr]) -> Option<Prometheus> {
         return None;
     }
     let rules = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/prometheus/rules.yml");
+    // Rule groups declare their own interval; the test evaluates faster.
+    let rules_text = std::fs::read_to_string(&rules).unwrap().replace("interval: 15s", "interval: 1s");
+    let fast_rules = write_config("prometheus", &rules_text).with_file_name("rules.yml");
+    std::fs::write(&fast_rules, rules_text).unwrap();
     let targets: Vec<String> = targets.iter().map(|t| format!("\"{t}\"")).collect();
     let config = format!(
         "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {}\n\
          scrape_configs:\n  - job_name: switchyard\n    static_configs:\n      - targets: [{}]\n",
-        rules.display(),
+        fast_rules.display(),
         targets.join(", ")
     );
-    let path = write_config("prometheus", &config).with_file_name("prometheus.yml");
+    let path = fast_rules.with_file_name("prometheus.yml");
     std::fs::write(&path, config).unwrap();
-    // Rule groups declare their own interval; the test evaluates faster.
-    let rules_text = std::fs::read_to_string(&rules).unwrap().replace("interval: 15s", "interval: 1s");
-    let fast_rules = path.with_file_name("rules.yml");
-    std::fs::write(&fast_rules, rules_text).unwrap();
-    let config = std::fs::read_to_string(&path)
-        .unwrap()
-        .replace(&rules.display().to_string(), &fast_rules.display().to_string());
-    std::fs::write(&path, config).unwrap();
-    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let data = path.with_file_name("tsdb");
-    let _ = std::fs::remove_dir_all(&data);
-    let child = Command::new("prometheus")
-        .arg(format!("--config.file={}", path.display()))
-        .arg(format!("--storage.tsdb.path={}", data.display()))
-        .arg(format!("--web.listen-address={addr}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("prometheus starts");
-    Some(Prometheus { child, addr })
+    let mut last = String::new();
+    for _attempt in 0..3 {
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let data = path.with_file_name("tsdb");
+        let _ = std::fs::remove_dir_all(&data);
+        let log = path.with_file_name("prometheus.log");
+        let child = Command::new("prometheus")
+            .arg(format!("--config.file={}", path.display()))
+            .arg(format!("--storage.tsdb.path={}", data.display()))
+            .arg(format!("--web.listen-address={addr}"))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("prometheus starts");
+        let mut prom = Prometheus { child, addr, log };
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(60) {
+            if prom.answers("/-/ready", |_| true).await {
+                return Some(prom);
+            }
+            if matches!(prom.child.try_wait(), Ok(Some(_))) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        last = prom.report();
+    }
+    panic!("prometheus never became ready: {last}");
 }
 
 fn encode(q: &str) -> String {
@@ -138,27 +183,20 @@ async fn dashboard_and_alert_queries_work_on_real_prometheus() {
     let b_text = config_text(&v1.url(), &closed, 60, no_guard);
     let b_path = write_config("prom-replica-b", &b_text);
     let b = start_with(&b_text, &[], Some(b_path.clone())).await;
-    let Some(prom) = start_prometheus(&[a.admin_addr.unwrap(), b.admin_addr.unwrap()]) else {
+    let Some(mut prom) = start_prometheus(&[a.admin_addr.unwrap(), b.admin_addr.unwrap()]).await else {
         return;
     };
 
     // Counters must start before the traffic, or Prometheus sees no increase.
     let ready = Instant::now();
-    loop {
-        let url = format!("http://{}/api/v1/query?query=up", prom.addr);
-        let up = client().request(http::Request::get(url).body(full("")).unwrap()).await;
-        let scraped = match up {
-            Ok(resp) => {
-                let body = http_body_util::BodyExt::collect(resp.into_body()).await.unwrap().to_bytes();
-                let v: Value = serde_json::from_slice(&body).unwrap_or_default();
-                v["data"]["result"].as_array().is_some_and(|r| r.len() == 2)
-            }
-            Err(_) => false,
-        };
-        if scraped {
-            break;
+    let both_up = |body: &[u8]| {
+        let v: Value = serde_json::from_slice(body).unwrap_or_default();
+        v["data"]["result"].as_array().is_some_and(|r| r.len() == 2)
+    };
+    while !prom.answers("/api/v1/query?query=up", both_up).await {
+        if ready.elapsed() > Duration::from_secs(30) {
+            panic!("prometheus never scraped both replicas: {}", prom.report());
         }
-        assert!(ready.elapsed() < Duration::from_secs(30), "prometheus never scraped both replicas");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -219,7 +257,9 @@ async fn dashboard_and_alert_queries_work_on_real_prometheus() {
         pending = still;
         if !pending.is_empty() {
             let waiting: Vec<&String> = pending.iter().map(|(e, _)| e).collect();
-            assert!(started.elapsed() < Duration::from_secs(40), "no data for: {waiting:#?}");
+            if started.elapsed() > Duration::from_secs(40) {
+                panic!("no data for: {waiting:#?}\n{}", prom.report());
+            }
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
     }
