@@ -7,15 +7,17 @@
 # proxy's CPU time per request (from /proc), its RSS (with 1000 idle keep-alive
 # connections, measured first, and after each load run), and switchyard/nginx ratios.
 # Every target runs ROUNDS times, the rounds interleaved so that a slow minute of a
-# shared machine hits all targets alike; the table shows each figure's median. Fifteen
+# shared machine hits all targets alike; the table shows each figure's median. Sixteen
 # rounds by default (about half an hour): at 64 connections one round's p99 ratio swings
 # from about 0.7 to 1.4 (the machine's own stalls, see the README), so fewer rounds
-# leave its median to chance.
+# leave its median to chance. An even number, because the two proxies of a pair take
+# turns going first and the first of a pair tends to do worse: with an odd number one
+# of them would go first once more often.
 #   benches/load/run.sh [SECONDS] [CONNECTIONS] [ROUNDS]
 set -euo pipefail
 secs=${1:-10}
 conns=${2:-64}
-rounds=${3:-15}
+rounds=${3:-16}
 source "$(dirname "$0")/setup.sh"
 need haproxy haproxy
 start_switchyard
@@ -56,6 +58,9 @@ pid_of() { # the process listening on a port
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
 tck=$(getconf CLK_TCK)
+# Per core, the time the host ran something else while this virtual CPU had work
+# (/proc/stat's steal column, in ticks): tells a busy host from a slow proxy.
+steal_ticks() { awk -v c="cpu$1" '$1 == c {print $9}' /proc/stat; }
 
 declare -A RPS P50 P99 CPU RSS
 run() { # name port [tokens]
@@ -93,6 +98,8 @@ pair() { # name port name port [tokens]: the two compared targets back to back, 
 # Every compared pair follows a run that kept the proxies' core busy (the backend-direct
 # run loads only wrk's core; a discarded run on HAProxy's port warms round 1).
 taskset -c $load_cpu wrk -t1 -c"$conns" -d"${secs}s" -s $here/users.lua http://127.0.0.1:18202/ >/dev/null 2>&1
+started=$SECONDS
+steal0=$(steal_ticks $proxy_cpu); steal1=$(steal_ticks $load_cpu)
 for round in $(seq "$rounds"); do
   pair "switchyard (x-user-id)" 18200 "nginx split_clients" 18201
   pair "switchyard (JWT HS256)" 18200 "nginx, JWT requests" 18203 "$work/tokens.txt"
@@ -128,5 +135,7 @@ ratios "  x-user-id, $conns connections" "switchyard (x-user-id)" "nginx split_c
 ratios "  JWT requests, $conns connections (nginx splits on the token)" "switchyard (JWT HS256)" "nginx, JWT requests"
 ratios "  x-user-id, 1000 connections" "switchyard 1000 conns" "nginx 1000 conns"
 ratios "  JWT requests, 1000 connections" "switchyard 1000 conns JWT" "nginx 1000 conns JWT"
+awk -v a="$(( $(steal_ticks $proxy_cpu) - steal0 ))" -v b="$(( $(steal_ticks $load_cpu) - steal1 ))" -v t="$tck" \
+  -v s="$(( SECONDS - started ))" 'BEGIN { printf "steal time in the %d s of rounds: proxies core %.1f s, wrk core %.1f s\n", s, a / t, b / t }'
 echo "RSS after 1000 busy connections: switchyard ${RSS[switchyard 1000 conns JWT]} MiB, nginx ${RSS[nginx 1000 conns JWT]} MiB;" \
   "with 1000 idle ones $IDLE_SY MiB and $IDLE_NG MiB"
