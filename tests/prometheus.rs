@@ -15,7 +15,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::process::write_config;
+use support::process::{test_dir, write_config};
 use support::*;
 
 struct Prometheus {
@@ -32,8 +32,8 @@ impl Prometheus {
             _ => "still running".to_string(),
         };
         let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let tail: Vec<&str> = log.lines().rev().take(15).collect();
-        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        let lines: Vec<&str> = log.lines().collect();
+        let tail = &lines[lines.len().saturating_sub(15)..];
         format!("prometheus on {} {status}; its log ends:\n{}", self.addr, tail.join("\n"))
     }
 
@@ -79,7 +79,8 @@ async fn start_prometheus(targets: &[SocketAddr]) -> Option<Prometheus> {
     let rules = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/prometheus/rules.yml");
     // Rule groups declare their own interval; the test evaluates faster.
     let rules_text = std::fs::read_to_string(&rules).unwrap().replace("interval: 15s", "interval: 1s");
-    let fast_rules = write_config("prometheus", &rules_text).with_file_name("rules.yml");
+    let dir = test_dir("prometheus");
+    let fast_rules = dir.join("rules.yml");
     std::fs::write(&fast_rules, rules_text).unwrap();
     let targets: Vec<String> = targets.iter().map(|t| format!("\"{t}\"")).collect();
     let config = format!(
@@ -88,14 +89,13 @@ async fn start_prometheus(targets: &[SocketAddr]) -> Option<Prometheus> {
         fast_rules.display(),
         targets.join(", ")
     );
-    let path = fast_rules.with_file_name("prometheus.yml");
+    let path = dir.join("prometheus.yml");
     std::fs::write(&path, config).unwrap();
+    let (data, log) = (dir.join("tsdb"), dir.join("prometheus.log"));
     let mut last = String::new();
     for _attempt in 0..3 {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let data = path.with_file_name("tsdb");
         let _ = std::fs::remove_dir_all(&data);
-        let log = path.with_file_name("prometheus.log");
         let child = Command::new("prometheus")
             .arg(format!("--config.file={}", path.display()))
             .arg(format!("--storage.tsdb.path={}", data.display()))
@@ -104,7 +104,7 @@ async fn start_prometheus(targets: &[SocketAddr]) -> Option<Prometheus> {
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .expect("prometheus starts");
-        let mut prom = Prometheus { child, addr, log };
+        let mut prom = Prometheus { child, addr, log: log.clone() };
         let started = Instant::now();
         while started.elapsed() < Duration::from_secs(60) {
             if prom.answers("/-/ready", |_| true).await {

@@ -21,7 +21,6 @@ rounds=${3:-16}
 source "$(dirname "$0")/setup.sh"
 need haproxy haproxy
 start_switchyard
-sy_pid=$!
 
 # nginx as the rollout proxy (its config is setup.sh's).
 start_nginx_proxy

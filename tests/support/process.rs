@@ -10,11 +10,16 @@ use std::time::Duration;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
 
-/// Writes `text` to a fresh file in a per-test temporary directory.
-pub fn write_config(name: &str, text: &str) -> PathBuf {
+/// A per-test temporary directory, made if missing.
+pub fn test_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("switchyard-test-{}-{name}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("switchyard.toml");
+    dir
+}
+
+/// Writes `text` to a fresh file in a per-test temporary directory.
+pub fn write_config(name: &str, text: &str) -> PathBuf {
+    let path = test_dir(name).join("switchyard.toml");
     std::fs::write(&path, text).unwrap();
     path
 }
