@@ -25,7 +25,7 @@ start_switchyard
 # nginx as the rollout proxy (its config is setup.sh's).
 start_nginx_proxy
 
-# HAProxy doing the same.
+# HAProxy doing the same, and sending the upstream the same headers.
 cat > "$work/haproxy.cfg" <<CONF
 global
   nbthread 1
@@ -38,14 +38,19 @@ defaults
   option http-keep-alive
 frontend fe
   bind 127.0.0.1:18202
+  option forwardfor
+  http-request set-header X-Forwarded-Proto http
+  http-request set-header X-Forwarded-Host %[req.hdr(host)]
   http-request set-var(txn.p) req.hdr(x-user-id),crc32,mod(100)
   use_backend v2 if { var(txn.p) -m int lt 37 }
   default_backend v1
 backend v1
   http-reuse always
+  http-request set-header Host 127.0.0.1:18101
   server s1 127.0.0.1:18101
 backend v2
   http-reuse always
+  http-request set-header Host 127.0.0.1:18102
   server s2 127.0.0.1:18102
 CONF
 taskset -c $proxy_cpu haproxy -f "$work/haproxy.cfg" -db >/dev/null 2>&1 &
