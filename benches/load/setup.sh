@@ -63,8 +63,8 @@ CONF
 
 # nginx as the rollout proxy: x-user-id requests on 18201, the JWT runs' on 18203. It
 # sends the upstream what switchyard does (the design's forwarding rule): `Host` the
-# upstream's own (a Supabase project routes by it), `X-Forwarded-For`, `-Proto` and
-# `-Host` (the host the client asked for).
+# upstream's own (a Supabase project routes by it; mapped from the chosen upstream
+# group's name), `X-Forwarded-For`, `-Proto` and `-Host` (the host the client asked for).
 cat > "$work/nginx-proxy.conf" <<CONF
 worker_processes 1; worker_cpu_affinity auto; pid $work/proxy.pid; error_log $work/proxy.err;
 events { worker_connections 20000; }
@@ -73,20 +73,16 @@ http { access_log off; keepalive_requests 100000;
   # The JWT runs' requests, split on the whole Authorization header: nginx cannot
   # verify a JWT (nor read its sub) without a module, but it handles the same bytes.
   split_clients "\$http_authorization" \$cohort_token { 37% v2; * v1; }
-  map \$cohort \$cohort_host { v1 127.0.0.1:18101; v2 127.0.0.1:18102; }
-  map \$cohort_token \$cohort_token_host { v1 127.0.0.1:18101; v2 127.0.0.1:18102; }
+  map \$proxy_host \$upstream_host { v1 127.0.0.1:18101; v2 127.0.0.1:18102; }
   upstream v1 { server 127.0.0.1:18101; keepalive 256; }
   upstream v2 { server 127.0.0.1:18102; keepalive 256; }
+  proxy_http_version 1.1; proxy_set_header Connection ""; proxy_set_header Host \$upstream_host;
+  proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+  proxy_set_header X-Forwarded-Proto \$scheme; proxy_set_header X-Forwarded-Host \$http_host;
   server { listen 127.0.0.1:18201;
-    location / { proxy_pass http://\$cohort; proxy_http_version 1.1; proxy_set_header Connection "";
-      proxy_set_header Host \$cohort_host; proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
-      proxy_set_header X-Forwarded-Proto \$scheme; proxy_set_header X-Forwarded-Host \$http_host;
-      add_header x-switchyard-backend \$cohort; } }
+    location / { proxy_pass http://\$cohort; add_header x-switchyard-backend \$cohort; } }
   server { listen 127.0.0.1:18203;
-    location / { proxy_pass http://\$cohort_token; proxy_http_version 1.1; proxy_set_header Connection "";
-      proxy_set_header Host \$cohort_token_host; proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
-      proxy_set_header X-Forwarded-Proto \$scheme; proxy_set_header X-Forwarded-Host \$http_host;
-      add_header x-switchyard-backend \$cohort_token; } } }
+    location / { proxy_pass http://\$cohort_token; add_header x-switchyard-backend \$cohort_token; } } }
 CONF
 
 # Bearer tokens for the JWT runs (HS256, verified by switchyard).
