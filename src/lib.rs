@@ -8,7 +8,6 @@ pub mod admin;
 pub mod backend;
 pub mod config;
 pub mod control;
-pub mod deadline;
 pub mod demo;
 pub mod error;
 pub mod guard;

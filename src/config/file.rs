@@ -62,6 +62,9 @@ pub struct ServerFile {
     pub admin_listen: String,
     pub shutdown_grace_seconds: f64,
     pub header_read_timeout_seconds: f64,
+    /// The listen socket's accept backlog: connections the kernel completes while the
+    /// accept loop catches up (a reconnect storm after a deploy).
+    pub listen_backlog: u32,
     /// Reload when the file (or anything in its directory) changes.
     pub watch_config: bool,
     /// Only from `SWITCHYARD_ADMIN_TOKEN`: a token does not belong in a file.
@@ -76,6 +79,7 @@ impl Default for ServerFile {
             admin_listen: "127.0.0.1:9090".into(),
             shutdown_grace_seconds: 30.0,
             header_read_timeout_seconds: 10.0,
+            listen_backlog: 4096,
             watch_config: true,
             admin_token: None,
         }
@@ -144,6 +148,16 @@ pub struct UpstreamFile {
     pub max_connections_per_host: usize,
     /// PEM file of extra CA certificates trusted for https upstreams (private CAs).
     pub ca_file: Option<String>,
+    /// Read ahead of a slow client, per answer, in memory ...
+    pub buffer_bytes: u64,
+    /// ... and in memory for all answers together ...
+    pub buffer_total_bytes: u64,
+    /// ... then in a temporary file, per answer ...
+    pub buffer_file_max_bytes: u64,
+    /// ... and on disk for all answers together.
+    pub buffer_file_total_bytes: u64,
+    /// Where the temporary files go (unlinked at once); empty: the system's.
+    pub buffer_dir: String,
 }
 
 impl Default for UpstreamFile {
@@ -156,6 +170,11 @@ impl Default for UpstreamFile {
             max_connections: 256,
             max_connections_per_host: 192,
             ca_file: None,
+            buffer_bytes: 64 * 1024,
+            buffer_total_bytes: 64 * 1024 * 1024,
+            buffer_file_max_bytes: 1024 * 1024 * 1024,
+            buffer_file_total_bytes: 4 * 1024 * 1024 * 1024,
+            buffer_dir: String::new(),
         }
     }
 }

@@ -4,7 +4,7 @@
 
 use serde::Deserialize;
 
-use super::{ConfigError, at_least};
+use super::{ConfigError, at_least, seconds};
 
 /// `[limits]` as written.
 #[derive(Debug, Deserialize)]
@@ -16,6 +16,9 @@ pub struct LimitsFile {
     pub max_header_bytes: usize,
     /// 0: no limit (uploads to Storage can be large).
     pub max_body_bytes: u64,
+    /// A client connection (or HTTP/2 stream) that takes no byte of its answer for
+    /// this long is closed, as nginx's `send_timeout`.
+    pub send_timeout_seconds: f64,
 }
 
 impl Default for LimitsFile {
@@ -26,6 +29,7 @@ impl Default for LimitsFile {
             max_header_count: 100,
             max_header_bytes: 64 * 1024,
             max_body_bytes: 0,
+            send_timeout_seconds: 60.0,
         }
     }
 }
@@ -43,6 +47,8 @@ pub struct LimitsConfig {
     pub max_header_bytes: usize,
     /// Request body bytes; more is answered 413. `None`: unlimited.
     pub max_body_bytes: Option<u64>,
+    /// How long a client may take no byte of its answer before it is closed.
+    pub send_timeout: std::time::Duration,
 }
 
 pub fn limits(raw: LimitsFile) -> Result<LimitsConfig, ConfigError> {
@@ -53,5 +59,6 @@ pub fn limits(raw: LimitsFile) -> Result<LimitsConfig, ConfigError> {
         // hyper's read buffer cannot be smaller than 8 KiB.
         max_header_bytes: at_least("limits.max_header_bytes", raw.max_header_bytes, 8192)?,
         max_body_bytes: (raw.max_body_bytes > 0).then_some(raw.max_body_bytes),
+        send_timeout: seconds("limits.send_timeout_seconds", raw.send_timeout_seconds)?,
     })
 }

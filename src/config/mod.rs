@@ -11,7 +11,7 @@ pub mod url;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use http::HeaderName;
@@ -92,6 +92,8 @@ pub struct ServerConfig {
     pub admin_listen: Option<SocketAddr>,
     pub shutdown_grace: Duration,
     pub header_read_timeout: Duration,
+    /// The listen socket's accept backlog.
+    pub listen_backlog: u32,
     pub watch_config: bool,
     /// Bearer token for admin writes (`SWITCHYARD_ADMIN_TOKEN`); none = writes refused.
     pub admin_token: Option<Secret>,
@@ -132,6 +134,19 @@ pub struct UpstreamConfig {
     pub max_connections_per_host: usize,
     /// Trusted for https upstreams besides the webpki roots.
     pub extra_roots: Vec<rustls_pki_types::CertificateDer<'static>>,
+    /// Reading answers ahead of slow clients (docs/configuration.md, `[upstream]`).
+    pub buffer: BufferConfig,
+}
+
+/// How far answers are read ahead of slow clients: per answer and process-wide, in
+/// memory and then in unlinked temporary files.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BufferConfig {
+    pub memory_per_answer: u64,
+    pub memory_total: u64,
+    pub file_per_answer: u64,
+    pub file_total: u64,
+    pub dir: PathBuf,
 }
 
 #[derive(Debug, Clone)]
@@ -228,7 +243,7 @@ fn translation(raw: &mut file::TranslationFile, dir: &Path) -> Result<Translatio
 /// computed as now + duration, which must not overflow.
 const MAX_SECONDS: f64 = 86_400.0;
 
-fn seconds(key: &str, v: f64) -> Result<Duration, ConfigError> {
+pub(crate) fn seconds(key: &str, v: f64) -> Result<Duration, ConfigError> {
     Duration::try_from_secs_f64(v).ok().filter(|d| !d.is_zero() && v <= MAX_SECONDS).ok_or_else(|| {
         ConfigError::new(key, format!("expected a positive number of seconds up to {MAX_SECONDS}, got {v}"))
     })
@@ -317,6 +332,16 @@ fn validate(raw: file::FileConfig, seen: env::Overridden) -> Result<Config, Conf
             None => Vec::new(),
             Some(path) => ca_certificates(path)?,
         },
+        buffer: BufferConfig {
+            memory_per_answer: u.buffer_bytes,
+            memory_total: u.buffer_total_bytes,
+            file_per_answer: u.buffer_file_max_bytes,
+            file_total: u.buffer_file_total_bytes,
+            dir: match u.buffer_dir.trim() {
+                "" => std::env::temp_dir(),
+                d => PathBuf::from(d),
+            },
+        },
     };
 
     Ok(Config {
@@ -325,6 +350,8 @@ fn validate(raw: file::FileConfig, seen: env::Overridden) -> Result<Config, Conf
             admin_listen,
             shutdown_grace: seconds("server.shutdown_grace_seconds", raw.server.shutdown_grace_seconds)?,
             header_read_timeout: seconds("server.header_read_timeout_seconds", raw.server.header_read_timeout_seconds)?,
+            listen_backlog: u32::try_from(at_least("server.listen_backlog", raw.server.listen_backlog as usize, 1)?)
+                .unwrap_or(u32::MAX),
             watch_config: raw.server.watch_config,
             admin_token: raw.server.admin_token.map(Secret::new),
         },

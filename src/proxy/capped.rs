@@ -8,7 +8,7 @@ use std::task::{Context, Poll, ready};
 use bytes::Bytes;
 use hyper::body::{Body, Frame, SizeHint};
 
-use super::inbound::Inbound;
+use hyper::body::Incoming;
 
 /// The error a capped body ends with.
 #[derive(Debug, thiserror::Error)]
@@ -17,14 +17,14 @@ pub struct TooLarge(pub u64);
 
 /// A client body, streamed, that errors past `limit` bytes.
 pub struct Capped {
-    inner: Inbound,
+    inner: Incoming,
     left: Option<u64>,
     limit: u64,
 }
 
 impl Capped {
     /// Caps `inner` at `limit` bytes (`None`: no cap).
-    pub fn new(inner: Inbound, limit: Option<u64>) -> Capped {
+    pub fn new(inner: Incoming, limit: Option<u64>) -> Capped {
         Capped { inner, left: limit, limit: limit.unwrap_or(0) }
     }
 }

@@ -8,14 +8,12 @@
 
 use std::convert::Infallible;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use http::Response;
 use pin_project_lite::pin_project;
 
 use super::{After, Body, Done};
-use crate::deadline::{Deadline, Reply};
 use crate::error::Error;
 use crate::upstream::UpstreamBody;
 
@@ -27,19 +25,18 @@ pin_project! {
         after: Option<After>,
         refused: Option<Error>,
         done: Option<Done>,
-        deadline: Option<Arc<Deadline>>,
     }
 }
 
 impl<F> Handling<F> {
     /// A request that is sent upstream by `exchange` (or was refused before that), and
-    /// answered through `done`, on a connection with `deadline` (if it has one).
-    pub(super) fn new(exchange: Result<(F, After), Error>, done: Done, deadline: Option<Arc<Deadline>>) -> Handling<F> {
+    /// answered through `done`.
+    pub(super) fn new(exchange: Result<(F, After), Error>, done: Done) -> Handling<F> {
         let (exchange, after, refused) = match exchange {
             Ok((f, after)) => (Some(f), Some(after), None),
             Err(e) => (None, None, Some(e)),
         };
-        Handling { exchange, after, refused, done: Some(done), deadline }
+        Handling { exchange, after, refused, done: Some(done) }
     }
 }
 
@@ -47,7 +44,7 @@ impl<F> Future for Handling<F>
 where
     F: Future<Output = Result<Response<UpstreamBody>, Error>>,
 {
-    type Output = Result<Response<Reply<Body>>, Infallible>;
+    type Output = Result<Response<Body>, Infallible>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
@@ -59,10 +56,6 @@ where
             None => Err(this.refused.take().expect("a refused request has its error")),
         };
         let done = this.done.take().expect("Handling polled after it completed");
-        let deadline = this.deadline.take();
-        if let Some(d) = &deadline {
-            d.answered();
-        }
-        Poll::Ready(Ok(done.finish(result).map(|body| Reply::new(body, deadline))))
+        Poll::Ready(Ok(done.finish(result)))
     }
 }

@@ -6,7 +6,6 @@
 pub mod capped;
 mod handling;
 pub mod headers;
-pub mod inbound;
 pub mod route;
 pub mod tunnel;
 
@@ -16,11 +15,11 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::{Either, Full};
+use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use tokio::time::Instant;
 
 use crate::backend::BackendId;
-use crate::deadline::Deadline;
 use crate::error::{Error, Kind as ErrorKind};
 use crate::guard::Guard;
 use crate::identity::Token;
@@ -34,7 +33,6 @@ use crate::upstream::{Outbound, Queued, Upstream, UpstreamBody};
 use capped::Capped;
 pub use handling::Handling;
 pub use headers::ClientAddr;
-pub use inbound::Inbound;
 pub use route::{Route, route, route_user};
 
 /// The body of every proxied response: the upstream's, streamed (and perhaps tapped
@@ -81,7 +79,7 @@ impl Proxy {
     /// instead of reusing that one in place.
     pub fn handle(
         self: Arc<Self>,
-        req: Request<Inbound>,
+        req: Request<Incoming>,
         client: &Client,
     ) -> Handling<impl Future<Output = Result<Response<UpstreamBody>, Error>> + Send + 'static + use<>> {
         let started = Instant::now();
@@ -106,12 +104,12 @@ impl Proxy {
         let proxy = &done.proxy.0;
         let exchange =
             proxy.admit(&done.snap, &route, &req).and_then(|()| proxy.start(req, survey, &route, client, &done));
-        Handling::new(exchange, done, client.deadline.clone())
+        Handling::new(exchange, done)
     }
 
     /// Whether the request may go upstream at all: load shedding, declared body size,
     /// a refused bearer token.
-    fn admit(&self, snap: &Snapshot, route: &Route, req: &Request<Inbound>) -> Result<(), Error> {
+    fn admit(&self, snap: &Snapshot, route: &Route, req: &Request<Incoming>) -> Result<(), Error> {
         let (backend, limits) = (route.decision.backend, &snap.config.limits);
         if self.metrics.in_flight.get() > limits.max_in_flight as i64 {
             return Err(Error::overloaded(backend));
@@ -144,7 +142,7 @@ impl Proxy {
     /// Turns the request into the one for its backend and starts sending it.
     fn start(
         &self,
-        mut req: Request<Inbound>,
+        mut req: Request<Incoming>,
         survey: headers::Survey,
         route: &Route,
         client: &Client,
@@ -170,8 +168,7 @@ impl Proxy {
         let out = Outbound { req, forwarded };
         let target = &snap.config.backends.get(backend).url;
         let after = After { client_upgrade, applied, shadow };
-        let deadline = client.deadline.clone();
-        Ok((self.upstream.send(target, backend, out, snap.config.upstream.timeout, now, deadline), after))
+        Ok((self.upstream.send(target, backend, out, snap.config.upstream.timeout, now), after))
     }
 
     /// The upstream's response, made the client's: tunnel started for an upgrade,
@@ -204,8 +201,6 @@ impl Proxy {
 pub struct Client {
     /// Its address, for `X-Forwarded-For`.
     pub addr: ClientAddr,
-    /// Its deadline, when it has one request at a time (plain HTTP/1).
-    pub deadline: Option<Arc<Deadline>>,
 }
 
 /// What a request sent upstream still needs when the answer comes.
@@ -282,7 +277,7 @@ pub fn prepare(
 }
 
 /// Whether the request declares a body longer than `limit`.
-fn declared_too_large(req: &Request<Inbound>, limit: Option<u64>) -> bool {
+fn declared_too_large(req: &Request<Incoming>, limit: Option<u64>) -> bool {
     let Some(limit) = limit else { return false };
     let declared =
         req.headers().get(header::CONTENT_LENGTH).and_then(|v| crate::upstream::wire::parse_length(v.as_bytes()));

@@ -1,19 +1,16 @@
 //! Listeners and lifecycle: accepts client connections (HTTP/1.1 and h2c prior
-//! knowledge on one port), hands each request to [`Proxy::handle`], and shuts down
-//! gracefully: stop accepting, let in-flight requests and tunnels finish within the
-//! grace period, then close what is left. Plain HTTP/1.1 requests are served by the
-//! proxy's own connection code ([`plain`]); hyper's servers take everything else.
+//! knowledge on one port), serves each with hyper's server, hands each request to
+//! [`Proxy::handle`], and shuts down gracefully: stop accepting, let in-flight requests
+//! and tunnels finish within the grace period, then close what is left.
 
-pub mod plain;
-mod rewind;
 mod signal;
 mod sniff;
+pub mod stall;
 
 use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,7 +20,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -32,15 +29,14 @@ use crate::admin;
 use crate::config::limits::LimitsConfig;
 use crate::config::{Config, ServerConfig};
 use crate::control::Control;
-use crate::deadline::{Deadline, Reply, Watched};
 use crate::metrics::Metrics;
-use crate::proxy::{Body, Client, ClientAddr, Inbound, Proxy};
+use crate::proxy::{Body, Client, ClientAddr, Proxy};
 use crate::state::State;
 use crate::upstream::Upstream;
 use crate::watch;
-use rewind::Rewind;
 use signal::Shutdown;
 use sniff::Opening;
+use stall::SendTimeout;
 
 /// A running proxy.
 pub struct Running {
@@ -73,7 +69,7 @@ impl Running {
 /// Binds the listeners and starts serving `config`, read from `path` if given (which
 /// reloads then re-read, and which is watched when `server.watch_config` is on).
 pub async fn start(config: Config, path: Option<PathBuf>) -> io::Result<Running> {
-    let listener = TcpListener::bind(config.server.listen).await?;
+    let listener = bind(config.server.listen, config.server.listen_backlog)?;
     let admin_listener = match config.server.admin_listen {
         Some(a) => Some(TcpListener::bind(a).await?),
         None => None,
@@ -131,72 +127,53 @@ async fn connection(
     _slot: OwnedSemaphorePermit,
 ) {
     let mut shutdown = std::pin::pin!(Shutdown::new(&shutdown));
+    // A client that connects and sends nothing is closed after the header read timeout
+    // (hyper's own timer starts only once it reads a request).
     let opening = tokio::select! {
         _ = shutdown.as_mut() => return,
         opening = tokio::time::timeout(builders.header_read, sniff::opening(&stream)) => opening,
     };
-    let addr = ClientAddr::new(peer.ip());
-    let ended = match opening {
-        Ok(Ok(Some(Opening::Http1))) => http1(stream, addr, proxy, &builders, watcher, shutdown.as_mut()).await,
-        Ok(Ok(Some(Opening::MaybeHttp2))) => {
-            // Requests run side by side here, each with its own timers.
-            let service = service(proxy, Client { addr, deadline: None });
-            let conn = builders.detect.serve_connection_with_upgrades(TokioIo::new(stream), service);
-            // Boxed: rare, and every connection's task would otherwise be its size.
-            Box::pin(watcher.watch(conn)).await
-        }
+    let opening = match opening {
+        Ok(Ok(Some(opening))) => opening,
         // Closed, failed, or silent for the whole header read timeout.
         _ => return,
     };
-    if let Err(e) = ended {
-        tracing::debug!(%peer, error = %e, "client connection ended with an error");
-    }
-}
-
-/// A plain HTTP/1 connection: served by the plain path until a request it leaves to
-/// hyper's server, which then serves the rest of the connection.
-async fn http1(
-    mut stream: TcpStream,
-    addr: ClientAddr,
-    proxy: Arc<Proxy>,
-    builders: &Builders,
-    watcher: Watcher,
-    mut shutdown: Pin<&mut Shutdown>,
-) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    // One request at a time: the connection keeps one deadline for all of them.
-    let deadline = Deadline::new(builders.header_read);
-    let client = Client { addr, deadline: Some(deadline.clone()) };
-    let plain = plain::serve(&mut stream, &proxy, &client, builders.plain, shutdown.as_mut());
-    let read = match Watched::new(plain, deadline.clone()).await {
-        Some(plain::Ended::Handoff(read)) => read,
-        // Closed, or the next request did not come within the header read timeout.
-        _ => return Ok(()),
-    };
-    // hyper-util's graceful watch has no hook for this connection type: shutdown is
-    // driven from the token, and holding the watcher keeps the drain waiting.
-    let _watcher = watcher;
-    let io = TokioIo::new(Rewind::new(read, stream));
-    let conn = builders.http1.serve_connection(io, service(proxy, client)).with_upgrades();
-    let mut conn = std::pin::pin!(Watched::new(conn, deadline));
-    let ended = tokio::select! {
-        biased;
-        ended = conn.as_mut() => ended,
-        _ = shutdown.as_mut() => {
-            conn.as_mut().conn().graceful_shutdown();
-            conn.await
+    let io = TokioIo::new(SendTimeout::new(stream, builders.send_timeout));
+    let service = service(proxy, Client { addr: ClientAddr::new(peer.ip()) });
+    let ended = match opening {
+        Opening::Http1 => {
+            // hyper-util's graceful watch has no hook for this connection type: shutdown
+            // is driven from the token, and holding the watcher keeps the drain waiting.
+            let _watcher = watcher;
+            let mut conn = std::pin::pin!(builders.http1.serve_connection(io, service).with_upgrades());
+            tokio::select! {
+                biased;
+                ended = conn.as_mut() => ended.map_err(Into::into),
+                _ = shutdown.as_mut() => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await.map_err(Into::into)
+                }
+            }
+        }
+        // Boxed: rare, and every connection's task would otherwise be its size.
+        Opening::MaybeHttp2 => {
+            Box::pin(watcher.watch(builders.detect.serve_connection_with_upgrades(io, service))).await
         }
     };
-    // None: the next request did not come within the header read timeout.
-    ended.map_or(Ok(()), |ended| ended.map_err(Into::into))
+    if let Err(e) = ended {
+        let e: Box<dyn std::error::Error + Send + Sync> = e;
+        tracing::debug!(%peer, error = %e, "client connection ended with an error");
+    }
 }
 
 /// hyper's server's service: each request handed to [`Proxy::handle`].
 fn service(
     proxy: Arc<Proxy>,
     client: Client,
-) -> impl hyper::service::Service<Request<Incoming>, Response = Response<Reply<Body>>, Error = Infallible, Future: Send>
+) -> impl hyper::service::Service<Request<Incoming>, Response = Response<Body>, Error = Infallible, Future: Send> + Clone
 {
-    service_fn(move |req: Request<Incoming>| proxy.clone().handle(req.map(Inbound::Streamed), &client))
+    let client = Arc::new(client);
+    service_fn(move |req: Request<Incoming>| proxy.clone().handle(req, &client))
 }
 
 async fn shutdown_signal() {
@@ -238,26 +215,32 @@ async fn schedule_loop(control: Arc<Control>, shutdown: CancellationToken) {
     }
 }
 
-/// The connection builders: hyper's HTTP/1 server for the HTTP/1 connections the plain
-/// path hands over, and one that detects the protocol for connections that may be h2c.
+/// The connection builders: hyper's HTTP/1 server, and one that detects the protocol
+/// for connections that may be h2c.
 struct Builders {
     http1: hyper::server::conn::http1::Builder,
     detect: auto::Builder<TokioExecutor>,
-    /// The plain path's parsing limits.
-    plain: plain::Limits,
     /// The header read timeout: how long a client may take to send its first bytes,
     /// and then each request head, and how long a keep-alive connection may idle.
     header_read: Duration,
+    /// How long a client may take no byte of its answer.
+    send_timeout: Duration,
 }
 
 impl Builders {
-    fn new(server: &ServerConfig, limits: &LimitsConfig, upstream_timeout: Duration) -> Builders {
+    fn new(server: &ServerConfig, limits: &LimitsConfig) -> Builders {
         let mut detect = auto::Builder::new(TokioExecutor::new());
-        // Without a timer the header read timeout does nothing (design.md §9). It also
-        // bounds how long an idle keep-alive connection waits for its next request.
-        // Responses are written from one buffer, not vectored: one plain write of head
-        // and body costs the kernel less than a writev of both (measured: about 0.5 µs
-        // per small response, and fewer, larger writes for large ones).
+        // Without a timer the header read timeout does nothing (docs/architecture.md).
+        // It also bounds how long an idle keep-alive connection waits for its next
+        // request. Responses are written from one buffer, not vectored: one plain write
+        // of head and body costs the kernel less than a writev of both.
+        let mut http1 = hyper::server::conn::http1::Builder::new();
+        http1
+            .writev(false)
+            .timer(TokioTimer::new())
+            .header_read_timeout(server.header_read_timeout)
+            .max_headers(limits.max_header_count)
+            .max_buf_size(limits.max_header_bytes);
         detect
             .http1()
             .writev(false)
@@ -271,21 +254,17 @@ impl Builders {
             .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
             .keep_alive_interval(server.header_read_timeout)
             .keep_alive_timeout(server.header_read_timeout);
-        // The header read timeout is kept by the connection's deadline, not by hyper's
-        // timer, which takes a timer of its own for every request.
-        let mut http1 = hyper::server::conn::http1::Builder::new();
-        http1
-            .writev(false)
-            .header_read_timeout(None)
-            .max_headers(limits.max_header_count)
-            .max_buf_size(limits.max_header_bytes);
-        let plain = plain::Limits {
-            max_headers: limits.max_header_count,
-            max_head: limits.max_header_bytes,
-            body_wait: upstream_timeout,
-        };
-        Builders { http1, detect, plain, header_read: server.header_read_timeout }
+        Builders { http1, detect, header_read: server.header_read_timeout, send_timeout: limits.send_timeout }
     }
+}
+
+/// Binds `addr` with the configured accept backlog (the standard library's is 128:
+/// a reconnect storm overflows it and clients wait for SYN retries).
+fn bind(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(backlog)
 }
 
 async fn serve(
@@ -295,8 +274,7 @@ async fn serve(
     server: ServerConfig,
     limits: LimitsConfig,
 ) {
-    let upstream_timeout = proxy.state.load().config.upstream.timeout;
-    let builders = Arc::new(Builders::new(&server, &limits, upstream_timeout));
+    let builders = Arc::new(Builders::new(&server, &limits));
     let graceful = GracefulShutdown::new();
     // At the limit, new connections wait in the kernel's backlog instead of being served.
     let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));

@@ -35,7 +35,6 @@ pub use exchange::Failure;
 
 use crate::backend::BackendId;
 use crate::config::{BaseUrl, UpstreamConfig};
-use crate::deadline::Deadline;
 use crate::error::Error;
 use crate::proxy::capped::Capped;
 use crate::proxy::headers::Forwarded;
@@ -96,8 +95,7 @@ impl Upstream {
     /// Sends `out` to `backend` at `to`, waiting at most `timeout` from
     /// `now` for a connection and the response headers. The body then streams for as
     /// long as it takes. (`now` is the caller's: reading the clock once per request is
-    /// enough.) The wait is timed by the client connection's `deadline` if it has one,
-    /// else by a timer of the request's own.
+    /// enough.)
     pub fn send(
         &self,
         to: &BaseUrl,
@@ -105,18 +103,11 @@ impl Upstream {
         out: Outbound,
         timeout: Duration,
         now: tokio::time::Instant,
-        deadline: Option<Arc<Deadline>>,
     ) -> Sending<impl Future<Output = Result<Response<UpstreamBody>, Failure>> + Send + 'static + use<>> {
         let pool = self.pool(&to.scheme, &to.authority);
         let sent = pool.send(out, now.into_std(), timeout);
-        let timer = match &deadline {
-            Some(d) => {
-                d.answer_within(now, timeout);
-                None
-            }
-            None => Some(tokio::time::sleep_until(now + timeout)),
-        };
-        Sending { inner: sent, timer, deadline, backend, timeout }
+        let timer = tokio::time::sleep_until(now + timeout);
+        Sending { inner: sent, timer, backend, timeout }
     }
 
     /// Each upstream host's connections: in use (or connecting), and idle. Read at
@@ -164,10 +155,8 @@ pin_project! {
     pub struct Sending<F> {
         #[pin]
         inner: F,
-        // The request's own timer, when its connection has no deadline to keep.
         #[pin]
-        timer: Option<Sleep>,
-        deadline: Option<Arc<Deadline>>,
+        timer: Sleep,
         backend: BackendId,
         timeout: Duration,
     }
@@ -181,12 +170,11 @@ impl<F: Future<Output = Result<Response<UpstreamBody>, Failure>>> Future for Sen
         if let Poll::Ready(answered) = this.inner.poll(cx) {
             return Poll::Ready(answered.map_err(|failure| Error::upstream(*this.backend, failure)));
         }
-        let late = match (this.timer.as_pin_mut(), this.deadline) {
-            (Some(timer), _) => timer.poll(cx).is_ready(),
-            (None, Some(deadline)) => deadline.expired(),
-            (None, None) => false,
-        };
-        if late { Poll::Ready(Err(Error::timeout(*this.backend, *this.timeout))) } else { Poll::Pending }
+        if this.timer.poll(cx).is_ready() {
+            Poll::Ready(Err(Error::timeout(*this.backend, *this.timeout)))
+        } else {
+            Poll::Pending
+        }
     }
 }
 
