@@ -17,6 +17,7 @@ pub mod proxy;
 pub mod routing;
 pub mod server;
 pub mod shadow;
+pub mod spool;
 pub mod state;
 pub mod translate;
 pub mod upstream;

@@ -44,7 +44,18 @@ pub struct Metrics {
     shadow: IntCounterVec,
     /// 1 while the canary guard holds the rollout back.
     pub guard_tripped: IntGauge,
+    /// Requests that failed through their client, by kind: never the backends'.
+    client_errors: IntCounterVec,
+    /// Answers read ahead of their clients, by where (memory, file); set at scrape.
+    response_buffer: IntGaugeVec,
+    response_buffer_files: IntGauge,
+    /// The read-ahead's given-up answers already counted.
+    abandoned_seen: std::sync::atomic::AtomicU64,
 }
+
+/// The `kind` labels of `switchyard_client_errors_total`.
+pub const CLIENT_ERROR_KINDS: [&str; 5] =
+    ["malformed_body", "aborted_body", "slow_upload", "body_too_large", "slow_reader"];
 
 /// Method labels; arbitrary methods share `OTHER` (bounded cardinality).
 const METHODS: [&str; 8] = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "OTHER"];
@@ -181,6 +192,35 @@ impl Metrics {
         .expect("valid");
         reg(Box::new(shadow.clone()));
         reg(Box::new(guard_tripped.clone()));
+        let client_errors = IntCounterVec::new(
+            Opts::new(
+                "switchyard_client_errors_total",
+                "Requests that failed through their client (a malformed, aborted, stalled or oversized upload; a \
+                 client that took nothing of its answer for the send timeout), by kind. Never counted against a \
+                 backend.",
+            ),
+            &["kind"],
+        )
+        .expect("valid");
+        for kind in CLIENT_ERROR_KINDS {
+            client_errors.with_label_values(&[kind]);
+        }
+        reg(Box::new(client_errors.clone()));
+        let response_buffer = IntGaugeVec::new(
+            Opts::new(
+                "switchyard_response_buffer_bytes",
+                "Bytes of upstream answers read ahead of their clients, by where they wait (memory, file).",
+            ),
+            &["where"],
+        )
+        .expect("valid");
+        reg(Box::new(response_buffer.clone()));
+        let response_buffer_files = IntGauge::new(
+            "switchyard_response_buffer_files",
+            "Temporary files holding answers read ahead of their clients.",
+        )
+        .expect("valid");
+        reg(Box::new(response_buffer_files.clone()));
         let series = Series {
             requests: (0..2 * SERVICES * METHODS.len() * CLASSES.len()).map(|_| OnceLock::new()).collect(),
             duration: (0..2 * SERVICES).map(|_| OnceLock::new()).collect(),
@@ -203,7 +243,29 @@ impl Metrics {
             guard_rollbacks,
             guard_tripped,
             shadow,
+            client_errors,
+            response_buffer,
+            response_buffer_files,
+            abandoned_seen: Default::default(),
         }
+    }
+
+    /// Counts one request that failed through its client.
+    pub fn client_error(&self, kind: &'static str) {
+        self.client_errors.with_label_values(&[kind]).inc();
+    }
+
+    /// Sets the read-ahead gauges from `usage`, and counts the answers given up since
+    /// the last scrape.
+    pub fn read_ahead(&self, usage: &crate::spool::Usage) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let gauge = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        self.response_buffer.with_label_values(&["memory"]).set(gauge(usage.memory.load(Relaxed)));
+        self.response_buffer.with_label_values(&["file"]).set(gauge(usage.file.load(Relaxed)));
+        self.response_buffer_files.set(gauge(usage.files.load(Relaxed)));
+        let abandoned = usage.abandoned.load(Relaxed);
+        let seen = self.abandoned_seen.swap(abandoned, Relaxed);
+        self.client_errors.with_label_values(&["slow_reader"]).inc_by(abandoned.saturating_sub(seen));
     }
 
     /// Counts one shadow read by its result.

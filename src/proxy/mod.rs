@@ -26,6 +26,7 @@ use crate::identity::Token;
 use crate::metrics::Metrics;
 use crate::routing::service::Service;
 use crate::shadow::{self, Shadow, tap::Tapped};
+use crate::spool::{self, ReadAhead};
 use crate::state::{Snapshot, State};
 use crate::translate;
 use crate::translate::Applied;
@@ -51,6 +52,8 @@ pub struct Proxy {
     pub guard: Arc<Guard>,
     shadow: Arc<Shadow>,
     upstream: Upstream,
+    /// Answers read ahead of slow clients.
+    read_ahead: ReadAhead,
 }
 
 impl Proxy {
@@ -60,12 +63,14 @@ impl Proxy {
         let config = &state.load().config;
         let guard = Arc::new(Guard::new(config.guard.window));
         let shadow = Arc::new(Shadow::new(config.shadow.max_concurrent, metrics.clone(), upstream.clone()));
-        Proxy { state, metrics, tunnels, guard, shadow, upstream }
+        let read_ahead = ReadAhead::new(read_ahead_limits(config));
+        Proxy { state, metrics, tunnels, guard, shadow, upstream, read_ahead }
     }
 
     /// The Prometheus text of every metric, the upstream connection gauges read now.
     pub fn metrics_text(&self) -> String {
         self.metrics.upstream_usage(&self.upstream.usage());
+        self.metrics.read_ahead(self.read_ahead.usage());
         self.metrics.render()
     }
 
@@ -193,7 +198,20 @@ impl Proxy {
             self.metrics.translated(kind);
         }
         let tap = shadow.and_then(|copy| self.shadow.start(snap.clone(), *copy, resp.status()));
-        resp.map(|body| Either::Left(Tapped::new(body, tap)))
+        resp.map(|body| Either::Left(Tapped::new(self.read_ahead.spool(body), tap)))
+    }
+}
+
+/// The read-ahead caps, fixed for the process.
+fn read_ahead_limits(config: &crate::config::Config) -> spool::Limits {
+    let b = &config.upstream.buffer;
+    spool::Limits {
+        memory_per_answer: b.memory_per_answer,
+        memory_total: b.memory_total,
+        file_per_answer: b.file_per_answer,
+        file_total: b.file_total,
+        dir: b.dir.clone(),
+        send_timeout: config.limits.send_timeout,
     }
 }
 

@@ -139,6 +139,7 @@ async fn connection(
         _ => return,
     };
     let io = TokioIo::new(SendTimeout::new(stream, builders.send_timeout));
+    let metrics = proxy.metrics.clone();
     let service = service(proxy, Client { addr: ClientAddr::new(peer.ip()) });
     let ended = match opening {
         Opening::Http1 => {
@@ -162,6 +163,9 @@ async fn connection(
     };
     if let Err(e) = ended {
         let e: Box<dyn std::error::Error + Send + Sync> = e;
+        if stall::is_send_timeout(e.as_ref()) {
+            metrics.client_error("slow_reader");
+        }
         tracing::debug!(%peer, error = %e, "client connection ended with an error");
     }
 }

@@ -8,7 +8,7 @@ use bytes::{Bytes, BytesMut};
 use hyper::body::{Body, Frame, SizeHint};
 use tokio::sync::oneshot;
 
-use crate::upstream::UpstreamBody;
+use crate::spool::Spooled;
 
 /// Why no copy was delivered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,15 +58,15 @@ impl Drop for Tap {
     }
 }
 
-/// An upstream body, optionally tapped.
+/// An upstream body (read ahead of the client), optionally tapped.
 pub struct Tapped {
-    inner: UpstreamBody,
+    inner: Spooled,
     tap: Option<Tap>,
 }
 
 impl Tapped {
     /// Wraps `inner`; with `tap`, a copy goes to the shadow comparison.
-    pub fn new(inner: UpstreamBody, tap: Option<Tap>) -> Tapped {
+    pub fn new(inner: Spooled, tap: Option<Tap>) -> Tapped {
         Tapped { inner, tap }
     }
 }
