@@ -38,6 +38,43 @@ pub enum Kind {
     Overloaded,
     /// The request body is over `limits.max_body_bytes`.
     PayloadTooLarge,
+    /// The client's own failure, never the backend's (not judged by the guard).
+    Client(ClientFault),
+}
+
+/// How a request failed through its client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientFault {
+    /// The request body is not valid HTTP (bad chunk framing, wrong length).
+    MalformedBody,
+    /// The client closed or reset its connection before its body was all sent.
+    AbortedBody,
+    /// The request body did not come within the upstream timeout.
+    SlowUpload,
+}
+
+impl ClientFault {
+    /// The `kind` label of `switchyard_client_errors_total`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ClientFault::MalformedBody => "malformed_body",
+            ClientFault::AbortedBody => "aborted_body",
+            ClientFault::SlowUpload => "slow_upload",
+        }
+    }
+
+    /// What the client's body error says: cut short, or malformed.
+    fn of(err: &(dyn std::error::Error + 'static)) -> ClientFault {
+        use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset, UnexpectedEof};
+        let mut chain = std::iter::successors(Some(err), |e| e.source());
+        let aborted = chain.any(|e| {
+            e.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_incomplete_message)
+                || e.downcast_ref::<std::io::Error>().is_some_and(|io| {
+                    matches!(io.kind(), UnexpectedEof | ConnectionReset | ConnectionAborted | BrokenPipe)
+                })
+        });
+        if aborted { ClientFault::AbortedBody } else { ClientFault::MalformedBody }
+    }
 }
 
 /// An error on the request path.
@@ -87,13 +124,23 @@ impl Error {
         Error::new(Kind::PayloadTooLarge, backend, format!("limit {limit} bytes"))
     }
 
-    /// Classifies why the upstream gave no response.
+    /// A request that failed through its client.
+    pub fn client(backend: BackendId, fault: ClientFault) -> Error {
+        Error::new(Kind::Client(fault), backend, "")
+    }
+
+    /// Classifies why the upstream gave no response: the client's body failing is the
+    /// client's doing, everything else the upstream's.
     pub fn upstream(backend: BackendId, failure: crate::upstream::Failure) -> Error {
         use crate::upstream::Failure;
         let err = failure.source();
-        let kind = if let Some(limit) = find::<crate::proxy::capped::TooLarge>(err) {
+        if let Some(limit) = find::<crate::proxy::capped::TooLarge>(err) {
             return Error::too_large(backend, limit.0);
-        } else if is_tls(err) {
+        }
+        if matches!(failure, Failure::Body(_)) {
+            return Error::client(backend, ClientFault::of(err));
+        }
+        let kind = if is_tls(err) {
             Kind::Tls
         } else if matches!(failure, Failure::Connect(_)) {
             Kind::Connect
@@ -131,6 +178,20 @@ impl Error {
         matches!(self.kind, Kind::Unauthorized(_))
     }
 
+    /// The client's own failure (its body, its pace), which says nothing of a backend.
+    pub fn is_client(&self) -> bool {
+        matches!(self.kind, Kind::Client(_) | Kind::PayloadTooLarge)
+    }
+
+    /// The `kind` label of `switchyard_client_errors_total`, for a client's failure.
+    pub fn client_label(&self) -> Option<&'static str> {
+        match self.kind {
+            Kind::Client(fault) => Some(fault.as_str()),
+            Kind::PayloadTooLarge => Some("body_too_large"),
+            _ => None,
+        }
+    }
+
     /// The upstream failed (as opposed to the client's request).
     pub fn is_upstream(&self) -> bool {
         matches!(self.kind, Kind::Connect | Kind::Timeout | Kind::Reset | Kind::Tls | Kind::Protocol)
@@ -148,8 +209,14 @@ impl Error {
             | Kind::BadRequest
             | Kind::CrossSchemaEmbed
             | Kind::Overloaded
-            | Kind::PayloadTooLarge => "none",
+            | Kind::PayloadTooLarge
+            | Kind::Client(_) => "none",
         }
+    }
+
+    /// An upstream failure whose detail is an OS or TLS error's text.
+    fn is_upstream_io(&self) -> bool {
+        matches!(self.kind, Kind::Connect | Kind::Reset | Kind::Tls | Kind::Protocol)
     }
 
     /// The status the client gets.
@@ -158,6 +225,8 @@ impl Error {
             Kind::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Kind::Timeout => StatusCode::GATEWAY_TIMEOUT,
             Kind::BadRequest | Kind::CrossSchemaEmbed => StatusCode::BAD_REQUEST,
+            Kind::Client(ClientFault::MalformedBody | ClientFault::AbortedBody) => StatusCode::BAD_REQUEST,
+            Kind::Client(ClientFault::SlowUpload) => StatusCode::REQUEST_TIMEOUT,
             Kind::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             Kind::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Kind::Connect | Kind::Reset | Kind::Tls | Kind::Protocol => StatusCode::BAD_GATEWAY,
@@ -178,6 +247,15 @@ impl Error {
             Kind::BadRequest => ("SWY400", "validation_failed", "request cannot be forwarded".into()),
             Kind::Overloaded => ("SWY503", "over_request_rate_limit", "switchyard is overloaded, retry shortly".into()),
             Kind::PayloadTooLarge => ("SWY413", "request_too_large", "request body too large".into()),
+            Kind::Client(ClientFault::MalformedBody) => {
+                ("SWY400", "validation_failed", "request body is malformed".into())
+            }
+            Kind::Client(ClientFault::AbortedBody) => {
+                ("SWY400", "validation_failed", "request body ended before it was complete".into())
+            }
+            Kind::Client(ClientFault::SlowUpload) => {
+                ("SWY408", "request_timeout", "request body did not arrive in time".into())
+            }
             Kind::CrossSchemaEmbed => (
                 "PGRST200",
                 "validation_failed",
@@ -190,7 +268,9 @@ impl Error {
     /// `versioned` is whether the request carried `X-Supabase-Api-Version`.
     pub fn into_response(self, service: Service, versioned: bool) -> Response<Full<Bytes>> {
         let (pgrst, gotrue, message) = self.codes();
-        let details = (!self.detail.is_empty()).then_some(self.detail.as_str());
+        // What the OS or TLS said of an upstream failure is logged, not sent: it
+        // describes the proxy's network, not the client's request.
+        let details = (!self.detail.is_empty() && !self.is_upstream_io()).then_some(self.detail.as_str());
         let body = if service.speaks_gotrue() {
             serde_json::json!({ "code": gotrue, "message": message })
         } else {

@@ -42,26 +42,38 @@ pub struct Trip {
     pub detail: String,
 }
 
-/// The verdict on one service's window. `None`: healthy, or not enough traffic on
+/// The verdict on one service's window, each side judged without its heaviest
+/// identity ([`Stats::without_heaviest`]). `None`: healthy, or not enough traffic on
 /// either side to tell.
 pub fn verdict(v1: &Stats, v2: &Stats, cfg: &GuardConfig) -> Option<(TripReason, String)> {
+    let (v1, v2) = (v1.without_heaviest(), v2.without_heaviest());
     if v1.requests < cfg.min_requests || v2.requests < cfg.min_requests {
         return None;
     }
-    let (e1, e2) = (v1.error_ratio(), v2.error_ratio());
+    let (e1, e2) = (v1.error_ratio, v2.error_ratio);
     if e2 - e1 > cfg.max_error_ratio_increase {
         return Some((
             TripReason::ErrorRatio,
             format!("error ratio v2 {e2:.3} vs v1 {e1:.3} over {} + {} requests", v2.requests, v1.requests),
         ));
     }
-    let (p1, p2) = (v1.p99(), v2.p99());
+    let (p1, p2) = (v1.p99, v2.p99);
     if p2.saturating_sub(p1) >= cfg.min_p99_increase
         && p2.as_secs_f64() > cfg.max_p99_ratio * p1.as_secs_f64().max(0.001)
     {
         return Some((TripReason::Latency, format!("p99 v2 {p2:?} vs v1 {p1:?}")));
     }
     None
+}
+
+/// One request's outcome, as the guard weighs it.
+#[derive(Debug, Clone, Copy)]
+pub struct Outcome {
+    pub status: StatusCode,
+    /// From the request's arrival to its answer, less any wait for a connection.
+    pub latency: Duration,
+    /// Whose request it was (a hash of the identity).
+    pub who: u64,
 }
 
 /// Sliding windows of outcomes, per service and backend.
@@ -87,18 +99,12 @@ impl Guard {
         at.saturating_duration_since(self.start).as_secs()
     }
 
-    /// Records one proxied request's outcome, `at` its end. 5xx (the proxy's own
-    /// 502/504 for upstream failures included) counts as an error.
-    pub fn record(
-        &self,
-        backend: BackendId,
-        service: Service,
-        status: StatusCode,
-        latency: Duration,
-        at: tokio::time::Instant,
-    ) {
+    /// Records one proxied request's outcome, `at` its end, for identity `who` (a
+    /// hash of the user id or client address). 5xx (the proxy's own 502/504 for
+    /// upstream failures included) counts as an error.
+    pub fn record(&self, backend: BackendId, service: Service, outcome: Outcome, at: tokio::time::Instant) {
         let w = self.windows[service.index()].get(backend);
-        w.record(self.second(at), status.is_server_error(), latency);
+        w.record(self.second(at), outcome.who, outcome.status.is_server_error(), outcome.latency);
     }
 
     /// The first service on which v2 is worse than v1, if any.
@@ -152,10 +158,11 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn windows_forget_old_failures() {
         let g = Guard::new(Duration::from_secs(10));
-        for _ in 0..60 {
+        let outcome = |status, who| Outcome { status, latency: Duration::from_millis(3), who };
+        for who in 0..60 {
             let now = tokio::time::Instant::now();
-            g.record(BackendId::V1, Service::Rest, StatusCode::OK, Duration::from_millis(3), now);
-            g.record(BackendId::V2, Service::Rest, StatusCode::BAD_GATEWAY, Duration::from_millis(3), now);
+            g.record(BackendId::V1, Service::Rest, outcome(StatusCode::OK, who), now);
+            g.record(BackendId::V2, Service::Rest, outcome(StatusCode::BAD_GATEWAY, who), now);
         }
         let trip = g.evaluate(&cfg()).unwrap();
         assert_eq!((trip.reason, trip.service), (TripReason::ErrorRatio, Service::Rest));

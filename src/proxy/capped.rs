@@ -3,6 +3,8 @@
 //! aborted, and the client is answered 413.
 
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
@@ -15,17 +17,32 @@ use hyper::body::Incoming;
 #[error("request body over the {0}-byte limit")]
 pub struct TooLarge(pub u64);
 
+/// Whether a client body has all come: told to whoever must tell a slow client from
+/// a slow upstream when the answer is late.
+#[derive(Debug, Default)]
+pub struct Arrived(AtomicBool);
+
+impl Arrived {
+    /// Whether the whole body has come.
+    pub fn is_complete(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
 /// A client body, streamed, that errors past `limit` bytes.
 pub struct Capped {
     inner: Incoming,
     left: Option<u64>,
     limit: u64,
+    arrived: Option<Arc<Arrived>>,
 }
 
 impl Capped {
-    /// Caps `inner` at `limit` bytes (`None`: no cap).
-    pub fn new(inner: Incoming, limit: Option<u64>) -> Capped {
-        Capped { inner, left: limit, limit: limit.unwrap_or(0) }
+    /// Caps `inner` at `limit` bytes (`None`: no cap). The second value says when
+    /// the body has all come (none for a body that has already ended).
+    pub fn new(inner: Incoming, limit: Option<u64>) -> (Capped, Option<Arc<Arrived>>) {
+        let arrived = (!inner.is_end_stream()).then(Arc::default);
+        (Capped { inner, left: limit, limit: limit.unwrap_or(0), arrived: arrived.clone() }, arrived)
     }
 }
 
@@ -36,6 +53,11 @@ impl Body for Capped {
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = &mut *self;
         let frame = ready!(Pin::new(&mut this.inner).poll_frame(cx));
+        if let Some(arrived) = &this.arrived
+            && (frame.is_none() || this.inner.is_end_stream())
+        {
+            arrived.0.store(true, Ordering::Relaxed);
+        }
         if let (Some(Ok(f)), Some(left)) = (&frame, this.left.as_mut()) {
             let n = f.data_ref().map_or(0, |d| d.len() as u64);
             if n > *left {

@@ -141,6 +141,11 @@ impl ClientAddr {
     pub fn new(ip: IpAddr) -> ClientAddr {
         ClientAddr(HeaderValue::try_from(ip.to_string()).expect("an IP address is digits, dots and colons"))
     }
+
+    /// The address as text.
+    pub fn as_bytes(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
 }
 
 /// Whether the comma-separated list header `name` holds `token` (case-insensitive).

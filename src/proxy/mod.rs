@@ -21,7 +21,7 @@ use tokio::time::Instant;
 
 use crate::backend::BackendId;
 use crate::error::{Error, Kind as ErrorKind};
-use crate::guard::Guard;
+use crate::guard::{Guard, Outcome};
 use crate::identity::Token;
 use crate::metrics::Metrics;
 use crate::routing::service::Service;
@@ -105,6 +105,7 @@ impl Proxy {
             versioned: survey.versioned(),
             backend: decision.backend,
             set_cookie: decision.set_cookie,
+            who: route.who.unwrap_or_else(|| route::who(client.addr.as_bytes())),
         };
         let proxy = &done.proxy.0;
         let exchange =
@@ -133,6 +134,9 @@ impl Proxy {
     fn error_response(&self, err: Error, service: Service, versioned: bool) -> Response<Body> {
         if err.kind() == ErrorKind::CrossSchemaEmbed {
             self.metrics.translated(translate::Kind::EmbedRejected);
+        }
+        if let Some(kind) = err.client_label() {
+            self.metrics.client_error(kind);
         }
         if err.is_upstream() {
             self.metrics.upstream_error(err.backend(), err.upstream_label());
@@ -169,11 +173,12 @@ impl Proxy {
             })
         });
         let (applied, forwarded) = prepare(snap, &mut parts, backend, route.token.as_ref(), &client.addr, survey)?;
-        let req = Request::from_parts(parts, Either::Left(Capped::new(body, snap.config.limits.max_body_bytes)));
+        let (body, arrived) = Capped::new(body, snap.config.limits.max_body_bytes);
+        let req = Request::from_parts(parts, Either::Left(body));
         let out = Outbound { req, forwarded };
         let target = &snap.config.backends.get(backend).url;
         let after = After { client_upgrade, applied, shadow };
-        Ok((self.upstream.send(target, backend, out, snap.config.upstream.timeout, now), after))
+        Ok((self.upstream.send(target, backend, out, snap.config.upstream.timeout, now, arrived), after))
     }
 
     /// The upstream's response, made the client's: tunnel started for an upgrade,
@@ -240,11 +245,13 @@ struct Done {
     versioned: bool,
     backend: BackendId,
     set_cookie: Option<u8>,
+    /// Whose request it is, for the guard: the user, or the client's address.
+    who: u64,
 }
 
 impl Done {
     fn finish(self, result: Result<(Response<UpstreamBody>, After), Error>) -> Response<Body> {
-        let Done { proxy, snap, started, method, service, versioned, backend, set_cookie } = self;
+        let Done { proxy, snap, started, method, service, versioned, backend, set_cookie, who } = self;
         let proxy = &proxy.0;
         let result = result.map(|(resp, after)| proxy.answer(&snap, backend, after, resp));
         // The guard judges the backends, not the clients' requests: an answer, or an
@@ -264,7 +271,8 @@ impl Done {
             proxy.metrics.queued(backend, queued);
         }
         if judged {
-            proxy.guard.record(backend, service, resp.status(), took.saturating_sub(queued), now);
+            let outcome = Outcome { status: resp.status(), latency: took.saturating_sub(queued), who };
+            proxy.guard.record(backend, service, outcome, now);
         }
         proxy.metrics.observe(backend, service, &method, resp.status(), took);
         resp

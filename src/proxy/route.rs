@@ -20,6 +20,14 @@ pub struct Route {
     pub token: Option<Token>,
     /// Why the bearer token was refused, if it was.
     pub refused: Option<AuthReason>,
+    /// A hash of the user id, when the request has one (the guard weighs users).
+    pub who: Option<u64>,
+}
+
+/// A hash of `key`, stable for the process: the guard's identity slots.
+pub fn who(key: &[u8]) -> u64 {
+    use std::hash::BuildHasher;
+    foldhash::fast::FixedState::with_seed(0x5eed).hash_one(key)
 }
 
 /// The `token` query parameter of a Storage signed URL.
@@ -52,7 +60,8 @@ pub fn route(snap: &Snapshot, service: Service, headers: &HeaderMap, uri: &Uri) 
     };
     // A signed URL only verifies on the project that signed it, whatever the policy.
     if let Some(backend) = signed_url_token(path, uri.query()).and_then(|t| snap.verifier.signed_by(t)) {
-        return Route { decision: Decision::fixed(backend, Reason::SignedUrl), token: identity.token, refused };
+        let decision = Decision::fixed(backend, Reason::SignedUrl);
+        return Route { decision, token: identity.token, refused, who: None };
     }
     let overrides = &snap.config.overrides;
     let user = identity.user().map(|(u, _)| u);
@@ -64,7 +73,8 @@ pub fn route(snap: &Snapshot, service: Service, headers: &HeaderMap, uri: &Uri) 
     };
     let policy = snap.config.services.get(service);
     let decision = routing::decide(&rollout(&snap.config), policy, subject, || fastrand::u8(0..100));
-    Route { decision, token: identity.token, refused }
+    let who = user.map(|u| who(u.as_bytes()));
+    Route { decision, token: identity.token, refused, who }
 }
 
 /// The backend a user id goes to under `snap`, as the `route` command reports it.

@@ -124,7 +124,8 @@ impl Shadow {
         };
         let out = Outbound { req: Request::from_parts(parts, Either::Right(Empty::<Bytes>::new())), forwarded };
         let target = &snap.config.backends.get(copy.to).url;
-        let Ok(resp) = self.upstream.send(target, copy.to, out, cfg.timeout, tokio::time::Instant::now()).await else {
+        let Ok(resp) = self.upstream.send(target, copy.to, out, cfg.timeout, tokio::time::Instant::now(), None).await
+        else {
             return (Outcome::Error, 0);
         };
         let status = resp.status().as_u16();

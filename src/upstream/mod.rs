@@ -35,8 +35,8 @@ pub use exchange::Failure;
 
 use crate::backend::BackendId;
 use crate::config::{BaseUrl, UpstreamConfig};
-use crate::error::Error;
-use crate::proxy::capped::Capped;
+use crate::error::{ClientFault, Error};
+use crate::proxy::capped::{Arrived, Capped};
 use crate::proxy::headers::Forwarded;
 use budget::Budget;
 use pool::{Pool, Settings};
@@ -103,11 +103,12 @@ impl Upstream {
         out: Outbound,
         timeout: Duration,
         now: tokio::time::Instant,
+        arrived: Option<Arc<Arrived>>,
     ) -> Sending<impl Future<Output = Result<Response<UpstreamBody>, Failure>> + Send + 'static + use<>> {
         let pool = self.pool(&to.scheme, &to.authority);
         let sent = pool.send(out, now.into_std(), timeout);
         let timer = tokio::time::sleep_until(now + timeout);
-        Sending { inner: sent, timer, backend, timeout }
+        Sending { inner: sent, timer, backend, timeout, arrived }
     }
 
     /// Each upstream host's connections: in use (or connecting), and idle. Read at
@@ -157,6 +158,9 @@ pin_project! {
         inner: F,
         #[pin]
         timer: Sleep,
+        // Whether the client's body has all come: a late answer to an upload that is
+        // still coming is the client's doing.
+        arrived: Option<Arc<Arrived>>,
         backend: BackendId,
         timeout: Duration,
     }
@@ -170,11 +174,14 @@ impl<F: Future<Output = Result<Response<UpstreamBody>, Failure>>> Future for Sen
         if let Poll::Ready(answered) = this.inner.poll(cx) {
             return Poll::Ready(answered.map_err(|failure| Error::upstream(*this.backend, failure)));
         }
-        if this.timer.poll(cx).is_ready() {
-            Poll::Ready(Err(Error::timeout(*this.backend, *this.timeout)))
-        } else {
-            Poll::Pending
+        if this.timer.poll(cx).is_pending() {
+            return Poll::Pending;
         }
+        let err = match this.arrived {
+            Some(arrived) if !arrived.is_complete() => Error::client(*this.backend, ClientFault::SlowUpload),
+            _ => Error::timeout(*this.backend, *this.timeout),
+        };
+        Poll::Ready(Err(err))
     }
 }
 
