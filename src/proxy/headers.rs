@@ -29,6 +29,10 @@ static HOP_BY_HOP: [HeaderName; 7] = [
     header::UPGRADE,
 ];
 
+/// Headers a `Connection` header cannot nominate for removal.
+const PROTECTED: [&str; 6] =
+    ["host", "content-length", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "forwarded"];
+
 /// Where `name` is in [`HOP_BY_HOP`], if it is there. By its text: a string match
 /// rules most names out by their length alone, where comparing names one by one
 /// costs seven comparisons for every header of every request and response.
@@ -58,6 +62,7 @@ pub struct Survey {
     forwarded_host: bool,
     upgrade: bool,
     versioned: bool,
+    expect: bool,
 }
 
 impl Survey {
@@ -71,6 +76,7 @@ impl Survey {
                 "x-forwarded-proto" => seen.proto = true,
                 "x-forwarded-host" => seen.forwarded_host = true,
                 "x-supabase-api-version" => seen.versioned = true,
+                "expect" => seen.expect = true,
                 _ => {
                     if let Some(i) = hop_by_hop_index(name) {
                         seen.hop_by_hop[i] = true;
@@ -185,8 +191,9 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool, present: [bool; HOP_
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .map(str::trim)
-        // `Host` is never dropped: the proxy sets it for the upstream.
-        .filter(|t| !t.eq_ignore_ascii_case("close") && !t.eq_ignore_ascii_case("host"))
+        // What the proxy sets or frames the message by is never dropped on a client's
+        // say-so: `Connection: x-forwarded-proto` must not remove what the proxy forwards.
+        .filter(|t| !t.eq_ignore_ascii_case("close") && !PROTECTED.iter().any(|p| t.eq_ignore_ascii_case(p)))
         .filter(|t| !HOP_BY_HOP.iter().any(|h| t.eq_ignore_ascii_case(h.as_str())))
         .filter_map(|t| HeaderName::try_from(t).ok())
         .collect();
@@ -212,6 +219,12 @@ pub fn prepare_request(
     seen: Survey,
 ) -> Result<Forwarded, http::Error> {
     strip_hop_by_hop(&mut parts.headers, seen.upgrade, seen.hop_by_hop);
+    if seen.expect {
+        // Answered here (hyper's server sends 100 Continue when the body is first
+        // read): an upstream told to expect would be free to answer before the body
+        // and leave it on the connection to be read as the next request.
+        parts.headers.remove(header::EXPECT);
+    }
     // The host the client asked for: its `Host` header, else the URI's authority.
     let authority = || parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok());
     let original_host = seen.host.or_else(authority);
@@ -388,5 +401,28 @@ mod tests {
         assert!(!h.contains_key("transfer-encoding"));
         assert_eq!(h["content-profile"], "public");
         assert!(cohort_cookie("c", 7).to_str().unwrap().starts_with("c=7; Path=/"));
+    }
+
+    #[test]
+    fn a_client_cannot_remove_what_the_proxy_forwards_or_frames_by() {
+        let mut p = parts(
+            "/rest/v1/t",
+            &[
+                ("connection", "x-forwarded-proto, X-Forwarded-Host, content-length, forwarded, x-other"),
+                ("x-forwarded-proto", "https"),
+                ("x-forwarded-host", "lb.example"),
+                ("content-length", "2"),
+                ("x-other", "1"),
+                ("expect", "100-continue"),
+            ],
+        );
+        let up = BaseUrl::parse("http://127.0.0.1:9").unwrap();
+        let seen = Survey::of(&p.headers);
+        prepare_request(&mut p, &up, &ClientAddr::new("10.1.2.3".parse().unwrap()), seen).unwrap();
+        assert_eq!(p.headers["x-forwarded-proto"], "https");
+        assert_eq!(p.headers["x-forwarded-host"], "lb.example");
+        assert_eq!(p.headers["content-length"], "2");
+        assert!(!p.headers.contains_key("x-other"), "other names it lists are still removed");
+        assert!(!p.headers.contains_key("expect"), "Expect is answered by the proxy, never forwarded");
     }
 }

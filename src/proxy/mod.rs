@@ -24,7 +24,7 @@ use crate::error::{Error, Kind as ErrorKind};
 use crate::guard::{Guard, Outcome};
 use crate::identity::Token;
 use crate::metrics::Metrics;
-use crate::routing::service::Service;
+use crate::routing::{self, service::Service};
 use crate::shadow::{self, Shadow, tap::Tapped};
 use crate::spool::{self, ReadAhead};
 use crate::state::{Snapshot, State};
@@ -117,6 +117,9 @@ impl Proxy {
     /// a refused bearer token.
     fn admit(&self, snap: &Snapshot, route: &Route, req: &Request<Incoming>) -> Result<(), Error> {
         let (backend, limits) = (route.decision.backend, &snap.config.limits);
+        if let Some(refusal) = unroutable(req) {
+            return Err(Error::bad_request(backend, refusal));
+        }
         if self.metrics.in_flight.get() > limits.max_in_flight as i64 {
             return Err(Error::overloaded(backend));
         }
@@ -300,6 +303,19 @@ pub fn prepare(
     let applied = snap.translator.request(parts, to, token).map_err(|e| Error::cross_schema_embed(to, &e))?;
     parts.uri = target.prefixed(std::mem::take(&mut parts.uri)).map_err(|e| Error::bad_request(to, e.to_string()))?;
     Ok((applied, forwarded))
+}
+
+/// Why a request cannot be routed at all: a tunnel request, a server-wide target, or a
+/// path the upstream would resolve elsewhere than where it is routed.
+fn unroutable(req: &Request<Incoming>) -> Option<&'static str> {
+    if req.method() == Method::CONNECT {
+        return Some("CONNECT is not supported: this is a reverse proxy");
+    }
+    let path = req.uri().path();
+    if path == "*" {
+        return Some("a request for the whole server ('*') cannot be forwarded");
+    }
+    routing::path::has_dot_segments(path).then_some("the path has '.' or '..' segments")
 }
 
 /// Whether the request declares a body longer than `limit`.

@@ -38,6 +38,7 @@ pub fn frame_request(parts: &mut request::Parts, empty: bool, exact: Option<u64>
     let h = &mut parts.headers;
     if let Some(v) = h.get(header::CONTENT_LENGTH) {
         let n = parse_length(v.as_bytes()).ok_or(Malformed("request content-length"))?;
+        normalise_length(h, n);
         return Ok(if n == 0 { Sent::Nothing } else { Sent::Length(n) });
     }
     if empty {
@@ -79,6 +80,16 @@ pub fn encode_head(parts: &request::Parts, forwarded: &Forwarded) -> BytesMut {
     }
     out.extend_from_slice(b"\r\n");
     out
+}
+
+/// Makes `Content-Length` one line holding `n` when it was a list (`5, 5`) or several
+/// lines of the same value: a list is never forwarded.
+fn normalise_length(headers: &mut HeaderMap, n: u64) {
+    let mut lines = headers.get_all(header::CONTENT_LENGTH).iter();
+    let plain = lines.next().is_some_and(|v| !v.as_bytes().contains(&b',')) && lines.next().is_none();
+    if !plain {
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+    }
 }
 
 /// How the response body is delimited.
@@ -168,6 +179,17 @@ pub fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Parsed, Malf
         headers.append(name, value);
     }
     let (framing, delimited) = said.framing(status, head_request)?;
+    if said.chunked.is_some() {
+        if version == Version::HTTP_10 {
+            // An HTTP/1.0 recipient would not decode it: a smuggling vector, refused.
+            return Err(Malformed("transfer-encoding in an HTTP/1.0 response"));
+        }
+        // Framed by Transfer-Encoding: a Content-Length beside it is stale (RFC 9112
+        // §6.3) and would frame the client's copy wrongly.
+        headers.remove(header::CONTENT_LENGTH);
+    } else if let Some(Ok(n)) = said.length {
+        normalise_length(&mut headers, n);
+    }
     let stays_open = if version == Version::HTTP_10 { said.keep_alive } else { !said.close };
     Ok(Parsed::Head(Head { status, headers, framing, reusable: delimited && stays_open }))
 }
@@ -404,5 +426,26 @@ mod tests {
         assert_eq!(head(&long, false).unwrap_err(), Malformed("head too large"));
         let many: String = (0..200).map(|i| format!("x-{i}: 1\r\n")).collect();
         assert!(head(&format!("HTTP/1.1 200 OK\r\n{many}\r\n"), false).is_err());
+    }
+
+    #[test]
+    fn a_length_beside_transfer_encoding_or_in_a_list_never_reaches_the_client() {
+        let h = parsed("HTTP/1.1 200 OK\r\ncontent-length: 5\r\ntransfer-encoding: chunked\r\n\r\n");
+        assert_eq!((h.framing, h.reusable), (Framing::Chunked, false));
+        assert!(!h.headers.contains_key("content-length"), "a stale length would truncate the client's copy");
+        let h = parsed("HTTP/1.1 200 OK\r\ncontent-length: 5, 5\r\n\r\n");
+        assert_eq!(h.framing, Framing::Length(5));
+        assert_eq!(h.headers.get_all("content-length").iter().collect::<Vec<_>>(), ["5"]);
+        let h = parsed("HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-length: 5\r\n\r\n");
+        assert_eq!(h.headers.get_all("content-length").iter().collect::<Vec<_>>(), ["5"]);
+        let mut p = parts(Method::POST, &[("content-length", "3, 3")]);
+        assert_eq!(frame_request(&mut p, false, None), Ok(Sent::Length(3)));
+        assert_eq!(p.headers.get_all("content-length").iter().collect::<Vec<_>>(), ["3"]);
+    }
+
+    #[test]
+    fn transfer_encoding_in_an_http_1_0_response_is_refused() {
+        let raw = "HTTP/1.0 200 OK\r\ntransfer-encoding: chunked\r\n\r\n";
+        assert_eq!(head(raw, false).unwrap_err(), Malformed("transfer-encoding in an HTTP/1.0 response"));
     }
 }
