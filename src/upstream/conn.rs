@@ -5,7 +5,7 @@
 
 use std::io;
 use std::pin::Pin;
-use std::task::{Context, Poll, Waker, ready};
+use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, BytesMut};
 use hyper_rustls::MaybeHttpsStream;
@@ -67,15 +67,22 @@ impl Conn {
     }
 
     /// Whether an idle connection can no longer carry a request: the upstream closed
-    /// it, failed it, or sent bytes nobody asked for. Never waits.
+    /// it, failed it, or sent bytes nobody asked for. Never waits. It asks the kernel
+    /// (a non-blocking peek at the TCP socket): polling the stream would answer
+    /// Pending, whatever the socket's state, once the task's cooperative budget is
+    /// spent, or before the reactor has seen the close.
     pub fn is_stale(&mut self) -> bool {
         if !self.buf.is_empty() {
             return true;
         }
-        let mut probe = [0u8; 1];
-        let mut probe = ReadBuf::new(&mut probe);
-        let mut cx = Context::from_waker(Waker::noop());
-        !matches!(Pin::new(&mut self.io).poll_read(&mut cx, &mut probe), Poll::Pending)
+        let tcp: &TcpStream = match self.io.inner() {
+            MaybeHttpsStream::Http(io) => io.inner(),
+            MaybeHttpsStream::Https(tls) => tls.inner().get_ref().0.inner().inner(),
+        };
+        let mut probe = [std::mem::MaybeUninit::uninit(); 1];
+        // A TLS connection's unread bytes (an alert, a late session ticket) count too:
+        // a connection dropped needlessly is cheaper than a request lost.
+        !matches!(socket2::SockRef::from(tcp).peek(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
     }
 }
 
@@ -146,5 +153,22 @@ mod tests {
         conn.read_size = MAX_READ_SIZE;
         conn.idle();
         assert_eq!((conn.buf.capacity(), conn.read_size), (0, READ_SIZE));
+    }
+
+    #[tokio::test]
+    async fn a_closed_connection_is_found_stale_with_the_tasks_budget_spent() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let stream = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let mut conn = Conn::new(MaybeHttpsStream::Http(TokioIo::new(stream)));
+        assert!(!conn.is_stale(), "open and quiet");
+        drop(server);
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        // Spend the budget: every tokio resource now answers Pending.
+        let sem = tokio::sync::Semaphore::new(1_000);
+        while tokio::task::coop::has_budget_remaining() {
+            let _ = futures_util::poll!(std::pin::pin!(sem.acquire()));
+        }
+        assert!(conn.is_stale(), "closed by the upstream, with the budget spent");
     }
 }

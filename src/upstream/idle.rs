@@ -1,6 +1,8 @@
 //! The idle connections of one upstream host: a stack, newest on top, so that traffic
 //! keeps reusing the same few warm connections and the surplus at the bottom ages out.
-//! Pure bookkeeping over any `T` with a clock passed in; the pool owns the I/O.
+//! Pure bookkeeping over any `T` with a clock passed in; the pool owns the I/O, and
+//! entries leave the stack to be probed or closed, so that no I/O happens under the
+//! pool's lock.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -22,7 +24,6 @@ impl<T> IdleStack<T> {
 
     /// Parks `item`, idle since `now`. Returns it back when the stack is full.
     pub fn push(&mut self, item: T, now: Instant) -> Option<T> {
-        self.expire(now);
         if self.entries.len() >= self.max {
             return Some(item);
         }
@@ -30,27 +31,17 @@ impl<T> IdleStack<T> {
         None
     }
 
-    /// The most recently parked entry that `usable` accepts and that has not been idle
-    /// for `timeout`. Entries passed over are dropped: expired or unusable ones are
-    /// dead connections.
-    pub fn pop(&mut self, now: Instant, mut usable: impl FnMut(&mut T) -> bool) -> Option<T> {
-        self.expire(now);
-        while let Some((mut item, _)) = self.entries.pop_back() {
-            if usable(&mut item) {
-                return Some(item);
-            }
-        }
-        None
+    /// The most recently parked entry that has not been idle for `timeout`.
+    pub fn pop(&mut self, now: Instant) -> Option<T> {
+        let (item, expires) = self.entries.pop_back()?;
+        // The newest has expired: then so has every other (see `expire`).
+        (expires > now).then_some(item)
     }
 
-    /// Drops every entry idle for `timeout` or longer; returns how many.
-    pub fn expire(&mut self, now: Instant) -> usize {
-        let mut stale = 0;
-        while self.entries.front().is_some_and(|(_, expires)| *expires <= now) {
-            self.entries.pop_front();
-            stale += 1;
-        }
-        stale
+    /// Takes out every entry idle for `timeout` or longer, for the caller to close.
+    pub fn expire(&mut self, now: Instant) -> Vec<T> {
+        let stale = self.entries.iter().take_while(|(_, expires)| *expires <= now).count();
+        self.entries.drain(..stale).map(|(item, _)| item).collect()
     }
 
     /// How many entries are parked.
@@ -78,9 +69,9 @@ mod tests {
         assert_eq!(s.push(1, t0), None);
         assert_eq!(s.push(2, t0), None);
         assert_eq!(s.push(3, t0), Some(3), "full: handed back");
-        assert_eq!(s.pop(t0, |_| true), Some(2));
-        assert_eq!(s.pop(t0, |_| true), Some(1));
-        assert_eq!(s.pop(t0, |_| true), None);
+        assert_eq!(s.pop(t0), Some(2));
+        assert_eq!(s.pop(t0), Some(1));
+        assert_eq!(s.pop(t0), None);
     }
 
     #[test]
@@ -89,20 +80,9 @@ mod tests {
         let mut s = IdleStack::new(8, 10 * SEC);
         s.push("old", t0);
         s.push("new", t0 + 5 * SEC);
-        assert_eq!(s.expire(t0 + 9 * SEC), 0);
-        assert_eq!(s.expire(t0 + 10 * SEC), 1, "idle for exactly the timeout: gone");
-        assert_eq!(s.pop(t0 + 15 * SEC, |_| true), None, "the other one expired too");
+        assert!(s.expire(t0 + 9 * SEC).is_empty());
+        assert_eq!(s.expire(t0 + 10 * SEC), ["old"], "idle for exactly the timeout: gone");
+        assert_eq!(s.pop(t0 + 15 * SEC), None, "the other one expired too");
         assert!(s.is_empty());
-    }
-
-    #[test]
-    fn unusable_entries_are_dropped_on_the_way() {
-        let t0 = Instant::now();
-        let mut s = IdleStack::new(8, 10 * SEC);
-        for i in 0..4 {
-            s.push(i, t0);
-        }
-        assert_eq!(s.pop(t0, |i| *i < 2), Some(1), "3 and 2 are dead");
-        assert_eq!(s.len(), 1);
     }
 }

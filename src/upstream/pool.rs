@@ -161,9 +161,10 @@ impl Pool {
         (self.budget.busy(), self.stack().len())
     }
 
-    /// Closes idle connections past the idle timeout.
+    /// Closes idle connections past the idle timeout (outside the lock).
     pub fn reap(&self) {
-        self.stack().expire(Instant::now());
+        let expired = self.stack().expire(Instant::now());
+        drop(expired);
     }
 
     /// The idle stack; a push or a pop, never held across an await.
@@ -171,14 +172,25 @@ impl Pool {
         self.idle.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// The newest idle connection that is still alive. Each is taken out of the stack
+    /// before it is probed, and the dead ones are closed, outside the lock.
     fn unpark(&self, now: Instant) -> Option<Box<Conn>> {
-        self.stack().pop(now, |c| !c.is_stale())
+        loop {
+            let mut conn = self.stack().pop(now)?;
+            if !conn.is_stale() {
+                return Some(conn);
+            }
+        }
     }
 
     fn park(&self, mut conn: Box<Conn>, since: Instant) {
         conn.idle();
-        // A full stack hands the connection back; dropping it closes it.
-        drop(self.stack().push(conn, since));
+        let (expired, refused) = {
+            let mut stack = self.stack();
+            (stack.expire(since), stack.push(conn, since))
+        };
+        // Closed here, after the lock: a full stack hands the connection back.
+        drop((expired, refused));
     }
 
     async fn connect(&self) -> Result<Box<Conn>, Failure> {
