@@ -4,6 +4,8 @@
 //! → [`upstream`]. Decisions ([`identity`], [`routing`], [`proxy::headers`]) are pure
 //! functions; the routing state is one [`state::Snapshot`] behind an `ArcSwap`.
 
+#![forbid(unsafe_code)]
+
 pub mod admin;
 pub mod backend;
 pub mod config;

@@ -1,5 +1,7 @@
 //! The `switchyard` command line: serve, check, route, demo.
 
+#![forbid(unsafe_code)]
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -10,6 +10,7 @@ pub mod route;
 pub mod tunnel;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -54,6 +55,9 @@ pub struct Proxy {
     upstream: Upstream,
     /// Answers read ahead of slow clients.
     read_ahead: ReadAhead,
+    /// Requests being handled: what load shedding reads (the gauge is set from it
+    /// at scrape time).
+    in_flight: AtomicUsize,
 }
 
 impl Proxy {
@@ -62,15 +66,23 @@ impl Proxy {
         let tunnels = tunnel::Tunnels::new(metrics.tunnels.clone());
         let config = &state.load().config;
         let guard = Arc::new(Guard::new(config.guard.window));
-        let shadow = Arc::new(Shadow::new(config.shadow.max_concurrent, metrics.clone(), upstream.clone()));
+        // Shadow copies have a client of their own, with as many connections as they may
+        // have requests in flight: they never take a connection from live traffic.
+        let mut shadow_upstream = config.upstream.clone();
+        shadow_upstream.max_connections = config.shadow.max_concurrent.max(1);
+        shadow_upstream.max_connections_per_host = shadow_upstream.max_connections;
+        shadow_upstream.pool_max_idle_per_host = shadow_upstream.max_connections;
+        let shadow_upstream = Upstream::new(&shadow_upstream);
+        let shadow = Arc::new(Shadow::new(config.shadow.max_concurrent, metrics.clone(), shadow_upstream));
         let read_ahead = ReadAhead::new(read_ahead_limits(config));
-        Proxy { state, metrics, tunnels, guard, shadow, upstream, read_ahead }
+        Proxy { state, metrics, tunnels, guard, shadow, upstream, read_ahead, in_flight: AtomicUsize::new(0) }
     }
 
     /// The Prometheus text of every metric, the upstream connection gauges read now.
     pub fn metrics_text(&self) -> String {
         self.metrics.upstream_usage(&self.upstream.usage());
         self.metrics.read_ahead(self.read_ahead.usage());
+        self.metrics.in_flight.set(i64::try_from(self.in_flight.load(Ordering::Relaxed)).unwrap_or(i64::MAX));
         self.metrics.render()
     }
 
@@ -120,7 +132,7 @@ impl Proxy {
         if let Some(refusal) = unroutable(req) {
             return Err(Error::bad_request(backend, refusal));
         }
-        if self.metrics.in_flight.get() > limits.max_in_flight as i64 {
+        if self.in_flight.load(Ordering::Relaxed) > limits.max_in_flight {
             return Err(Error::overloaded(backend));
         }
         if declared_too_large(req, limits.max_body_bytes) {
@@ -342,13 +354,13 @@ struct InFlight(Arc<Proxy>);
 
 impl InFlight {
     fn enter(proxy: Arc<Proxy>) -> InFlight {
-        proxy.metrics.in_flight.inc();
+        proxy.in_flight.fetch_add(1, Ordering::Relaxed);
         InFlight(proxy)
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.metrics.in_flight.dec();
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
