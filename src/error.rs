@@ -129,25 +129,27 @@ impl Error {
         Error::new(Kind::Client(fault), backend, "")
     }
 
-    /// Classifies why the upstream gave no response: the client's body failing is the
-    /// client's doing, everything else the upstream's.
-    pub fn upstream(backend: BackendId, failure: crate::upstream::Failure) -> Error {
+    /// Classifies why the upstream gave no response within `timeout`: the client's
+    /// body failing or not arriving is the client's doing, everything else the
+    /// upstream's.
+    pub fn upstream(backend: BackendId, failure: crate::upstream::Failure, timeout: Duration) -> Error {
         use crate::upstream::Failure;
-        let err = failure.source();
-        if let Some(limit) = find::<crate::proxy::capped::TooLarge>(err) {
+        let err: &(dyn std::error::Error + 'static) = match &failure {
+            Failure::TimedOut { upload_incomplete: true } => return Error::client(backend, ClientFault::SlowUpload),
+            Failure::TimedOut { upload_incomplete: false } => return Error::timeout(backend, timeout),
+            Failure::Connect(e) | Failure::Body(e) => e.as_ref(),
+            Failure::Io(e) => e,
+            Failure::Malformed(e) => e,
+        };
+        if let Some(limit) = find::<crate::upstream::TooLarge>(err) {
             return Error::too_large(backend, limit.0);
         }
-        if matches!(failure, Failure::Body(_)) {
-            return Error::client(backend, ClientFault::of(err));
-        }
-        let kind = if is_tls(err) {
-            Kind::Tls
-        } else if matches!(failure, Failure::Connect(_)) {
-            Kind::Connect
-        } else if matches!(failure, Failure::Malformed(_)) {
-            Kind::Protocol
-        } else {
-            Kind::Reset
+        let kind = match failure {
+            Failure::Body(_) => return Error::client(backend, ClientFault::of(err)),
+            _ if is_tls(err) => Kind::Tls,
+            Failure::Connect(_) => Kind::Connect,
+            Failure::Malformed(_) => Kind::Protocol,
+            _ => Kind::Reset,
         };
         let detail = std::iter::successors(Some(err), |e| e.source()).last().map(|e| e.to_string()).unwrap_or_default();
         Error::new(kind, backend, detail)

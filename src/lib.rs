@@ -1,7 +1,7 @@
 //! switchyard: a percentage-rollout reverse proxy in front of two Supabase projects.
 //!
 //! The request path, from listener to upstream, is [`server`] → [`proxy::Proxy::handle`]
-//! → [`upstream`]. Decisions ([`identity`], [`routing`], [`proxy::headers`]) are pure
+//! → [`upstream`]. Decisions ([`identity`], [`routing`], [`forward`]) are pure
 //! functions; the routing state is one [`state::Snapshot`] behind an `ArcSwap`.
 
 #![forbid(unsafe_code)]
@@ -12,6 +12,7 @@ pub mod config;
 pub mod control;
 pub mod demo;
 pub mod error;
+pub mod forward;
 pub mod guard;
 pub mod identity;
 pub mod metrics;

@@ -166,9 +166,9 @@ async fn a_client_that_leaves_while_its_answer_is_awaited_cancels_the_request() 
         assert!(started.elapsed() < Duration::from_secs(5), "the request never reached the upstream");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert_eq!(sy.proxy.metrics.in_flight.get(), 1);
+    assert_eq!(sy.proxy.in_flight(), 1);
     drop(s);
-    while dropped.load(Ordering::SeqCst) == 0 || sy.proxy.metrics.in_flight.get() != 0 {
+    while dropped.load(Ordering::SeqCst) == 0 || sy.proxy.in_flight() != 0 {
         assert!(started.elapsed() < Duration::from_secs(5), "the upstream request outlived its client");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }

@@ -30,7 +30,7 @@ async fn settles(sy: &switchyard::server::Running, base: (usize, usize)) {
     let started = Instant::now();
     loop {
         let (tasks, fds) = baseline();
-        let in_flight = sy.proxy.metrics.in_flight.get();
+        let in_flight = sy.proxy.in_flight();
         if in_flight == 0 && tasks <= base.0 + 2 && fds <= base.1 + 2 {
             return;
         }

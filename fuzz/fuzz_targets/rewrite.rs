@@ -44,13 +44,13 @@ fuzz_target!(|data: &[u8]| {
     }
     let Ok(req) = b.body(()) else { return };
     let (parts, ()) = req.into_parts();
-    let peer = switchyard::proxy::ClientAddr::new("127.0.0.1".parse().unwrap());
+    let peer = switchyard::forward::ClientAddr::new("127.0.0.1".parse().unwrap());
     SNAP.with(|snap| {
         for to in BackendId::ALL {
             let mut p = parts.clone();
-            let survey = switchyard::proxy::headers::Survey::of(&p.headers);
-            assert_eq!(survey.upgrade(), switchyard::proxy::headers::is_upgrade(&p.headers));
-            if let Ok((applied, forwarded)) = switchyard::proxy::prepare(snap, &mut p, to, None, &peer, survey) {
+            let survey = switchyard::forward::headers::Survey::of(&p.headers);
+            assert_eq!(survey.upgrade(), switchyard::forward::headers::is_upgrade(&p.headers));
+            if let Ok((applied, forwarded)) = switchyard::forward::prepare(snap, &mut p, to, None, &peer, survey) {
                 // The head on the wire: one request line, one `Host`, and its end.
                 let head = switchyard::upstream::wire::encode_head(&p, &forwarded);
                 let text = String::from_utf8_lossy(&head);
@@ -61,7 +61,7 @@ fuzz_target!(|data: &[u8]| {
                     assert_eq!(p.uri.query(), parts.uri.query());
                 }
                 let mut resp = http::HeaderMap::new();
-                switchyard::proxy::headers::prepare_response(&mut resp, false, to);
+                switchyard::forward::headers::prepare_response(&mut resp, false, to);
             }
         }
     });

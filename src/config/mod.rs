@@ -6,7 +6,9 @@ pub mod env;
 pub mod file;
 pub mod limits;
 pub mod safety;
+pub mod schema_map;
 pub mod secret;
+mod source;
 pub mod url;
 
 use std::collections::BTreeMap;
@@ -17,12 +19,12 @@ use std::time::Duration;
 use http::HeaderName;
 
 use crate::backend::{BackendId, PerBackend};
-use crate::identity::IdentitySource;
 use crate::routing::policy::{AnonymousPolicy, ServicePolicies};
 use crate::routing::service::Service;
+pub use schema_map::SchemaMap;
 pub use secret::Secret;
+pub use source::IdentitySource;
 
-use crate::translate::schema::SchemaMap;
 pub use url::BaseUrl;
 
 /// A refused configuration: which key, and why.
@@ -136,6 +138,20 @@ pub struct UpstreamConfig {
     pub extra_roots: Vec<rustls_pki_types::CertificateDer<'static>>,
     /// Reading answers ahead of slow clients (docs/configuration.md, `[upstream]`).
     pub buffer: BufferConfig,
+}
+
+impl UpstreamConfig {
+    /// The upstream client's settings.
+    pub fn client(&self) -> crate::upstream::Settings {
+        crate::upstream::Settings {
+            connect_timeout: self.connect_timeout,
+            pool_idle_timeout: self.pool_idle_timeout,
+            pool_max_idle_per_host: self.pool_max_idle_per_host,
+            max_connections: self.max_connections,
+            max_connections_per_host: self.max_connections_per_host,
+            extra_roots: self.extra_roots.clone(),
+        }
+    }
 }
 
 /// How far answers are read ahead of slow clients: per answer and process-wide, in

@@ -1,5 +1,5 @@
 //! Who a request is for: the user id that decides the cohort, read from the bearer
-//! JWT's `sub`, the admin path, or a configured header (design.md §2), plus the cohort
+//! JWT's `sub`, the admin path, or a configured header (docs/routing.md), plus the cohort
 //! cookie of anonymous browsers. Pure functions over request parts.
 
 mod cache;
@@ -9,39 +9,9 @@ use http::{HeaderMap, HeaderName, header};
 
 pub use jwt::{AuthReason, Token, Verifier};
 
+pub use crate::config::IdentitySource;
+
 use crate::backend::BackendId;
-
-/// A place a user id can come from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum IdentitySource {
-    /// `Authorization: Bearer <JWT>` → `sub`.
-    Jwt,
-    /// `/auth/v1/admin/users/<uid>`.
-    Path,
-    /// The configured header (default `x-user-id`).
-    Header,
-}
-
-impl IdentitySource {
-    /// Parses a config name.
-    pub fn parse(s: &str) -> Option<IdentitySource> {
-        match s {
-            "jwt" => Some(IdentitySource::Jwt),
-            "path" => Some(IdentitySource::Path),
-            "header" => Some(IdentitySource::Header),
-            _ => None,
-        }
-    }
-
-    /// Label for logs and the `route` command.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            IdentitySource::Jwt => "jwt",
-            IdentitySource::Path => "path",
-            IdentitySource::Header => "header",
-        }
-    }
-}
 
 /// The outcome of identity extraction, borrowing the user id from the request.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,11 +1,9 @@
 //! The request path: identity → route decision → upstream → response, in
 //! [`Proxy::handle`]. Everything it decides is delegated to pure functions
-//! ([`crate::identity`], [`crate::routing`], [`headers`]); this module only wires them
+//! ([`crate::identity`], [`crate::routing`], [`crate::forward`]); this module only wires them
 //! to I/O and counts what happened.
 
-pub mod capped;
 mod handling;
-pub mod headers;
 pub mod route;
 pub mod tunnel;
 
@@ -14,6 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::TryFutureExt;
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
@@ -22,8 +21,9 @@ use tokio::time::Instant;
 
 use crate::backend::BackendId;
 use crate::error::{Error, Kind as ErrorKind};
+pub use crate::forward::ClientAddr;
+use crate::forward::{self, headers};
 use crate::guard::{Guard, Outcome};
-use crate::identity::Token;
 use crate::metrics::Metrics;
 use crate::routing::{self, service::Service};
 use crate::shadow::{self, Shadow, tap::Tapped};
@@ -31,10 +31,8 @@ use crate::spool::{self, ReadAhead};
 use crate::state::{Snapshot, State};
 use crate::translate;
 use crate::translate::Applied;
-use crate::upstream::{Outbound, Queued, Upstream, UpstreamBody};
-use capped::Capped;
+use crate::upstream::{Capped, Outbound, Queued, Upstream, UpstreamBody};
 pub use handling::Handling;
-pub use headers::ClientAddr;
 pub use route::{Route, route, route_user};
 
 /// The body of every proxied response: the upstream's, streamed (and perhaps tapped
@@ -72,10 +70,15 @@ impl Proxy {
         shadow_upstream.max_connections = config.shadow.max_concurrent.max(1);
         shadow_upstream.max_connections_per_host = shadow_upstream.max_connections;
         shadow_upstream.pool_max_idle_per_host = shadow_upstream.max_connections;
-        let shadow_upstream = Upstream::new(&shadow_upstream);
+        let shadow_upstream = Upstream::new(&shadow_upstream.client());
         let shadow = Arc::new(Shadow::new(config.shadow.max_concurrent, metrics.clone(), shadow_upstream));
         let read_ahead = ReadAhead::new(read_ahead_limits(config));
         Proxy { state, metrics, tunnels, guard, shadow, upstream, read_ahead, in_flight: AtomicUsize::new(0) }
+    }
+
+    /// Requests being handled now.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
     }
 
     /// The Prometheus text of every metric, the upstream connection gauges read now.
@@ -187,13 +190,16 @@ impl Proxy {
                 peer: client.addr.clone(),
             })
         });
-        let (applied, forwarded) = prepare(snap, &mut parts, backend, route.token.as_ref(), &client.addr, survey)?;
+        let (applied, forwarded) =
+            forward::prepare(snap, &mut parts, backend, route.token.as_ref(), &client.addr, survey)?;
         let (body, arrived) = Capped::new(body, snap.config.limits.max_body_bytes);
         let req = Request::from_parts(parts, Either::Left(body));
         let out = Outbound { req, forwarded };
         let target = &snap.config.backends.get(backend).url;
         let after = After { client_upgrade, applied, shadow };
-        Ok((self.upstream.send(target, backend, out, snap.config.upstream.timeout, now, arrived), after))
+        let timeout = snap.config.upstream.timeout;
+        let sent = self.upstream.send(&target.scheme, &target.authority, out, timeout, now, arrived);
+        Ok((sent.map_err(move |failure| Error::upstream(backend, failure, timeout)), after))
     }
 
     /// The upstream's response, made the client's: tunnel started for an upgrade,
@@ -292,29 +298,6 @@ impl Done {
         proxy.metrics.observe(backend, service, &method, resp.status(), took);
         resp
     }
-}
-
-/// Turns a client request head into the head sent to backend `to`: addressed to it,
-/// hop-by-hop and QA headers removed, credentials and names translated for it; and
-/// the headers the proxy sets on it.
-pub fn prepare(
-    snap: &Snapshot,
-    parts: &mut http::request::Parts,
-    to: BackendId,
-    token: Option<&Token>,
-    peer: &ClientAddr,
-    survey: headers::Survey,
-) -> Result<(Applied, headers::Forwarded), Error> {
-    let target = &snap.config.backends.get(to).url;
-    let forwarded =
-        headers::prepare_request(parts, target, peer, survey).map_err(|e| Error::bad_request(to, e.to_string()))?;
-    if let Some(qa) = &snap.config.overrides.qa_header {
-        // It carries a secret: never forwarded, valid or not.
-        parts.headers.remove(qa);
-    }
-    let applied = snap.translator.request(parts, to, token).map_err(|e| Error::cross_schema_embed(to, &e))?;
-    parts.uri = target.prefixed(std::mem::take(&mut parts.uri)).map_err(|e| Error::bad_request(to, e.to_string()))?;
-    Ok((applied, forwarded))
 }
 
 /// Why a request cannot be routed at all: a tunnel request, a server-wide target, or a

@@ -78,7 +78,7 @@ pub async fn start(config: Config, path: Option<PathBuf>) -> io::Result<Running>
     let admin_addr = admin_listener.as_ref().map(TcpListener::local_addr).transpose()?;
 
     let metrics = Arc::new(Metrics::new());
-    let upstream = Upstream::new(&config.upstream);
+    let upstream = Upstream::new(&config.upstream.client());
     let server = config.server.clone();
     let state = Arc::new(State::new(config));
     let control = Arc::new(Control::new(state.clone(), metrics.clone(), path.clone()));

@@ -17,9 +17,9 @@ use http_body_util::{BodyExt, Either, Empty, Limited};
 use tokio::sync::Semaphore;
 
 use crate::backend::BackendId;
+use crate::forward::{self, ClientAddr};
 use crate::identity::Token;
 use crate::metrics::Metrics;
-use crate::proxy::ClientAddr;
 use crate::routing::service::Service;
 use crate::state::Snapshot;
 use crate::upstream::{Outbound, Upstream};
@@ -116,15 +116,17 @@ impl Shadow {
     ) -> (Outcome, u16) {
         let cfg = &snap.config.shadow;
         let mut parts = copy.head;
-        let survey = crate::proxy::headers::Survey::of(&parts.headers);
-        let Ok((_, forwarded)) =
-            crate::proxy::prepare(snap, &mut parts, copy.to, copy.token.as_ref(), &copy.peer, survey)
+        let survey = forward::Survey::of(&parts.headers);
+        let Ok((_, forwarded)) = forward::prepare(snap, &mut parts, copy.to, copy.token.as_ref(), &copy.peer, survey)
         else {
             return (Outcome::Error, 0);
         };
         let out = Outbound { req: Request::from_parts(parts, Either::Right(Empty::<Bytes>::new())), forwarded };
         let target = &snap.config.backends.get(copy.to).url;
-        let Ok(resp) = self.upstream.send(target, copy.to, out, cfg.timeout, tokio::time::Instant::now(), None).await
+        let Ok(resp) = self
+            .upstream
+            .send(&target.scheme, &target.authority, out, cfg.timeout, tokio::time::Instant::now(), None)
+            .await
         else {
             return (Outcome::Error, 0);
         };

@@ -16,11 +16,11 @@ use hyper::body::{Body, Frame};
 use tokio::io::AsyncWrite;
 use tokio::time::Sleep;
 
+use super::BoxError;
 use super::chunked;
 use super::conn::Conn;
 use super::wire::{self, Framing, Head, Malformed, Parsed, Sent};
 use super::{OutBody, Outbound};
-use crate::error::BoxError;
 
 /// Why a request got no response from the upstream.
 #[derive(Debug)]
@@ -33,15 +33,19 @@ pub enum Failure {
     Malformed(Malformed),
     /// The client's request body failed (it went away, or went over the cap).
     Body(BoxError),
+    /// No answer within the time allowed; `upload_incomplete` when the client's body
+    /// had not all come by then.
+    TimedOut { upload_incomplete: bool },
 }
 
 impl Failure {
-    /// The error underneath, for classifying it.
-    pub fn source(&self) -> &(dyn std::error::Error + 'static) {
+    /// The error underneath, for classifying it (none for a time-out).
+    pub fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            Failure::Connect(e) | Failure::Body(e) => e.as_ref(),
-            Failure::Io(e) => e,
-            Failure::Malformed(e) => e,
+            Failure::Connect(e) | Failure::Body(e) => Some(e.as_ref()),
+            Failure::Io(e) => Some(e),
+            Failure::Malformed(e) => Some(e),
+            Failure::TimedOut { .. } => None,
         }
     }
 }

@@ -7,6 +7,7 @@
 
 mod body;
 mod budget;
+mod capped;
 pub mod chunked;
 mod conn;
 mod exchange;
@@ -30,16 +31,31 @@ use pin_project_lite::pin_project;
 use tokio::time::Sleep;
 
 pub use body::UpstreamBody;
+use budget::Budget;
+pub use capped::{Arrived, Capped, TooLarge};
 pub use conn::Conn;
 pub use exchange::Failure;
+use pool::{Pool, PoolSettings};
+use wire::Forwarded;
 
-use crate::backend::BackendId;
-use crate::config::{BaseUrl, UpstreamConfig};
-use crate::error::{ClientFault, Error};
-use crate::proxy::capped::{Arrived, Capped};
-use crate::proxy::headers::Forwarded;
-use budget::Budget;
-use pool::{Pool, Settings};
+/// A boxed error.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The client's settings, fixed for the process.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    pub connect_timeout: Duration,
+    /// An idle connection older than this is closed, never reused.
+    pub pool_idle_timeout: Duration,
+    /// Idle connections kept per host.
+    pub pool_max_idle_per_host: usize,
+    /// Busy (or connecting) connections to all hosts together.
+    pub max_connections: usize,
+    /// Busy (or connecting) connections to one host.
+    pub max_connections_per_host: usize,
+    /// Trusted for https upstreams besides the webpki roots.
+    pub extra_roots: Vec<rustls_pki_types::CertificateDer<'static>>,
+}
 
 /// What the proxy sends upstream: the client's body, streamed, or nothing (shadow
 /// reads).
@@ -70,7 +86,7 @@ pub struct Upstream {
 
 struct Inner {
     connector: HttpsConnector<HttpConnector>,
-    settings: Settings,
+    settings: PoolSettings,
     /// Busy connections to all hosts together ([`budget`]).
     shared: Arc<tokio::sync::Semaphore>,
     /// Read on every request without a lock; written when a new host first appears.
@@ -80,8 +96,8 @@ struct Inner {
 impl Upstream {
     /// Builds the client, and the task that closes expired idle connections (it ends
     /// with the last clone). Connect and pool settings are fixed for the process.
-    pub fn new(cfg: &UpstreamConfig) -> Upstream {
-        let settings = Settings {
+    pub fn new(cfg: &Settings) -> Upstream {
+        let settings = PoolSettings {
             max_connections: cfg.max_connections_per_host,
             max_idle: cfg.pool_max_idle_per_host,
             idle_timeout: cfg.pool_idle_timeout,
@@ -92,23 +108,24 @@ impl Upstream {
         Upstream { inner }
     }
 
-    /// Sends `out` to `backend` at `to`, waiting at most `timeout` from
-    /// `now` for a connection and the response headers. The body then streams for as
-    /// long as it takes. (`now` is the caller's: reading the clock once per request is
-    /// enough.)
+    /// Sends `out` to `scheme://authority`, waiting at most `timeout` from `now` for a
+    /// connection and the response headers. The body then streams for as long as it
+    /// takes. (`now` is the caller's: reading the clock once per request is enough.)
+    /// `arrived`, when the request has a body, tells a late answer to an upload still
+    /// coming (the client's doing) from a late upstream.
     pub fn send(
         &self,
-        to: &BaseUrl,
-        backend: BackendId,
+        scheme: &Scheme,
+        authority: &Authority,
         out: Outbound,
         timeout: Duration,
         now: tokio::time::Instant,
         arrived: Option<Arc<Arrived>>,
     ) -> Sending<impl Future<Output = Result<Response<UpstreamBody>, Failure>> + Send + 'static + use<>> {
-        let pool = self.pool(&to.scheme, &to.authority);
+        let pool = self.pool(scheme, authority);
         let sent = pool.send(out, now.into_std(), timeout);
         let timer = tokio::time::sleep_until(now + timeout);
-        Sending { inner: sent, timer, backend, timeout, arrived }
+        Sending { inner: sent, timer, arrived }
     }
 
     /// Each upstream host's connections: in use (or connecting), and idle. Read at
@@ -161,27 +178,22 @@ pin_project! {
         // Whether the client's body has all come: a late answer to an upload that is
         // still coming is the client's doing.
         arrived: Option<Arc<Arrived>>,
-        backend: BackendId,
-        timeout: Duration,
     }
 }
 
 impl<F: Future<Output = Result<Response<UpstreamBody>, Failure>>> Future for Sending<F> {
-    type Output = Result<Response<UpstreamBody>, Error>;
+    type Output = Result<Response<UpstreamBody>, Failure>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         if let Poll::Ready(answered) = this.inner.poll(cx) {
-            return Poll::Ready(answered.map_err(|failure| Error::upstream(*this.backend, failure)));
+            return Poll::Ready(answered);
         }
         if this.timer.poll(cx).is_pending() {
             return Poll::Pending;
         }
-        let err = match this.arrived {
-            Some(arrived) if !arrived.is_complete() => Error::client(*this.backend, ClientFault::SlowUpload),
-            _ => Error::timeout(*this.backend, *this.timeout),
-        };
-        Poll::Ready(Err(err))
+        let upload_incomplete = this.arrived.as_ref().is_some_and(|a| !a.is_complete());
+        Poll::Ready(Err(Failure::TimedOut { upload_incomplete }))
     }
 }
 
@@ -208,7 +220,7 @@ fn target_parts(scheme: &Scheme, authority: &Authority) -> http::uri::Parts {
     parts
 }
 
-fn connector(cfg: &UpstreamConfig) -> HttpsConnector<HttpConnector> {
+fn connector(cfg: &Settings) -> HttpsConnector<HttpConnector> {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);

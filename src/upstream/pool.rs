@@ -22,7 +22,7 @@ use super::{Outbound, Queued};
 
 /// Pool sizes and timeouts, fixed for the process.
 #[derive(Debug, Clone, Copy)]
-pub struct Settings {
+pub struct PoolSettings {
     /// Busy (or connecting) connections to one host, within the shared budget.
     pub max_connections: usize,
     /// Idle connections kept per host.
@@ -82,7 +82,7 @@ impl Owner for Pool {
 impl Pool {
     /// A pool for `target` (scheme and authority only), its busy connections within
     /// `budget`.
-    pub fn new(target: Uri, connector: HttpsConnector<HttpConnector>, settings: Settings, budget: Budget) -> Pool {
+    pub fn new(target: Uri, connector: HttpsConnector<HttpConnector>, settings: PoolSettings, budget: Budget) -> Pool {
         Pool {
             target,
             connector,

@@ -8,12 +8,86 @@ use bytes::BytesMut;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Version, request};
 
-use crate::proxy::headers::{Forwarded, is_hop_by_hop};
-
 /// The largest response head accepted.
 pub const MAX_HEAD: usize = 64 * 1024;
 /// The most response header lines accepted.
 const MAX_HEADERS: usize = 128;
+
+/// `X-Forwarded-For`, `-Proto` and `-Host`.
+pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1, plus the
+/// non-standard ones peers still send).
+pub static HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// Where `name` is in [`HOP_BY_HOP`], if it is there. By its text: a string match
+/// rules most names out by their length alone, where comparing names one by one
+/// costs seven comparisons for every header of every request and response.
+pub fn hop_by_hop_index(name: &HeaderName) -> Option<usize> {
+    match name.as_str() {
+        "connection" => Some(0),
+        "keep-alive" => Some(1),
+        "proxy-connection" => Some(2),
+        "te" => Some(3),
+        "trailer" => Some(4),
+        "transfer-encoding" => Some(5),
+        "upgrade" => Some(6),
+        _ => None,
+    }
+}
+
+/// Whether `name` is a hop-by-hop header (one of those every connection strips; the
+/// ones `Connection` names aside).
+pub fn is_hop_by_hop(name: &HeaderName) -> bool {
+    hop_by_hop_index(name).is_some()
+}
+
+/// The headers the proxy sets on a request for the upstream. They are written after
+/// the client's own lines, by [`encode_head`], instead of being put in the request's
+/// header map, where each would cost a look-up and an insert on
+/// every request.
+#[derive(Debug, Clone)]
+pub struct Forwarded {
+    /// `Host`: the upstream's own. The client's is left out.
+    pub host: HeaderValue,
+    /// `X-Forwarded-For`: the client's chain, if it sent one, then its address.
+    pub chain: HeaderValue,
+    /// Whether the client sent `X-Forwarded-For` lines, which are then left out.
+    pub replaces_chain: bool,
+    /// `X-Forwarded-Proto`, when the client (a load balancer in front) did not say.
+    pub proto: Option<HeaderValue>,
+    /// `X-Forwarded-Host`: the host the client asked for, when it did not say.
+    pub original_host: Option<HeaderValue>,
+}
+
+impl Forwarded {
+    /// Whether the client's header `name` is left out: the proxy writes its own.
+    pub fn leaves_out(&self, name: &HeaderName) -> bool {
+        name == header::HOST || self.replaces_chain && name == X_FORWARDED_FOR
+    }
+
+    /// The `Host` line's value, written first.
+    pub fn host(&self) -> &HeaderValue {
+        &self.host
+    }
+
+    /// The lines written after the client's.
+    pub fn trailing(&self) -> impl Iterator<Item = (&HeaderName, &HeaderValue)> {
+        let proto = self.proto.as_ref().map(|v| (&X_FORWARDED_PROTO, v));
+        let host = self.original_host.as_ref().map(|v| (&X_FORWARDED_HOST, v));
+        std::iter::once((&X_FORWARDED_FOR, &self.chain)).chain(proto).chain(host)
+    }
+}
 
 /// A response the proxy cannot pass on.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -325,11 +399,14 @@ mod tests {
 
     #[test]
     fn the_head_is_origin_form_http11_with_the_proxys_headers_around_the_clients() {
-        let mut p = parts(Method::GET, &[("host", "client.example"), ("x-a", "1"), ("x-forwarded-for", "10.0.0.9")]);
-        let up = crate::config::BaseUrl::parse("http://v2.example").unwrap();
-        let peer = crate::proxy::ClientAddr::new("127.0.0.1".parse().unwrap());
-        let seen = crate::proxy::headers::Survey::of(&p.headers);
-        let fwd = crate::proxy::headers::prepare_request(&mut p, &up, &peer, seen).unwrap();
+        let p = parts(Method::GET, &[("host", "client.example"), ("x-a", "1"), ("x-forwarded-for", "10.0.0.9")]);
+        let fwd = Forwarded {
+            host: HeaderValue::from_static("v2.example"),
+            chain: HeaderValue::from_static("10.0.0.9, 127.0.0.1"),
+            replaces_chain: true,
+            proto: Some(HeaderValue::from_static("http")),
+            original_host: Some(HeaderValue::from_static("client.example")),
+        };
         let head = encode_head(&p, &fwd);
         let expected = "GET /rest/v1/items?id=eq.1 HTTP/1.1\r\nhost: v2.example\r\nx-a: 1\r\n\
                         x-forwarded-for: 10.0.0.9, 127.0.0.1\r\nx-forwarded-proto: http\r\n\

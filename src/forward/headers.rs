@@ -10,44 +10,15 @@ use http::{Uri, Version, request};
 
 use crate::backend::BackendId;
 use crate::config::BaseUrl;
+pub use crate::upstream::wire::Forwarded;
+use crate::upstream::wire::{HOP_BY_HOP, X_FORWARDED_FOR, hop_by_hop_index};
 
 /// The response header naming the backend that answered.
 pub static BACKEND_HEADER: HeaderName = HeaderName::from_static("x-switchyard-backend");
-static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-
-/// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1, plus the
-/// non-standard ones peers still send).
-static HOP_BY_HOP: [HeaderName; 7] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-];
 
 /// Headers a `Connection` header cannot nominate for removal.
 const PROTECTED: [&str; 6] =
     ["host", "content-length", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "forwarded"];
-
-/// Where `name` is in [`HOP_BY_HOP`], if it is there. By its text: a string match
-/// rules most names out by their length alone, where comparing names one by one
-/// costs seven comparisons for every header of every request and response.
-fn hop_by_hop_index(name: &HeaderName) -> Option<usize> {
-    match name.as_str() {
-        "connection" => Some(0),
-        "keep-alive" => Some(1),
-        "proxy-connection" => Some(2),
-        "te" => Some(3),
-        "trailer" => Some(4),
-        "transfer-encoding" => Some(5),
-        "upgrade" => Some(6),
-        _ => None,
-    }
-}
 
 /// What one pass over a request's header names found: what the request path would
 /// otherwise look up one name at a time (a hash and a probe each): the hop-by-hop
@@ -100,43 +71,6 @@ impl Survey {
     }
 }
 
-/// The headers the proxy sets on a request for the upstream. They are written after
-/// the client's own lines, by [`crate::upstream::wire::encode_head`], instead of being
-/// put in the request's header map, where each would cost a look-up and an insert on
-/// every request.
-#[derive(Debug, Clone)]
-pub struct Forwarded {
-    /// `Host`: the upstream's own. The client's is left out.
-    host: HeaderValue,
-    /// `X-Forwarded-For`: the client's chain, if it sent one, then its address.
-    chain: HeaderValue,
-    /// Whether the client sent `X-Forwarded-For` lines, which are then left out.
-    replaces_chain: bool,
-    /// `X-Forwarded-Proto`, when the client (a load balancer in front) did not say.
-    proto: Option<HeaderValue>,
-    /// `X-Forwarded-Host`: the host the client asked for, when it did not say.
-    original_host: Option<HeaderValue>,
-}
-
-impl Forwarded {
-    /// Whether the client's header `name` is left out: the proxy writes its own.
-    pub fn leaves_out(&self, name: &HeaderName) -> bool {
-        name == header::HOST || self.replaces_chain && name == X_FORWARDED_FOR
-    }
-
-    /// The `Host` line's value, written first.
-    pub fn host(&self) -> &HeaderValue {
-        &self.host
-    }
-
-    /// The lines written after the client's.
-    pub fn trailing(&self) -> impl Iterator<Item = (&HeaderName, &HeaderValue)> {
-        let proto = self.proto.as_ref().map(|v| (&X_FORWARDED_PROTO, v));
-        let host = self.original_host.as_ref().map(|v| (&X_FORWARDED_HOST, v));
-        std::iter::once((&X_FORWARDED_FOR, &self.chain)).chain(proto).chain(host)
-    }
-}
-
 /// A client's address as `X-Forwarded-For` carries it: formatted once per
 /// connection, not per request.
 #[derive(Debug, Clone)]
@@ -162,12 +96,6 @@ pub fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .any(|t| t.trim().eq_ignore_ascii_case(token))
-}
-
-/// Whether `name` is a hop-by-hop header (one of those every connection strips; the
-/// ones `Connection` names aside).
-pub fn is_hop_by_hop(name: &HeaderName) -> bool {
-    hop_by_hop_index(name).is_some()
 }
 
 /// Whether a request asks for a WebSocket upgrade (HTTP/1.1 `Connection: upgrade`).

@@ -1,6 +1,7 @@
-//! A request body with an optional size cap, for bodies that do not declare their
-//! length (chunked uploads): past the cap the stream errors, the upstream request is
-//! aborted, and the client is answered 413.
+//! The client's request body as it goes upstream: with an optional size cap, for
+//! bodies that do not declare their length (chunked uploads: past the cap the stream
+//! errors, the upstream request is aborted, and the client is answered 413), and a
+//! flag that says when it has all come.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -8,9 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
-use hyper::body::{Body, Frame, SizeHint};
-
-use hyper::body::Incoming;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
 
 /// The error a capped body ends with.
 #[derive(Debug, thiserror::Error)]
