@@ -73,14 +73,16 @@ impl UpstreamBody {
     }
 
     /// The body is over: the connection goes back to the pool, if it can be reused,
-    /// once the upload is over too.
+    /// once the upload is over too. Bytes past the response's end (nobody asked for
+    /// them) make it unusable: it is closed here rather than when next wanted.
     fn release(&mut self) {
         self.left = Left::Nothing;
         if self.upload.is_some() {
             return;
         }
-        if let Some(lease) = self.lease.take()
+        if let Some(mut lease) = self.lease.take()
             && self.reusable
+            && lease.conn().buf.is_empty()
         {
             lease.release();
         }

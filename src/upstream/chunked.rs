@@ -90,6 +90,9 @@ impl Decoder {
                         let too_large = seen + buf.len() > MAX_LINE;
                         return if too_large { Err(Invalid("trailers too large")) } else { Ok(Some(Step::More)) };
                     };
+                    if at > 0 && !is_field_line(&buf[..at]) {
+                        return Err(Invalid("trailer line"));
+                    }
                     let _ = buf.split_to(at + 2);
                     *self = if at == 0 { Decoder::Done } else { Decoder::Trailers(seen + at + 2) };
                 }
@@ -97,6 +100,13 @@ impl Decoder {
             }
         }
     }
+}
+
+/// Whether a trailer line is a header field (`name: value`), as hyper requires.
+fn is_field_line(line: &[u8]) -> bool {
+    let Some(colon) = line.iter().position(|b| *b == b':') else { return false };
+    let token = |b: &u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(b);
+    colon > 0 && line[..colon].iter().all(token) && !line[colon..].iter().any(|b| *b == b'\r' || *b == b'\n' || *b == 0)
 }
 
 /// Appends `data` to `out` as one chunk.
@@ -161,6 +171,14 @@ mod tests {
         let mut d = Decoder::default();
         assert_eq!(d.step(&mut buf), Ok(Step::Data(Bytes::from_static(b"ok"))));
         assert_eq!(d.skip_framing(&mut buf), Ok(Some(Step::End)), "the terminator came with the last chunk");
+    }
+
+    #[test]
+    fn a_trailer_that_is_not_a_header_field_is_refused() {
+        for wire in [&b"0\r\nhello\r\n\r\n"[..], b"0\r\n: x\r\n\r\n", b"0\r\nbad name: x\r\n\r\n"] {
+            let mut buf = BytesMut::from(wire);
+            assert_eq!(Decoder::default().step(&mut buf), Err(Invalid("trailer line")), "{wire:?}");
+        }
     }
 
     #[test]
