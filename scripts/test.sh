@@ -17,6 +17,8 @@ if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then
   echo "installing prometheus (promtool + server) for the metrics tests"
   apt_install prometheus
 fi
+# ss (iproute2) reads the listen backlog the kernel gives switchyard's socket.
+command -v ss >/dev/null || apt_install iproute2
 # Prometheus' Debian service must not hold the ports the tests use.
 pkill -x prometheus 2>/dev/null || true
 export SWITCHYARD_REQUIRE_PROMETHEUS=1

@@ -1,6 +1,6 @@
 //! The proxy's one error type, and the one place errors become responses. Responses
 //! look native to the client: PostgREST's `{"code","message","details","hint"}` for
-//! data services, GoTrue's `{"code","message"}` for auth (design.md §6).
+//! data services, GoTrue's `{"code","message"}` for auth (docs/operations.md).
 
 use std::time::Duration;
 

@@ -1,5 +1,5 @@
 //! Prometheus metrics, in seconds and `_total` counters, with a `backend` label
-//! everywhere (design.md §7). One explicit [`Registry`] per proxy, so tests and
+//! everywhere (docs/operations.md). One explicit [`Registry`] per proxy, so tests and
 //! several proxies in one process never share series.
 
 use std::sync::OnceLock;

@@ -194,3 +194,25 @@ async fn a_request_starting_like_the_http2_preface_is_still_http1() {
     let answer = String::from_utf8_lossy(&buf[..n]);
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
 }
+
+/// The listen socket's accept backlog as the kernel reports it (`ss`'s Send-Q).
+fn listen_backlog(port: u16) -> u32 {
+    let out = std::process::Command::new("ss").args(["-ltnH", &format!("sport = :{port}")]).output().expect("ss runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.lines().next().unwrap_or_else(|| panic!("no listener on {port}: {text}"));
+    line.split_whitespace().nth(2).and_then(|q| q.parse().ok()).unwrap_or_else(|| panic!("{line}"))
+}
+
+/// A storm of reconnecting clients waits in the kernel's accept queue: the backlog is
+/// `server.listen_backlog` (4096 by default, within the kernel's `somaxconn`), not the
+/// standard library's 128.
+#[tokio::test]
+async fn the_listen_backlog_is_the_configured_one() {
+    let somaxconn: u32 = std::fs::read_to_string("/proc/sys/net/core/somaxconn").unwrap().trim().parse().unwrap();
+    let (_v1, _v2, sy) = stack(0, "").await;
+    assert_eq!(listen_backlog(sy.addr.port()), 4096.min(somaxconn));
+    let text = config_text("http://127.0.0.1:9", "http://127.0.0.1:9", 0, "")
+        .replace("shutdown_grace_seconds = 5", "shutdown_grace_seconds = 5\nlisten_backlog = 1000");
+    let sy = start(&text).await;
+    assert_eq!(listen_backlog(sy.addr.port()), 1000.min(somaxconn));
+}

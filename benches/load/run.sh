@@ -9,7 +9,7 @@
 # Every target runs ROUNDS times, the rounds interleaved so that a slow minute of a
 # shared machine hits all targets alike; the table shows each figure's median. Sixteen
 # rounds by default (about half an hour): at 64 connections one round's p99 ratio swings
-# from about 0.7 to 1.4 (the machine's own stalls, see the README), so fewer rounds
+# from about 0.7 to 1.4 (the machine's own stalls, see docs/performance.md), so fewer rounds
 # leave its median to chance. An even number, because the two proxies of a pair take
 # turns going first and the first of a pair tends to do worse: with an odd number one
 # of them would go first once more often.

@@ -33,7 +33,7 @@ start_nginx_proxy() { taskset -c $proxy_cpu nginx -c "$work/nginx-proxy.conf" -g
 # Backends: one nginx, two servers.
 cat > "$work/backend.conf" <<CONF
 worker_processes 1; pid $work/backend.pid; error_log $work/backend.err;
-events { worker_connections 4096; }
+events { worker_connections 20000; }
 http { access_log off; keepalive_requests 100000;
   server { listen 127.0.0.1:18101; location / { return 200 '[{"id":1,"project":"v1"}]'; } }
   server { listen 127.0.0.1:18102; location / { return 200 '[{"id":1,"project":"v2"}]'; } } }

@@ -49,7 +49,7 @@ pub struct ServicePolicies([Policy; Service::ALL.len()]);
 
 impl Default for ServicePolicies {
     /// Data services follow the cohort; auth, storage and realtime stay on v1 until
-    /// sessions and objects are cut over (design.md §3). Unknown paths stay on v1 too.
+    /// sessions and objects are cut over (docs/routing.md). Unknown paths stay on v1 too.
     fn default() -> Self {
         let mut p = [Policy::V1; Service::ALL.len()];
         for s in [Service::Rest, Service::Functions, Service::Graphql] {

@@ -1,5 +1,5 @@
 //! Translation for requests sent to a project other than the one the client speaks
-//! to (design.md §4–5): API keys and bearer keys swapped for the target's, user JWTs
+//! to (docs/translation.md): API keys and bearer keys swapped for the target's, user JWTs
 //! re-signed for it, moved tables and RPC functions addressed in their new schema,
 //! renamed Edge Functions, and the response's profile turned back to `public`. Built
 //! once per config; every rewrite is a plain function over the request head.
