@@ -78,7 +78,10 @@ impl Shared {
                 timer.as_mut().reset(due);
             }
             if timer.as_mut().poll(cx).is_ready() {
+                // Given up: nobody will read what is held, so it goes at once (an
+                // HTTP/2 stream that gets no window may stay open a while yet).
                 add(&self.usage.abandoned, 1);
+                self.release(&mut state);
                 state.end = Some(Err(Some(io::Error::new(
                     io::ErrorKind::TimedOut,
                     "client took nothing of its answer within the send timeout",

@@ -98,6 +98,7 @@ async fn past_the_caps_the_pump_waits_and_gives_up_after_the_send_timeout() {
     // Nobody reads for the send timeout: the answer is given up and its space freed.
     tokio::time::sleep(Duration::from_secs(61)).await;
     assert_eq!(ahead.usage().abandoned.load(Ordering::Relaxed), 1);
+    assert_eq!(used(&ahead), (0, 0, 0), "freed at once, before the reader notices");
     let mut got = 0;
     let err = loop {
         match spooled.frame().await {
