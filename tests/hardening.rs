@@ -88,6 +88,21 @@ fn path(head: &str) -> &str {
     head.split(' ').nth(1).unwrap_or("")
 }
 
+/// A request hidden in an upload's body. Left unfinished, so that an upstream that
+/// takes it for a request says nothing until the next request on that connection
+/// completes it (and so gets its answer).
+const SMUGGLED: &str = "GET /rest/v1/smuggled HTTP/1.1\r\nx-ignore: ";
+
+/// An upstream's answers: uploads refused at once (their body read first only when
+/// `read_upload`), the smuggled request and anything else answered.
+fn refuse_uploads(head: &str, read_upload: bool) -> (String, bool) {
+    match path(head) {
+        "/rest/v1/upload" => ("HTTP/1.1 401 Unauthorized\r\ncontent-length: 0\r\n\r\n".into(), read_upload),
+        "/rest/v1/smuggled" => (ok("SMUGGLED"), true),
+        _ => (ok("NEXT"), true),
+    }
+}
+
 /// A 200 with `body`.
 fn ok(body: &str) -> String {
     format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}", body.len())
@@ -130,19 +145,12 @@ async fn expect_is_never_forwarded_so_no_body_is_left_on_an_upstream_connection(
     // An upstream that honours Expect: told to expect, it refuses at once and does not
     // read the body, which (sent anyway) it then takes as the next request.
     fn answer(head: &str) -> (String, bool) {
-        let expects = head.to_ascii_lowercase().contains("\r\nexpect: 100-continue");
-        match path(head) {
-            "/rest/v1/upload" => ("HTTP/1.1 401 Unauthorized\r\ncontent-length: 0\r\n\r\n".into(), !expects),
-            "/rest/v1/smuggled" => (ok("SMUGGLED"), true),
-            _ => (ok("NEXT"), true),
-        }
+        refuse_uploads(head, !head.to_ascii_lowercase().contains("\r\nexpect: 100-continue"))
     }
     let (up, _) = raw_upstream(answer).await;
     let url = format!("http://{up}");
     let sy = start(&config_text(&url, &url, 0, "")).await;
-    // Left unfinished, so that the upstream says nothing until the next request on
-    // that connection completes it (and so gets its answer).
-    let smuggled = "GET /rest/v1/smuggled HTTP/1.1\r\nx-ignore: ";
+    let smuggled = SMUGGLED;
     for _ in 0..5 {
         // Head and body at once, as clients that do not wait for 100 Continue send them.
         let upload = format!(
@@ -161,16 +169,12 @@ async fn an_answer_before_the_body_is_sent_ends_the_upstream_connection() {
     // A sloppy upstream that never reads bodies: the proxy must not use the connection
     // again when it had not sent the whole body when the answer came.
     fn answer(head: &str) -> (String, bool) {
-        match path(head) {
-            "/rest/v1/upload" => ("HTTP/1.1 401 Unauthorized\r\ncontent-length: 0\r\n\r\n".into(), false),
-            "/rest/v1/smuggled" => (ok("SMUGGLED"), true),
-            _ => (ok("NEXT"), true),
-        }
+        refuse_uploads(head, false)
     }
     let (up, conns) = raw_upstream(answer).await;
     let url = format!("http://{up}");
     let sy = start(&config_text(&url, &url, 0, "")).await;
-    let smuggled = "GET /rest/v1/smuggled HTTP/1.1\r\nx-ignore: ";
+    let smuggled = SMUGGLED;
     let mut s = TcpStream::connect(sy.addr).await.unwrap();
     let head = format!("POST /rest/v1/upload HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\n\r\n", smuggled.len());
     s.write_all(head.as_bytes()).await.unwrap();

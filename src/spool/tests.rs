@@ -10,10 +10,10 @@ type Frames = mpsc::Receiver<io::Result<Bytes>>;
 
 /// A body fed through a channel; `sent` counts what it has handed out.
 fn channel(rx: Frames) -> impl Body<Data = Bytes, Error = io::Error> + Send + Unpin + 'static {
-    StreamBody::new(tokio_stream_from(rx).map(|r| r.map(Frame::data)))
+    StreamBody::new(frames_of(rx).map(|r| r.map(Frame::data)))
 }
 
-fn tokio_stream_from(mut rx: Frames) -> impl futures_util::Stream<Item = io::Result<Bytes>> + Unpin {
+fn frames_of(mut rx: Frames) -> impl futures_util::Stream<Item = io::Result<Bytes>> + Unpin {
     futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 
