@@ -128,8 +128,8 @@ impl Proxy {
         Handling::new(exchange, done)
     }
 
-    /// Whether the request may go upstream at all: load shedding, declared body size,
-    /// a refused bearer token.
+    /// Whether the request may go upstream at all: a target that cannot be routed,
+    /// load shedding, declared body size, a refused bearer token.
     fn admit(&self, snap: &Snapshot, route: &Route, req: &Request<Incoming>) -> Result<(), Error> {
         let (backend, limits) = (route.decision.backend, &snap.config.limits);
         if let Some(refusal) = unroutable(req) {
