@@ -123,3 +123,62 @@ async fn clients_that_stop_reading_starve_nobody_and_are_closed_by_the_send_time
     assert!(rss < 256 << 20, "peak RSS {} MiB", rss >> 20);
     eprintln!("peak RSS {} MiB, files at the peak {file} bytes", rss >> 20);
 }
+
+/// An HTTP/2 stream whose client grants it no window: its answer is taken from the
+/// upstream all the same, given up after the send timeout (its spool freed), and the
+/// connection's other streams are served meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_stream_that_gets_no_window_loses_its_answer_after_the_send_timeout() {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let big = Bytes::from(vec![b'y'; ANSWER]);
+    let v1 = upstream(move |req| {
+        let big = big.clone();
+        async move {
+            match req.uri().path() {
+                "/rest/v1/big" => Response::new(full(big)),
+                _ => Response::new(full("{\"ok\":true}")),
+            }
+        }
+    })
+    .await;
+    let extra = "[limits]\nsend_timeout_seconds = 2\n";
+    let sy = start(&config_text(&v1.url(), &v1.url(), 0, extra)).await;
+    let admin = sy.admin_addr.unwrap();
+    let tcp = TcpStream::connect(sy.addr).await.unwrap();
+    let mut builder = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
+    // A small window that is never opened again: the big answer's body is never read.
+    builder.initial_stream_window_size(16 * 1024).initial_connection_window_size(16 << 20);
+    let (mut h2, conn) = builder.handshake(TokioIo::new(tcp)).await.unwrap();
+    tokio::spawn(conn);
+    let get =
+        |path: &str| http::Request::get(format!("http://x{path}")).body(http_body_util::Empty::<Bytes>::new()).unwrap();
+    let stalled = h2.send_request(get("/rest/v1/big")).await.unwrap();
+    assert_eq!(stalled.status(), 200);
+    // The upstream is done with it at once: its connection is idle again.
+    let started = Instant::now();
+    loop {
+        let text = metrics_text(admin).await;
+        if metric(&text, "switchyard_upstream_connections", "state=\"busy\"") == 0.0 {
+            assert!(metric(&text, "switchyard_response_buffer_bytes", "") > 0.0, "the answer is held for the client");
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "the upstream connection stayed busy");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Another stream on the same connection is answered meanwhile.
+    let other = h2.send_request(get("/rest/v1/small")).await.unwrap();
+    assert_eq!(other.status(), 200);
+    // After the send timeout the answer is given up and its spool freed.
+    loop {
+        let text = metrics_text(admin).await;
+        if metric(&text, "switchyard_client_errors_total", "kind=\"slow_reader\"") >= 1.0 {
+            assert_eq!(metric(&text, "switchyard_response_buffer_bytes", ""), 0.0);
+            assert_eq!(metric(&text, "switchyard_response_buffer_files", ""), 0.0);
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(15), "the stalled stream's answer was never given up");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(started.elapsed() >= Duration::from_millis(1900), "given up before the send timeout");
+    drop(stalled);
+}

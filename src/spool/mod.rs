@@ -11,8 +11,8 @@
 //! soon as it is in, so reading ahead never delays a streamed answer.
 //!
 //! Beyond the caps the pump stops reading (the upstream connection is held, as
-//! back-pressure), and a client that takes nothing for the send timeout while the
-//! pump waits loses its answer. A leaf module: it knows bodies and files, not the
+//! back-pressure), and a client that takes nothing for the send timeout while some of
+//! its answer waits for it loses the answer (what was held goes at once). A leaf module: it knows bodies and files, not the
 //! proxy.
 
 mod file;
@@ -122,7 +122,7 @@ impl ReadAhead {
 }
 
 /// Takes `body` into `shared` as fast as the caps allow, until it ends, fails, or
-/// nobody wants it any more.
+/// nobody wants it any more; then watches the client take the rest.
 async fn pump<B>(mut body: B, shared: Arc<Shared>)
 where
     B: Body<Data = Bytes, Error = io::Error> + Unpin,
@@ -137,10 +137,15 @@ where
                 if let Ok(data) = frame.into_data() {
                     shared.push(data);
                 }
+                continue;
             }
-            Some(Err(e)) => return shared.fail(e),
-            None => return shared.end(),
+            Some(Err(e)) => shared.fail(e),
+            None => shared.end(),
         }
+        // The upstream is done (its connection let go): what is left is the client's
+        // to take, within the send timeout.
+        drop(body);
+        return shared.drained().await;
     }
 }
 

@@ -6,12 +6,13 @@
 use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::io;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 
 use super::file::SpoolFile;
 use super::{Limits, Usage, add, sub};
@@ -60,39 +61,62 @@ impl Shared {
         self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Waits until there is room for another frame. `false`: stop, the reader left
-    /// or took nothing for the send timeout while the spool was full.
+    /// Waits until there is room for another frame. `false`: stop, the reader left,
+    /// or took nothing for the send timeout while something waited for it.
     pub async fn room(&self) -> bool {
-        let mut timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
+        let mut timer = None;
         poll_fn(|cx| {
             let mut state = self.lock();
-            if state.left {
+            if state.left || self.given_up(&mut state, &mut timer, cx) {
                 return Poll::Ready(false);
             }
             if self.has_room(&state) {
                 return Poll::Ready(true);
             }
-            let due = state.taken_at + self.limits.send_timeout;
-            let timer = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(due)));
-            if timer.deadline() != due {
-                timer.as_mut().reset(due);
-            }
-            if timer.as_mut().poll(cx).is_ready() {
-                // Given up: nobody will read what is held, so it goes at once (an
-                // HTTP/2 stream that gets no window may stay open a while yet).
-                add(&self.usage.abandoned, 1);
-                self.release(&mut state);
-                state.end = Some(Err(Some(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    "client took nothing of its answer within the send timeout",
-                ))));
-                wake(&mut state.reader);
-                return Poll::Ready(false);
-            }
             state.pump = Some(cx.waker().clone());
             Poll::Pending
         })
         .await
+    }
+
+    /// After the body's end: waits until the reader has taken everything (or left),
+    /// giving the answer up if it takes nothing for the send timeout meanwhile.
+    pub async fn drained(&self) {
+        let mut timer = None;
+        poll_fn(|cx| {
+            let mut state = self.lock();
+            if state.left || !has_unread(&state) || self.given_up(&mut state, &mut timer, cx) {
+                return Poll::Ready(());
+            }
+            state.pump = Some(cx.waker().clone());
+            Poll::Pending
+        })
+        .await;
+    }
+
+    /// Whether the answer is given up: something waits for the reader and it has
+    /// taken nothing for the send timeout. Then what is held goes at once (nobody will
+    /// read it; an HTTP/2 stream that gets no window may stay open a while yet) and
+    /// the reader gets an error, never a clean end. Else the timer is armed for when
+    /// that would be.
+    fn given_up(&self, state: &mut State, timer: &mut Option<Pin<Box<Sleep>>>, cx: &mut Context<'_>) -> bool {
+        if !has_unread(state) {
+            return false;
+        }
+        let due = state.taken_at + self.limits.send_timeout;
+        let timer = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(due)));
+        if timer.deadline() != due {
+            timer.as_mut().reset(due);
+        }
+        if timer.as_mut().poll(cx).is_pending() {
+            return false;
+        }
+        add(&self.usage.abandoned, 1);
+        self.release(state);
+        let e = io::Error::new(io::ErrorKind::TimedOut, "client took nothing of its answer within the send timeout");
+        state.end = Some(Err(Some(e)));
+        wake(&mut state.reader);
+        true
     }
 
     fn has_room(&self, state: &State) -> bool {
@@ -223,6 +247,11 @@ impl Drop for Shared {
         let mut state = self.lock();
         self.release(&mut state);
     }
+}
+
+/// Whether anything waits for the reader.
+fn has_unread(state: &State) -> bool {
+    !state.memory.is_empty() || state.file.as_ref().is_some_and(|f| !f.is_drained())
 }
 
 fn wake(waker: &mut Option<Waker>) {

@@ -137,3 +137,41 @@ async fn an_upstream_failure_reaches_the_reader_after_what_came_before() {
     assert_eq!(spooled.frame().await.unwrap().unwrap().into_data().unwrap(), "part");
     assert_eq!(spooled.frame().await.unwrap().unwrap_err().kind(), io::ErrorKind::UnexpectedEof);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_reader_that_stops_after_the_upstream_is_done_loses_the_rest_after_the_send_timeout() {
+    let ahead = ReadAhead::new(limits(1024, 1 << 20));
+    let (tx, rx) = mpsc::channel(1);
+    let mut spooled = ahead.spool(channel(rx));
+    for _ in 0..16 {
+        tx.send(Ok(Bytes::from(vec![3u8; 1024]))).await.unwrap();
+    }
+    drop(tx);
+    // The reader takes one frame, then nothing.
+    assert!(spooled.frame().await.unwrap().is_ok());
+    tokio::time::sleep(Duration::from_secs(59)).await;
+    assert_ne!(used(&ahead), (0, 0, 0), "held for the client within the send timeout");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(used(&ahead), (0, 0, 0), "given up and freed");
+    assert_eq!(ahead.usage().abandoned.load(Ordering::Relaxed), 1);
+    assert_eq!(spooled.frame().await.unwrap().unwrap_err().kind(), io::ErrorKind::TimedOut);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slow_reader_that_keeps_taking_keeps_its_answer() {
+    let ahead = ReadAhead::new(limits(1024, 1 << 20));
+    let (tx, rx) = mpsc::channel(1);
+    let spooled = ahead.spool(channel(rx));
+    for _ in 0..8 {
+        tx.send(Ok(Bytes::from(vec![4u8; 1024]))).await.unwrap();
+    }
+    drop(tx);
+    let mut spooled = spooled;
+    let mut got = 0;
+    while let Some(frame) = spooled.frame().await {
+        got += frame.expect("never given up").into_data().unwrap().len();
+        tokio::time::sleep(Duration::from_secs(50)).await;
+    }
+    assert_eq!(got, 8 * 1024);
+    assert_eq!(ahead.usage().abandoned.load(Ordering::Relaxed), 0);
+}
