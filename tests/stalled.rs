@@ -33,10 +33,10 @@ async fn normal_request(addr: std::net::SocketAddr) -> (u16, Duration) {
     (got.status.as_u16(), started.elapsed())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn clients_that_stop_reading_starve_nobody_and_are_closed_by_the_send_timeout() {
+/// A project answering `/rest/v1/big` with an 8 MiB body, anything else with a small one.
+async fn project() -> Upstream {
     let big = Bytes::from(vec![b'x'; ANSWER]);
-    let v1 = upstream(move |req| {
+    upstream(move |req| {
         let big = big.clone();
         async move {
             match req.uri().path() {
@@ -45,7 +45,12 @@ async fn clients_that_stop_reading_starve_nobody_and_are_closed_by_the_send_time
             }
         }
     })
-    .await;
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_stop_reading_starve_nobody_and_are_closed_by_the_send_timeout() {
+    let v1 = project().await;
     // Everything to v1, every other setting its default.
     let path = write_config("stalled", &config_text(&v1.url(), &v1.url(), 0, ""));
     let sy = Serving::start(&path);
@@ -130,17 +135,7 @@ async fn clients_that_stop_reading_starve_nobody_and_are_closed_by_the_send_time
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_http2_stream_that_gets_no_window_loses_its_answer_after_the_send_timeout() {
     use hyper_util::rt::{TokioExecutor, TokioIo};
-    let big = Bytes::from(vec![b'y'; ANSWER]);
-    let v1 = upstream(move |req| {
-        let big = big.clone();
-        async move {
-            match req.uri().path() {
-                "/rest/v1/big" => Response::new(full(big)),
-                _ => Response::new(full("{\"ok\":true}")),
-            }
-        }
-    })
-    .await;
+    let v1 = project().await;
     let extra = "[limits]\nsend_timeout_seconds = 2\n";
     let sy = start(&config_text(&v1.url(), &v1.url(), 0, extra)).await;
     let admin = sy.admin_addr.unwrap();
