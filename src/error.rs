@@ -363,4 +363,20 @@ mod tests {
         let v = body(resp).await;
         assert_eq!(v, serde_json::json!({"code": "bad_jwt", "message": "JWT expired"}));
     }
+
+    #[test]
+    fn a_clients_failure_is_never_the_upstreams() {
+        use crate::upstream::Failure;
+        let slow =
+            Error::upstream(BackendId::V2, Failure::TimedOut { upload_incomplete: true }, Duration::from_secs(1));
+        assert!(slow.is_client() && !slow.is_upstream());
+        assert_eq!((slow.status(), slow.client_label()), (StatusCode::REQUEST_TIMEOUT, Some("slow_upload")));
+        let body = Failure::Body(Box::new(std::io::Error::new(std::io::ErrorKind::InvalidData, "bad chunk")));
+        let malformed = Error::upstream(BackendId::V2, body, Duration::from_secs(1));
+        assert!(malformed.is_client() && !malformed.is_upstream());
+        assert_eq!(malformed.client_label(), Some("malformed_body"));
+        let late =
+            Error::upstream(BackendId::V2, Failure::TimedOut { upload_incomplete: false }, Duration::from_secs(1));
+        assert!(late.is_upstream() && late.is_timeout() && !late.is_client());
+    }
 }
