@@ -69,6 +69,11 @@ impl ClientFault {
         let mut chain = std::iter::successors(Some(err), |e| e.source());
         let aborted = chain.any(|e| {
             e.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_incomplete_message)
+                || e.downcast_ref::<h2::Error>().is_some_and(|h2| {
+                    // Reset or cut off by the client; h2's own PROTOCOL_ERROR (a body
+                    // longer or shorter than declared, say) is a malformed body.
+                    h2.is_io() || h2.is_go_away() || (h2.is_remote() && h2.reason() != Some(h2::Reason::PROTOCOL_ERROR))
+                })
                 || e.downcast_ref::<std::io::Error>().is_some_and(|io| {
                     matches!(io.kind(), UnexpectedEof | ConnectionReset | ConnectionAborted | BrokenPipe)
                 })

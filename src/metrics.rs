@@ -49,8 +49,6 @@ pub struct Metrics {
     /// Answers read ahead of their clients, by where (memory, file); set at scrape.
     response_buffer: IntGaugeVec,
     response_buffer_files: IntGauge,
-    /// The read-ahead's given-up answers already counted.
-    abandoned_seen: std::sync::atomic::AtomicU64,
 }
 
 /// The `kind` labels of `switchyard_client_errors_total`.
@@ -246,7 +244,6 @@ impl Metrics {
             client_errors,
             response_buffer,
             response_buffer_files,
-            abandoned_seen: Default::default(),
         }
     }
 
@@ -255,17 +252,13 @@ impl Metrics {
         self.client_errors.with_label_values(&[kind]).inc();
     }
 
-    /// Sets the read-ahead gauges from `usage`, and counts the answers given up since
-    /// the last scrape.
+    /// Sets the read-ahead gauges from `usage`.
     pub fn read_ahead(&self, usage: &crate::spool::Usage) {
         use std::sync::atomic::Ordering::Relaxed;
         let gauge = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
         self.response_buffer.with_label_values(&["memory"]).set(gauge(usage.memory.load(Relaxed)));
         self.response_buffer.with_label_values(&["file"]).set(gauge(usage.file.load(Relaxed)));
         self.response_buffer_files.set(gauge(usage.files.load(Relaxed)));
-        let abandoned = usage.abandoned.load(Relaxed);
-        let seen = self.abandoned_seen.swap(abandoned, Relaxed);
-        self.client_errors.with_label_values(&["slow_reader"]).inc_by(abandoned.saturating_sub(seen));
     }
 
     /// Counts one shadow read by its result.

@@ -195,6 +195,90 @@ async fn a_request_starting_like_the_http2_preface_is_still_http1() {
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
 }
 
+/// HTTP/2: a preface that comes in pieces is still HTTP/2; a connection that sends
+/// the preface and then nothing, or serves its streams and then idles, is closed.
+#[tokio::test]
+async fn http2_split_prefaces_and_idle_connections() {
+    let v1 = echo("v1").await;
+    let sy = start(&with_header_read_timeout(&config_text(&v1.url(), &v1.url(), 0, ""), 0.3)).await;
+    // The preface in two writes, then a full HTTP/2 exchange.
+    let mut s = TcpStream::connect(sy.addr).await.unwrap();
+    let first = b"PRI * HTTP/2.0\r\n";
+    s.write_all(first).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let (h2, conn) = h2::client::handshake(Rest { io: s, skip: first.len() }).await.unwrap();
+    let conn = tokio::spawn(conn);
+    let mut h2 = h2.ready().await.unwrap();
+    let (resp, _) = h2.send_request(Request::get("http://x/rest/v1/t").body(()).unwrap(), true).unwrap();
+    assert_eq!(resp.await.unwrap().status(), 200);
+    // Idle now: closed (GOAWAY, then the end) after the idle bound.
+    let idle = std::time::Instant::now();
+    let ended = tokio::time::timeout(Duration::from_secs(5), conn).await.expect("idle HTTP/2 connection kept open");
+    assert!(ended.unwrap().is_ok(), "closed gracefully");
+    assert!(idle.elapsed() >= Duration::from_millis(250), "closed after {:?}", idle.elapsed());
+    // The preface and nothing else (no SETTINGS): closed.
+    let mut s = TcpStream::connect(sy.addr).await.unwrap();
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await.unwrap();
+    let mut buf = vec![0u8; 512];
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => continue,
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "a silent HTTP/2 connection kept open");
+}
+
+/// A socket whose first `skip` bytes the caller has written already: h2's client
+/// writes the whole preface, so that many of its first bytes are dropped here.
+struct Rest {
+    io: TcpStream,
+    skip: usize,
+}
+
+impl tokio::io::AsyncRead for Rest {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Rest {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let this = &mut *self;
+        if this.skip > 0 {
+            let skipped = this.skip.min(data.len());
+            this.skip -= skipped;
+            return std::task::Poll::Ready(Ok(skipped));
+        }
+        std::pin::Pin::new(&mut this.io).poll_write(cx, data)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
 /// The listen socket's accept backlog as the kernel reports it (`ss`'s Send-Q).
 fn listen_backlog(port: u16) -> u32 {
     let out = std::process::Command::new("ss").args(["-ltnH", &format!("sport = :{port}")]).output().expect("ss runs");

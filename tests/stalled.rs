@@ -133,22 +133,27 @@ async fn clients_that_stop_reading_starve_nobody_and_are_closed_by_the_send_time
 /// upstream all the same, given up after the send timeout (its spool freed), and the
 /// connection's other streams are served meanwhile.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_http2_stream_that_gets_no_window_loses_its_answer_after_the_send_timeout() {
-    use hyper_util::rt::{TokioExecutor, TokioIo};
+async fn an_http2_stream_that_gets_no_window_is_reset_after_the_send_timeout() {
     let v1 = project().await;
     let extra = "[limits]\nsend_timeout_seconds = 2\n";
     let sy = start(&config_text(&v1.url(), &v1.url(), 0, extra)).await;
     let admin = sy.admin_addr.unwrap();
     let tcp = TcpStream::connect(sy.addr).await.unwrap();
-    let mut builder = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
-    // A small window that is never opened again: the big answer's body is never read.
-    builder.initial_stream_window_size(16 * 1024).initial_connection_window_size(16 << 20);
-    let (mut h2, conn) = builder.handshake(TokioIo::new(tcp)).await.unwrap();
+    // h2 itself as the client: it opens no window but where told to, and this client
+    // never tells it to for the big answer.
+    let (h2, conn) = h2::client::Builder::new()
+        .initial_window_size(16 * 1024)
+        .initial_connection_window_size(16 << 20)
+        .handshake::<_, Bytes>(tcp)
+        .await
+        .unwrap();
     tokio::spawn(conn);
-    let get =
-        |path: &str| http::Request::get(format!("http://x{path}")).body(http_body_util::Empty::<Bytes>::new()).unwrap();
-    let stalled = h2.send_request(get("/rest/v1/big")).await.unwrap();
+    let get = |path: &str| http::Request::get(format!("http://x{path}")).body(()).unwrap();
+    let mut h2 = h2.ready().await.unwrap();
+    let (stalled, _) = h2.send_request(get("/rest/v1/big"), true).unwrap();
+    let stalled = stalled.await.unwrap();
     assert_eq!(stalled.status(), 200);
+    let mut stalled = stalled.into_body();
     // The upstream is done with it at once: its connection is idle again.
     let started = Instant::now();
     loop {
@@ -161,19 +166,29 @@ async fn an_http2_stream_that_gets_no_window_loses_its_answer_after_the_send_tim
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // Another stream on the same connection is answered meanwhile.
-    let other = h2.send_request(get("/rest/v1/small")).await.unwrap();
-    assert_eq!(other.status(), 200);
-    // After the send timeout the answer is given up and its spool freed.
-    loop {
-        let text = metrics_text(admin).await;
-        if metric(&text, "switchyard_client_errors_total", "kind=\"slow_reader\"") >= 1.0 {
-            assert_eq!(metric(&text, "switchyard_response_buffer_bytes", ""), 0.0);
-            assert_eq!(metric(&text, "switchyard_response_buffer_files", ""), 0.0);
-            break;
+    let mut h2 = h2.ready().await.unwrap();
+    let (other, _) = h2.send_request(get("/rest/v1/small"), true).unwrap();
+    assert_eq!(other.await.unwrap().status(), 200);
+    // What the window let through comes, then the stream is reset: the proxy cancels
+    // it after the send timeout.
+    let mut got = 0;
+    let reset = loop {
+        match tokio::time::timeout(Duration::from_secs(15), stalled.data()).await {
+            Ok(Some(Ok(data))) => got += data.len(),
+            Ok(Some(Err(e))) => break e,
+            Ok(None) => panic!("the stalled answer ended cleanly after {got} bytes"),
+            Err(_) => panic!("the stalled stream was never reset"),
         }
-        assert!(started.elapsed() < Duration::from_secs(15), "the stalled stream's answer was never given up");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(started.elapsed() >= Duration::from_millis(1900), "given up before the send timeout");
-    drop(stalled);
+    };
+    assert_eq!(reset.reason(), Some(h2::Reason::CANCEL), "{reset}");
+    assert!(got <= 16 * 1024, "only the window's worth was sent: {got}");
+    assert!(started.elapsed() >= Duration::from_millis(1900), "reset before the send timeout");
+    let text = metrics_text(admin).await;
+    assert_eq!(metric(&text, "switchyard_client_errors_total", "kind=\"slow_reader\""), 1.0);
+    assert_eq!(metric(&text, "switchyard_response_buffer_bytes", ""), 0.0);
+    assert_eq!(metric(&text, "switchyard_response_buffer_files", ""), 0.0);
+    // The connection itself stays up for the client's other streams.
+    let mut h2 = h2.ready().await.unwrap();
+    let (after, _) = h2.send_request(get("/rest/v1/small"), true).unwrap();
+    assert_eq!(after.await.unwrap().status(), 200);
 }

@@ -15,7 +15,6 @@ use bytes::Bytes;
 use futures_util::TryFutureExt;
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::{Either, Full};
-use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use tokio::time::Instant;
 
@@ -31,7 +30,7 @@ use crate::spool::{self, ReadAhead};
 use crate::state::{Snapshot, State};
 use crate::translate;
 use crate::translate::Applied;
-use crate::upstream::{Capped, Outbound, Queued, Upstream, UpstreamBody};
+use crate::upstream::{Capped, ClientBody, Outbound, Queued, Upstream, UpstreamBody};
 pub use handling::Handling;
 pub use route::{Route, route, route_user};
 
@@ -99,7 +98,7 @@ impl Proxy {
     /// instead of reusing that one in place.
     pub fn handle(
         self: Arc<Self>,
-        req: Request<Incoming>,
+        req: Request<ClientBody>,
         client: &Client,
     ) -> Handling<impl Future<Output = Result<Response<UpstreamBody>, Error>> + Send + 'static + use<>> {
         let started = Instant::now();
@@ -130,7 +129,7 @@ impl Proxy {
 
     /// Whether the request may go upstream at all: a target that cannot be routed,
     /// load shedding, declared body size, a refused bearer token.
-    fn admit(&self, snap: &Snapshot, route: &Route, req: &Request<Incoming>) -> Result<(), Error> {
+    fn admit<B>(&self, snap: &Snapshot, route: &Route, req: &Request<B>) -> Result<(), Error> {
         let (backend, limits) = (route.decision.backend, &snap.config.limits);
         if let Some(refusal) = unroutable(req) {
             return Err(Error::bad_request(backend, refusal));
@@ -169,7 +168,7 @@ impl Proxy {
     /// Turns the request into the one for its backend and starts sending it.
     fn start(
         &self,
-        mut req: Request<Incoming>,
+        mut req: Request<ClientBody>,
         survey: headers::Survey,
         route: &Route,
         client: &Client,
@@ -302,7 +301,7 @@ impl Done {
 
 /// Why a request cannot be routed at all: a tunnel request, a server-wide target, or a
 /// path the upstream would resolve elsewhere than where it is routed.
-fn unroutable(req: &Request<Incoming>) -> Option<&'static str> {
+fn unroutable<B>(req: &Request<B>) -> Option<&'static str> {
     if req.method() == Method::CONNECT {
         return Some("CONNECT is not supported: this is a reverse proxy");
     }
@@ -314,7 +313,7 @@ fn unroutable(req: &Request<Incoming>) -> Option<&'static str> {
 }
 
 /// Whether the request declares a body longer than `limit`.
-fn declared_too_large(req: &Request<Incoming>, limit: Option<u64>) -> bool {
+fn declared_too_large<B>(req: &Request<B>, limit: Option<u64>) -> bool {
     let Some(limit) = limit else { return false };
     let declared =
         req.headers().get(header::CONTENT_LENGTH).and_then(|v| crate::upstream::wire::parse_length(v.as_bytes()));

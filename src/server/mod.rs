@@ -1,8 +1,10 @@
 //! Listeners and lifecycle: accepts client connections (HTTP/1.1 and h2c prior
-//! knowledge on one port), serves each with hyper's server, hands each request to
+//! knowledge on one port), serves each with hyper's HTTP/1 server or the HTTP/2
+//! server in [`http2`], hands each request to
 //! [`Proxy::handle`], and shuts down gracefully: stop accepting, let in-flight requests
 //! and tunnels finish within the grace period, then close what is left.
 
+mod http2;
 mod signal;
 mod sniff;
 pub mod stall;
@@ -15,10 +17,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Request, Response};
+use http_body_util::Either;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::OwnedSemaphorePermit;
@@ -31,6 +33,7 @@ use crate::config::{Config, ServerConfig};
 use crate::control::Control;
 use crate::metrics::Metrics;
 use crate::proxy::{Body, Client, ClientAddr, Proxy};
+use crate::spool;
 use crate::state::State;
 use crate::upstream::Upstream;
 use crate::watch;
@@ -138,11 +141,12 @@ async fn connection(
         // Closed, failed, or silent for the whole header read timeout.
         _ => return,
     };
-    let io = TokioIo::new(SendTimeout::new(stream, builders.send_timeout));
+    let io = SendTimeout::new(stream, builders.send_timeout);
     let metrics = proxy.metrics.clone();
-    let service = service(proxy, Client { addr: ClientAddr::new(peer.ip()) });
+    let client = Arc::new(Client { addr: ClientAddr::new(peer.ip()) });
     let ended = match opening {
-        Opening::Http1 => {
+        Opening::Http1 | Opening::MaybeHttp2 => {
+            let (io, service) = (TokioIo::new(io), service(proxy, client));
             // hyper-util's graceful watch has no hook for this connection type: shutdown
             // is driven from the token, and holding the watcher keeps the drain waiting.
             let _watcher = watcher;
@@ -156,14 +160,17 @@ async fn connection(
                 }
             }
         }
-        // Boxed: rare, and every connection's task would otherwise be its size.
-        Opening::MaybeHttp2 => {
-            Box::pin(watcher.watch(builders.detect.serve_connection_with_upgrades(io, service))).await
+        // Boxed: every connection's task would otherwise be its size.
+        Opening::Http2 => {
+            let _watcher = watcher;
+            Box::pin(http2::serve(io, &builders.http2, proxy, client, shutdown)).await
         }
     };
     if let Err(e) = ended {
         let e: Box<dyn std::error::Error + Send + Sync> = e;
-        if stall::is_send_timeout(e.as_ref()) {
+        // The socket took nothing for the send timeout, or (first by a hair) the
+        // read-ahead gave the answer up for the same reason.
+        if stall::is_send_timeout(e.as_ref()) || spool::is_given_up(e.as_ref()) {
             metrics.client_error("slow_reader");
         }
         tracing::debug!(%peer, error = %e, "client connection ended with an error");
@@ -173,11 +180,10 @@ async fn connection(
 /// hyper's server's service: each request handed to [`Proxy::handle`].
 fn service(
     proxy: Arc<Proxy>,
-    client: Client,
+    client: Arc<Client>,
 ) -> impl hyper::service::Service<Request<Incoming>, Response = Response<Body>, Error = Infallible, Future: Send> + Clone
 {
-    let client = Arc::new(client);
-    service_fn(move |req: Request<Incoming>| proxy.clone().handle(req, &client))
+    service_fn(move |req: Request<Incoming>| proxy.clone().handle(req.map(Either::Left), &client))
 }
 
 async fn shutdown_signal() {
@@ -219,11 +225,10 @@ async fn schedule_loop(control: Arc<Control>, shutdown: CancellationToken) {
     }
 }
 
-/// The connection builders: hyper's HTTP/1 server, and one that detects the protocol
-/// for connections that may be h2c.
+/// The connection builders: hyper's HTTP/1 server, and the HTTP/2 server's settings.
 struct Builders {
     http1: hyper::server::conn::http1::Builder,
-    detect: auto::Builder<TokioExecutor>,
+    http2: http2::Settings,
     /// The header read timeout: how long a client may take to send its first bytes,
     /// and then each request head, and how long a keep-alive connection may idle.
     header_read: Duration,
@@ -233,7 +238,6 @@ struct Builders {
 
 impl Builders {
     fn new(server: &ServerConfig, limits: &LimitsConfig) -> Builders {
-        let mut detect = auto::Builder::new(TokioExecutor::new());
         // Without a timer the header read timeout does nothing (docs/architecture.md).
         // It also bounds how long an idle keep-alive connection waits for its next
         // request. Responses are written from one buffer, not vectored: one plain write
@@ -245,20 +249,8 @@ impl Builders {
             .header_read_timeout(server.header_read_timeout)
             .max_headers(limits.max_header_count)
             .max_buf_size(limits.max_header_bytes);
-        detect
-            .http1()
-            .writev(false)
-            .timer(TokioTimer::new())
-            .header_read_timeout(server.header_read_timeout)
-            .max_headers(limits.max_header_count)
-            .max_buf_size(limits.max_header_bytes);
-        detect
-            .http2()
-            .timer(TokioTimer::new())
-            .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
-            .keep_alive_interval(server.header_read_timeout)
-            .keep_alive_timeout(server.header_read_timeout);
-        Builders { http1, detect, header_read: server.header_read_timeout, send_timeout: limits.send_timeout }
+        let http2 = http2::Settings::new(limits.max_header_bytes, server.header_read_timeout, limits.send_timeout);
+        Builders { http1, http2, header_read: server.header_read_timeout, send_timeout: limits.send_timeout }
     }
 }
 

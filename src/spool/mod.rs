@@ -18,6 +18,19 @@
 mod file;
 mod shared;
 
+/// Why a reader's answer ended early: it took nothing of it within the send timeout.
+#[derive(Debug, thiserror::Error)]
+#[error("client took nothing of its answer within the send timeout")]
+pub struct GivenUp;
+
+/// Whether `e` (or what caused it) is an answer given up for its reader.
+pub fn is_given_up(e: &(dyn std::error::Error + 'static)) -> bool {
+    std::iter::successors(Some(e), |e| e.source()).any(|e| {
+        e.downcast_ref::<GivenUp>().is_some()
+            || e.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref()).is_some_and(|inner| inner.is::<GivenUp>())
+    })
+}
+
 use std::collections::VecDeque;
 use std::io;
 use std::path::PathBuf;

@@ -113,7 +113,7 @@ impl Shared {
         }
         add(&self.usage.abandoned, 1);
         self.release(state);
-        let e = io::Error::new(io::ErrorKind::TimedOut, "client took nothing of its answer within the send timeout");
+        let e = io::Error::new(io::ErrorKind::TimedOut, super::GivenUp);
         state.end = Some(Err(Some(e)));
         wake(&mut state.reader);
         true

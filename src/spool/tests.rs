@@ -108,6 +108,8 @@ async fn past_the_caps_the_pump_waits_and_gives_up_after_the_send_timeout() {
         }
     };
     assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+    assert!(super::is_given_up(&err));
+    assert!(!super::is_given_up(&io::Error::new(io::ErrorKind::TimedOut, "another time-out")));
     assert!(got <= sent);
     assert!(tx.is_closed(), "the upstream body was dropped");
     drop(spooled);

@@ -9,7 +9,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
+use http_body_util::Either;
+use http_body_util::combinators::BoxBody;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
+
+use super::BoxError;
+
+/// A client's request body: hyper's for HTTP/1 (no allocation), any other boxed (the
+/// HTTP/2 server's streams).
+pub type ClientBody = Either<Incoming, BoxBody<Bytes, BoxError>>;
 
 /// The error a capped body ends with.
 #[derive(Debug, thiserror::Error)]
@@ -30,7 +38,7 @@ impl Arrived {
 
 /// A client body, streamed, that errors past `limit` bytes.
 pub struct Capped {
-    inner: Incoming,
+    inner: ClientBody,
     left: Option<u64>,
     limit: u64,
     arrived: Option<Arc<Arrived>>,
@@ -39,7 +47,7 @@ pub struct Capped {
 impl Capped {
     /// Caps `inner` at `limit` bytes (`None`: no cap). The second value says when
     /// the body has all come (none for a body that has already ended).
-    pub fn new(inner: Incoming, limit: Option<u64>) -> (Capped, Option<Arc<Arrived>>) {
+    pub fn new(inner: ClientBody, limit: Option<u64>) -> (Capped, Option<Arc<Arrived>>) {
         let arrived = (!inner.is_end_stream()).then(Arc::default);
         (Capped { inner, left: limit, limit: limit.unwrap_or(0), arrived: arrived.clone() }, arrived)
     }
@@ -47,7 +55,7 @@ impl Capped {
 
 impl Body for Capped {
     type Data = Bytes;
-    type Error = Box<dyn std::error::Error + Send + Sync>;
+    type Error = BoxError;
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = &mut *self;
@@ -64,7 +72,7 @@ impl Body for Capped {
             }
             *left -= n;
         }
-        Poll::Ready(frame.map(|r| r.map_err(Into::into)))
+        Poll::Ready(frame)
     }
 
     fn is_end_stream(&self) -> bool {

@@ -32,7 +32,7 @@ use tokio::time::Sleep;
 
 pub use body::UpstreamBody;
 use budget::Budget;
-pub use capped::{Arrived, Capped, TooLarge};
+pub use capped::{Arrived, Capped, ClientBody, TooLarge};
 pub use conn::Conn;
 pub use exchange::Failure;
 use pool::{Pool, PoolSettings};
