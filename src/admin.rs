@@ -17,7 +17,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::backend::BackendId;
-use crate::control::Control;
+use crate::control::{ChangeError, Commit, Control, RolloutStatus};
+use crate::fleet::Fleet;
 use crate::proxy::Proxy;
 
 /// What the admin endpoints act on.
@@ -26,6 +27,8 @@ pub struct Admin {
     pub proxy: Arc<Proxy>,
     /// Live changes.
     pub control: Arc<Control>,
+    /// The fleet, in fleet mode (`[cluster]`).
+    pub fleet: Option<Arc<Fleet>>,
 }
 
 fn text(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
@@ -83,10 +86,17 @@ struct SetRollout {
     percentage: i64,
 }
 
+/// How a write is committed: `?local=true` asks for this replica alone.
+fn commit(req: &Request<Incoming>) -> Commit {
+    let local = req.uri().query().is_some_and(|q| q.split('&').any(|kv| kv == "local=true"));
+    if local { Commit::Local } else { Commit::Once }
+}
+
 async fn put_rollout(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> {
     if let Some(refused) = refuse_write(admin, req.headers()) {
         return refused;
     }
+    let commit = commit(&req);
     let body = match http_body_util::Limited::new(req.into_body(), 4096).collect().await {
         Ok(b) => b.to_bytes(),
         Err(_) => return error(StatusCode::PAYLOAD_TOO_LARGE, "body over 4 KiB"),
@@ -98,33 +108,54 @@ async fn put_rollout(admin: &Admin, req: Request<Incoming>) -> Response<Full<Byt
         }
     };
     match u8::try_from(wanted).ok().filter(|p| *p <= 100) {
-        Some(p) => outcome(admin.control.set_percentage(p)),
+        Some(p) => outcome(admin, admin.control.set_percentage(p, commit).await),
         None => error(StatusCode::BAD_REQUEST, &format!("percentage must be 0 to 100, got {wanted}")),
     }
 }
 
-/// A change's answer: the new status, or 409 saying what holds it back.
-fn outcome(result: Result<crate::control::RolloutStatus, crate::control::Refused>) -> Response<Full<Bytes>> {
+/// The rollout as `GET /admin/rollout` shows it: with the fleet in fleet mode.
+fn rollout(admin: &Admin, status: RolloutStatus) -> serde_json::Value {
+    let mut value = serde_json::json!(status);
+    if let Some(fleet) = &admin.fleet {
+        value["fleet"] = serde_json::json!(fleet.view());
+    }
+    value
+}
+
+/// A change's answer: the new status; 409 saying what holds it back or which change
+/// came first (with the rollout now in force); 503 when the fleet's store is away.
+fn outcome(admin: &Admin, result: Result<RolloutStatus, ChangeError>) -> Response<Full<Bytes>> {
     match result {
-        Ok(status) => json(StatusCode::OK, serde_json::json!(status)),
-        Err(refused) => error(StatusCode::CONFLICT, &refused.to_string()),
+        Ok(status) => json(StatusCode::OK, rollout(admin, status)),
+        Err(e @ ChangeError::Refused(_)) => error(StatusCode::CONFLICT, &e.to_string()),
+        Err(e @ ChangeError::Conflict(_)) => json(
+            StatusCode::CONFLICT,
+            serde_json::json!({ "error": e.to_string(), "rollout": rollout(admin, admin.control.status()) }),
+        ),
+        Err(e @ ChangeError::Unavailable(_)) => {
+            tracing::warn!(error = %e, "admin write refused: the fleet's store is unreachable");
+            let mut r = error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string());
+            r.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("5"));
+            r
+        }
     }
 }
 
-/// The admin writes that take no body.
-fn command(
+/// Refuses an unauthorised write, else runs it.
+async fn command<F: Future<Output = Response<Full<Bytes>>>>(
     admin: &Admin,
     req: &Request<Incoming>,
-    run: impl FnOnce(&Control) -> Response<Full<Bytes>>,
+    run: impl FnOnce(Commit) -> F,
 ) -> Response<Full<Bytes>> {
     match refuse_write(admin, req.headers()) {
         Some(refused) => refused,
-        None => run(&admin.control),
+        None => run(commit(req)).await,
     }
 }
 
 async fn handle(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let proxy = &admin.proxy;
+    let control = &admin.control;
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/healthz") => text(StatusCode::OK, "text/plain", "ok\n"),
         (&Method::GET, "/readyz") => {
@@ -133,17 +164,34 @@ async fn handle(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> 
             let body: serde_json::Map<_, _> =
                 checks.iter().map(|(id, ok)| (id.as_str().to_string(), serde_json::Value::Bool(*ok))).collect();
             let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-            json(status, serde_json::json!({ "ready": ready, "upstreams": body }))
+            let mut value = serde_json::json!({ "ready": ready, "upstreams": body });
+            // A replica away from the fleet's store still serves (on the last state it
+            // applied): it says so, and stays ready.
+            if let Some(fleet) = &admin.fleet {
+                let view = fleet.view();
+                value["cluster"] = serde_json::json!({ "connected": view.connected, "degraded": view.degraded });
+            }
+            json(status, value)
         }
         (&Method::GET, "/metrics") => text(StatusCode::OK, "text/plain; version=0.0.4", proxy.metrics_text()),
-        (&Method::GET, "/admin/rollout") => json(StatusCode::OK, serde_json::json!(admin.control.status())),
+        (&Method::GET, "/admin/rollout") => json(StatusCode::OK, rollout(admin, control.status())),
         (&Method::PUT, "/admin/rollout") => put_rollout(admin, req).await,
-        (&Method::POST, "/admin/rollout/pause") => command(admin, &req, |c| outcome(c.pause_schedule(true))),
-        (&Method::POST, "/admin/rollout/resume") => command(admin, &req, |c| outcome(c.pause_schedule(false))),
-        (&Method::POST, "/admin/guard/clear") => command(admin, &req, |c| {
-            let cleared = c.clear_guard();
-            json(StatusCode::OK, serde_json::json!({ "cleared": cleared, "rollout": c.status() }))
-        }),
+        (&Method::POST, "/admin/rollout/pause") => {
+            command(admin, &req, async |c| outcome(admin, control.pause_schedule(true, c).await)).await
+        }
+        (&Method::POST, "/admin/rollout/resume") => {
+            command(admin, &req, async |c| outcome(admin, control.pause_schedule(false, c).await)).await
+        }
+        (&Method::POST, "/admin/guard/clear") => {
+            command(admin, &req, async |c| match control.clear_guard(c).await {
+                Ok(cleared) => json(
+                    StatusCode::OK,
+                    serde_json::json!({ "cleared": cleared, "rollout": rollout(admin, control.status()) }),
+                ),
+                Err(e) => outcome(admin, Err(e)),
+            })
+            .await
+        }
         (_, "/admin/rollout") => error(StatusCode::METHOD_NOT_ALLOWED, "use GET or PUT"),
         _ => error(StatusCode::NOT_FOUND, "not found"),
     }

@@ -12,6 +12,7 @@ pub mod config;
 pub mod control;
 pub mod demo;
 pub mod error;
+pub mod fleet;
 pub mod forward;
 pub mod guard;
 pub mod identity;

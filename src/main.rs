@@ -127,6 +127,15 @@ fn run(command: Command) -> Result<(), ExitCode> {
         }
         Command::Check { config } => {
             let cfg = load(&config)?;
+            if let Some(cluster) = &cfg.cluster {
+                match runtime().block_on(switchyard::fleet::check(cluster)) {
+                    Ok(line) => println!("{line}"),
+                    Err(why) => {
+                        eprintln!("switchyard: cluster.database_url: the fleet's store cannot be used: {why}");
+                        return Err(ExitCode::from(2));
+                    }
+                }
+            }
             println!(
                 "{}: ok (rollout {}% from {:?}, v1 {}, v2 {})",
                 config.display(),

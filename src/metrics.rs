@@ -49,6 +49,14 @@ pub struct Metrics {
     /// Answers read ahead of their clients, by where (memory, file); set at scrape.
     response_buffer: IntGaugeVec,
     response_buffer_files: IntGauge,
+    /// `[cluster]`: the fleet's generation applied here.
+    pub cluster_generation: IntGauge,
+    /// `[cluster]`: 1 while this replica has a session with the store.
+    pub cluster_connected: IntGauge,
+    /// `[cluster]`: replicas that reported within three heartbeats.
+    pub cluster_replicas: IntGauge,
+    /// `[cluster]`: stored states refused as invalid.
+    pub cluster_invalid_state: IntCounter,
 }
 
 /// The `kind` labels of `switchyard_client_errors_total`.
@@ -190,6 +198,26 @@ impl Metrics {
         .expect("valid");
         reg(Box::new(shadow.clone()));
         reg(Box::new(guard_tripped.clone()));
+        let cluster_generation = IntGauge::new(
+            "switchyard_cluster_generation",
+            "The fleet's rollout generation this replica has applied ([cluster]; without it, changes since start).",
+        )
+        .expect("valid");
+        let cluster_connected =
+            IntGauge::new("switchyard_cluster_connected", "1 while this replica has a session with the fleet's store.")
+                .expect("valid");
+        let cluster_replicas =
+            IntGauge::new("switchyard_cluster_replicas", "Replicas that reported to the fleet's store lately.")
+                .expect("valid");
+        let cluster_invalid_state = IntCounter::new(
+            "switchyard_cluster_invalid_state_total",
+            "Rollout states read from the fleet's store and refused as invalid.",
+        )
+        .expect("valid");
+        reg(Box::new(cluster_generation.clone()));
+        reg(Box::new(cluster_connected.clone()));
+        reg(Box::new(cluster_replicas.clone()));
+        reg(Box::new(cluster_invalid_state.clone()));
         let client_errors = IntCounterVec::new(
             Opts::new(
                 "switchyard_client_errors_total",
@@ -244,6 +272,10 @@ impl Metrics {
             client_errors,
             response_buffer,
             response_buffer_files,
+            cluster_generation,
+            cluster_connected,
+            cluster_replicas,
+            cluster_invalid_state,
         }
     }
 

@@ -20,9 +20,7 @@ use crate::control::Control;
 const DEBOUNCE: Duration = Duration::from_millis(150);
 
 async fn reload(control: &Arc<Control>, trigger: &'static str) {
-    let control = control.clone();
-    // Reading the file is blocking I/O.
-    let _ = tokio::task::spawn_blocking(move || control.reload(trigger)).await;
+    let _ = control.reload(trigger).await;
 }
 
 /// Watches the directory of `path` and reloads on changes until `shutdown`.

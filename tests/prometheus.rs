@@ -222,7 +222,7 @@ async fn dashboard_and_alert_queries_work_on_real_prometheus() {
             // annotation) and a refused reload (an alert).
             assert_eq!(put_rollout(a.admin_addr.unwrap(), Some("t"), r#"{"percentage": 40}"#).await.status, 200);
             std::fs::write(&b_path, b_text.replace("percentage = 60", "percentage = 600")).unwrap();
-            assert!(b.control.reload("test").is_err());
+            assert!(b.control.reload("test").await.is_err());
             changed = true;
         }
         n += 1;

@@ -18,14 +18,6 @@ use tokio::net::TcpStream;
 const STALLED: usize = 300;
 const ANSWER: usize = 8 << 20;
 
-/// A metric's value (summed over its series matching `labels`), 0 when absent.
-fn metric(text: &str, name: &str, labels: &str) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']) && l.contains(labels))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 /// A normal user's request: its status and how long it took.
 async fn normal_request(addr: std::net::SocketAddr) -> (u16, Duration) {
     let started = Instant::now();

@@ -28,6 +28,9 @@ pub fn apply(file: &mut FileConfig, get: &dyn Fn(&str) -> Option<String>) -> Res
     }
     file.server.admin_token = get("SWITCHYARD_ADMIN_TOKEN");
     file.overrides.qa_token = get("SWITCHYARD_QA_TOKEN");
+    if let Some(url) = get("SWITCHYARD_CLUSTER_DATABASE_URL") {
+        file.cluster.database_url = Some(url);
+    }
     if let Some(v) = get("SUPABASE_ENV") {
         let force = match v.trim() {
             "production" | "v1" => "v1",

@@ -20,6 +20,7 @@ pub struct FileConfig {
     pub shadow: super::safety::ShadowFile,
     pub overrides: super::safety::OverridesFile,
     pub limits: super::limits::LimitsFile,
+    pub cluster: super::cluster::ClusterFile,
 }
 
 /// Name maps for requests sent to a project whose layout differs from the client's.

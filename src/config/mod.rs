@@ -2,6 +2,7 @@
 //! [`Config`] the rest of the proxy reads. A config is accepted or refused whole; every
 //! refusal names the key (or variable) at fault.
 
+pub mod cluster;
 pub mod env;
 pub mod file;
 pub mod limits;
@@ -44,7 +45,7 @@ impl ConfigError {
 }
 
 /// Where the effective rollout percentage came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum PercentageSource {
     /// `rollout.percentage` in the file (or its default, 0).
@@ -73,6 +74,8 @@ pub struct Config {
     pub shadow: safety::ShadowConfig,
     pub overrides: safety::OverridesConfig,
     pub limits: limits::LimitsConfig,
+    /// The fleet's shared state (`[cluster]`), when configured.
+    pub cluster: Option<cluster::ClusterConfig>,
 }
 
 /// What changes in a request sent to the project whose layout is not the client's.
@@ -396,6 +399,7 @@ fn validate(raw: file::FileConfig, seen: env::Overridden) -> Result<Config, Conf
         shadow: safety::shadow(raw.shadow)?,
         overrides: safety::overrides(raw.overrides)?,
         limits: limits::limits(raw.limits)?,
+        cluster: cluster::cluster(raw.cluster)?,
     })
 }
 

@@ -15,7 +15,7 @@ use crate::routing::service::Service;
 use window::{Stats, Window};
 
 /// Why the guard tripped; the `reason` label of `switchyard_guard_rollbacks_total`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TripReason {
     /// v2's error ratio exceeds v1's by more than `max_error_ratio_increase`.
@@ -35,7 +35,7 @@ impl TripReason {
 }
 
 /// A trip: what, where, and the numbers that decided it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct Trip {
     pub reason: TripReason,
     pub service: Service,

@@ -31,6 +31,7 @@ use crate::admin;
 use crate::config::limits::LimitsConfig;
 use crate::config::{Config, ServerConfig};
 use crate::control::Control;
+use crate::fleet::Fleet;
 use crate::metrics::Metrics;
 use crate::proxy::{Body, Client, ClientAddr, Proxy};
 use crate::spool;
@@ -85,10 +86,15 @@ pub async fn start(config: Config, path: Option<PathBuf>) -> io::Result<Running>
     let server = config.server.clone();
     let state = Arc::new(State::new(config));
     let control = Arc::new(Control::new(state.clone(), metrics.clone(), path.clone()));
-    let proxy = Arc::new(Proxy::new(state, upstream, metrics));
     let shutdown = CancellationToken::new();
+    // In fleet mode the fleet's state is read before the first request is served.
+    let fleet = match state.load().config.cluster.clone() {
+        Some(cluster) => Some(Fleet::join(cluster, control.clone(), metrics.clone(), shutdown.clone()).await),
+        None => None,
+    };
+    let proxy = Arc::new(Proxy::new(state, upstream, metrics));
     tokio::spawn(guard_loop(proxy.clone(), control.clone(), shutdown.clone()));
-    if control.start_schedule() {
+    if control.start_schedule().await {
         tokio::spawn(schedule_loop(control.clone(), shutdown.clone()));
     }
     if let (Some(path), true) = (&path, server.watch_config) {
@@ -98,7 +104,7 @@ pub async fn start(config: Config, path: Option<PathBuf>) -> io::Result<Running>
     let limits = proxy.state.load().config.limits.clone();
     let mut tasks = vec![tokio::spawn(serve(listener, proxy.clone(), shutdown.clone(), server, limits))];
     if let Some(l) = admin_listener {
-        let admin = admin::Admin { proxy: proxy.clone(), control: control.clone() };
+        let admin = admin::Admin { proxy: proxy.clone(), control: control.clone(), fleet };
         tasks.push(tokio::spawn(admin::serve(l, Arc::new(admin), shutdown.clone())));
     }
     Ok(Running { addr, admin_addr, proxy, control, shutdown, tasks })
@@ -209,14 +215,14 @@ async fn guard_loop(proxy: Arc<Proxy>, control: Arc<Control>, shutdown: Cancella
             continue;
         }
         if let Some(trip) = proxy.guard.evaluate(cfg) {
-            control.trip(trip, cfg.rollback_to);
+            control.trip(trip, cfg.rollback_to).await;
         }
     }
 }
 
 /// Drives `[rollout.schedule]` until its last step (or shutdown).
 async fn schedule_loop(control: Arc<Control>, shutdown: CancellationToken) {
-    while let Some(wait) = control.advance_schedule() {
+    while let Some(wait) = control.advance_schedule().await {
         tokio::select! {
             _ = shutdown.cancelled() => break,
             // Re-checked at least every second, so pause, resume and trips apply promptly.

@@ -4,6 +4,7 @@
 
 pub mod fake;
 pub mod load;
+pub mod postgres;
 pub mod process;
 
 use std::collections::BTreeMap;
@@ -203,6 +204,14 @@ pub async fn start_with(
 /// The Prometheus text of the admin listener at `admin`.
 pub async fn metrics_text(admin: SocketAddr) -> String {
     String::from_utf8_lossy(&send(admin, "GET", "/metrics", &[], "").await.body).into_owned()
+}
+
+/// A metric's value (summed over its series matching `labels`), 0 when absent.
+pub fn metric(text: &str, name: &str, labels: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']) && l.contains(labels))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 /// GET /admin/rollout on `admin`.

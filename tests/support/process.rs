@@ -45,10 +45,16 @@ pub struct Serving {
 impl Serving {
     /// Starts `switchyard serve --config path` and waits for its "serving" line.
     pub fn start(path: &Path) -> Serving {
+        Serving::start_with(path, &[])
+    }
+
+    /// [`Serving::start`] with `env` added.
+    pub fn start_with(path: &Path, env: &[(&str, &str)]) -> Serving {
         let mut child = Command::new(BIN)
             .args(["serve", "--config"])
             .arg(path)
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
