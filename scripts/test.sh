@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it. Self-sufficient on a fresh machine: it installs
 # what the tests need and is not already there: Debian's prometheus (promtool and a
-# real Prometheus server), node with @supabase/supabase-js from npm.
+# real Prometheus server) and postgresql, node with @supabase/supabase-js from npm.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,6 +17,14 @@ if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then
   echo "installing prometheus (promtool + server) for the metrics tests"
   apt_install prometheus
 fi
+# A real PostgreSQL for the fleet tests: each starts a throwaway cluster of its own
+# (initdb refuses root, so as root they run it as the package's postgres user).
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+  echo "installing postgresql for the fleet tests"
+  apt_install postgresql
+fi
+command -v runuser >/dev/null || apt_install util-linux
+export SWITCHYARD_REQUIRE_POSTGRES=1
 # ss (iproute2) reads the listen backlog the kernel gives switchyard's socket.
 command -v ss >/dev/null || apt_install iproute2
 # Prometheus' Debian service must not hold the ports the tests use.

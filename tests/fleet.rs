@@ -240,3 +240,98 @@ fn check_reports_a_bad_store_by_its_key_and_never_prints_the_url() {
         assert!(!all.contains("s3cret-pw"), "the URL was printed: {all}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_started_without_the_store_adopt_the_fleet_when_it_comes_and_restarts_resume_it() {
+    let Some(pg) = Postgres::start("restart") else { return };
+    let (v1, v2) = (echo("v1").await, echo("v2").await);
+    let mut all = replicas(&pg, &v1, &v2, "restart", 2, "");
+    assert_eq!(write(&all[0], "PUT", "/admin/rollout", r#"{"percentage": 40}"#).await.status, 200);
+    converged(&all, "PUT", |s| s["percentage"] == 40).await;
+    // b restarts mid-rollout: it comes back at the fleet's 40, not its file's 10.
+    drop(all.pop());
+    let path = write_config("restart-b", &replica(&pg, &v1, &v2, "b", ""));
+    all.push(Serving::start_with(&path, &[("SWITCHYARD_ADMIN_TOKEN", TOKEN)]));
+    let b = rollout_status(admin(&all[1])).await;
+    assert_eq!(b["percentage"], 40, "read before serving: {b:#}");
+
+    // With the store down, a new replica waits startup_wait_seconds, then serves from
+    // its file, degraded; it adopts the fleet's state once the store is back.
+    pg.stop();
+    let text = replica(&pg, &v1, &v2, "c", "").replace("startup_wait_seconds = 5", "startup_wait_seconds = 1");
+    let path = write_config("restart-c", &text);
+    let started = Instant::now();
+    let c = Serving::start_with(&path, &[("SWITCHYARD_ADMIN_TOKEN", TOKEN)]);
+    assert!(started.elapsed() >= Duration::from_millis(900), "waited for the store first");
+    let s = rollout_status(admin(&c)).await;
+    assert_eq!((s["percentage"].as_u64(), s["fleet"]["degraded"].as_bool()), (Some(10), Some(true)), "{s:#}");
+    pg.resume();
+    converged(std::slice::from_ref(&c), "adopted", |s| s["percentage"] == 40 && s["fleet"]["degraded"] == false).await;
+}
+
+/// Load through every replica while 50 changes come from files and from the API on
+/// each replica: no client request fails, and every replica ends on the last change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_mixed_changes_under_load_lose_no_request() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let Some(pg) = Postgres::start("load") else { return };
+    let (v1, v2) = (echo("v1").await, echo("v2").await);
+    let all = replicas(&pg, &v1, &v2, "load", 3, "");
+    let a_file = support::process::test_dir("load-a").join("switchyard.toml");
+    let a_text = std::fs::read_to_string(&a_file).unwrap();
+    converged(&all, "start", |s| s["fleet"]["replicas"].as_array().is_some_and(|r| r.len() == 3)).await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let (sent, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let addrs: Vec<SocketAddr> = all.iter().map(|s| s.addr).collect();
+    let load: Vec<_> = (0..4)
+        .map(|w| {
+            let (stop, sent, failed, addrs) = (stop.clone(), sent.clone(), failed.clone(), addrs.clone());
+            tokio::spawn(async move {
+                let started = Instant::now();
+                // Bounded in count and time.
+                for i in 0..20_000 {
+                    if stop.load(Ordering::Relaxed) || started.elapsed() > Duration::from_secs(90) {
+                        break;
+                    }
+                    let got = get_as(addrs[i % addrs.len()], "/rest/v1/t", &format!("w{w}-{i}")).await;
+                    sent.fetch_add(1, Ordering::Relaxed);
+                    if got.status != 200 {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+
+    let mut refused = 0;
+    for i in 0..50u8 {
+        match i % 3 {
+            // The file of replica a, edited (each edit a new percentage).
+            0 => {
+                std::fs::write(&a_file, a_text.replace("percentage = 10", &format!("percentage = {}", 50 + i))).unwrap()
+            }
+            n => {
+                let body = format!(r#"{{"percentage": {i}}}"#);
+                let got = write(&all[n as usize], "PUT", "/admin/rollout", &body).await;
+                assert!(got.status == 200 || got.status == 409, "{:?}", got.status);
+                refused += usize::from(got.status == 409);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(60)).await;
+    }
+    // The last word, once the file's last edit is in.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(write(&all[1], "PUT", "/admin/rollout", r#"{"percentage": 77}"#).await.status, 200);
+    let states = converged(&all, "final", |s| s["percentage"] == 77).await;
+    same_generation(&states);
+    stop.store(true, Ordering::Relaxed);
+    for l in load {
+        l.await.unwrap();
+    }
+    let (sent, failed) = (sent.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    assert!(sent > 100, "load ran: {sent}");
+    assert_eq!(failed, 0, "{failed} of {sent} requests failed");
+    eprintln!("{sent} requests, {refused} changes refused as concurrent");
+}
