@@ -335,3 +335,35 @@ async fn fifty_mixed_changes_under_load_lose_no_request() {
     assert_eq!(failed, 0, "{failed} of {sent} requests failed");
     eprintln!("{sent} requests, {refused} changes refused as concurrent");
 }
+
+/// A database that speaks TLS, as Supabase's does: trusted through `cluster.ca_file`
+/// with `sslmode=require`; without that CA the connection is refused, by the key.
+#[test]
+fn the_store_is_reached_over_tls_with_the_configured_ca() {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::DigitalSignature];
+    let ca_pem = ca_params.self_signed(&ca_key).unwrap().pem();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap().signed_by(&key, &issuer).unwrap();
+    let Some(pg) = Postgres::start_with("tls", Some((&cert.pem(), &key.serialize_pem()))) else { return };
+    let dir = support::process::test_dir("tls-ca");
+    let ca_path = dir.join("ca.pem");
+    std::fs::write(&ca_path, ca_pem).unwrap();
+    let url = format!("postgresql://postgres@localhost:{}/postgres?sslmode=require&hostaddr=127.0.0.1", pg.port);
+    let text = |ca: &str| {
+        format!(
+            "[backends.v1]\nurl = \"http://127.0.0.1:1\"\n[backends.v2]\nurl = \"http://127.0.0.1:2\"\n\
+             [cluster]\ndatabase_url = \"{url}\"\n{ca}"
+        )
+    };
+    let trusted = write_config("tls-trusted", &text(&format!("ca_file = \"{}\"\n", ca_path.display())));
+    let out = support::process::run(&["check", "--config", trusted.to_str().unwrap()], &[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let untrusted = write_config("tls-untrusted", &text(""));
+    let out = support::process::run(&["check", "--config", untrusted.to_str().unwrap()], &[]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cluster.database_url"));
+}

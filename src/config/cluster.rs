@@ -18,6 +18,9 @@ pub struct ClusterFile {
     pub replica_id: Option<String>,
     pub heartbeat_seconds: f64,
     pub startup_wait_seconds: f64,
+    /// PEM CA certificates trusted for the database's TLS besides the webpki roots
+    /// (Supabase's database CA, say).
+    pub ca_file: Option<String>,
 }
 
 impl Default for ClusterFile {
@@ -28,6 +31,7 @@ impl Default for ClusterFile {
             replica_id: None,
             heartbeat_seconds: 5.0,
             startup_wait_seconds: 10.0,
+            ca_file: None,
         }
     }
 }
@@ -46,6 +50,8 @@ pub struct ClusterConfig {
     pub heartbeat: Duration,
     /// How long a start waits for the store before serving from the file.
     pub startup_wait: Duration,
+    /// Trusted for the database's TLS besides the webpki roots.
+    pub extra_roots: Vec<rustls_pki_types::CertificateDer<'static>>,
 }
 
 pub fn cluster(raw: ClusterFile) -> Result<Option<ClusterConfig>, ConfigError> {
@@ -80,6 +86,10 @@ pub fn cluster(raw: ClusterFile) -> Result<Option<ClusterConfig>, ConfigError> {
         replica_id,
         heartbeat,
         startup_wait: seconds("cluster.startup_wait_seconds", raw.startup_wait_seconds)?,
+        extra_roots: match &raw.ca_file {
+            Some(path) => super::ca_certificates("cluster.ca_file", path)?,
+            None => Vec::new(),
+        },
     }))
 }
 

@@ -273,9 +273,11 @@ fn at_least(key: &str, v: usize, min: usize) -> Result<usize, ConfigError> {
     if v < min { Err(ConfigError::new(key, format!("must be at least {min}, got {v}"))) } else { Ok(v) }
 }
 
-fn ca_certificates(path: &str) -> Result<Vec<rustls_pki_types::CertificateDer<'static>>, ConfigError> {
+pub(crate) fn ca_certificates(
+    key: &str,
+    path: &str,
+) -> Result<Vec<rustls_pki_types::CertificateDer<'static>>, ConfigError> {
     use rustls_pki_types::pem::PemObject;
-    let key = "upstream.ca_file";
     let certs = rustls_pki_types::CertificateDer::pem_file_iter(path)
         .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
         .map_err(|e| ConfigError::new(key, format!("cannot read certificates from {path:?}: {e}")))?;
@@ -349,7 +351,7 @@ fn validate(raw: file::FileConfig, seen: env::Overridden) -> Result<Config, Conf
         max_connections_per_host: at_least("upstream.max_connections_per_host", u.max_connections_per_host, 1)?,
         extra_roots: match &u.ca_file {
             None => Vec::new(),
-            Some(path) => ca_certificates(path)?,
+            Some(path) => ca_certificates("upstream.ca_file", path)?,
         },
         buffer: BufferConfig {
             memory_per_answer: u.buffer_bytes,

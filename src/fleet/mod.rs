@@ -13,7 +13,8 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use tokio::sync::{mpsc, watch};
-use tokio_postgres::{AsyncMessage, Client, NoTls};
+use tokio_postgres::{AsyncMessage, Client};
+use tokio_postgres_rustls::MakeRustlsConnect;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::cluster::ClusterConfig;
@@ -114,7 +115,7 @@ impl Fleet {
             Err(_) => return "cluster.database_url is not a PostgreSQL URL".into(),
         };
         pg.application_name("switchyard").connect_timeout(Duration::from_secs(5));
-        let (client, mut connection) = match pg.connect(NoTls).await {
+        let (client, mut connection) = match pg.connect(tls(&self.config)).await {
             Ok(c) => c,
             Err(e) => return failed(e),
         };
@@ -232,7 +233,7 @@ pub async fn check(config: &ClusterConfig) -> Result<String, String> {
         config.database_url.expose().parse().map_err(|_| "not a PostgreSQL connection URL".to_string())?;
     let mut pg = pg;
     pg.application_name("switchyard check").connect_timeout(Duration::from_secs(5));
-    let (client, connection) = pg.connect(NoTls).await.map_err(|e| store::reason(&e))?;
+    let (client, connection) = pg.connect(tls(config)).await.map_err(|e| store::reason(&e))?;
     let driver = tokio::spawn(connection);
     let sql = Sql::new(&config.schema);
     let read = Store::read(&client, &sql).await;
@@ -253,4 +254,10 @@ pub async fn check(config: &ClusterConfig) -> Result<String, String> {
         )),
         Err(e) => Err(store::reason(&e)),
     }
+}
+
+/// TLS for the database connection, used as the URL's `sslmode` says (`prefer` by
+/// default: TLS when the server offers it, verified).
+fn tls(config: &ClusterConfig) -> MakeRustlsConnect {
+    MakeRustlsConnect::new(crate::upstream::tls_config(&config.extra_roots))
 }

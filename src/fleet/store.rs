@@ -97,12 +97,14 @@ pub struct Store {
     pub client: ArcSwapOption<Client>,
 }
 
-/// The reason a call failed, fit for logs and answers (no URL, no password).
+/// The reason a call failed, fit for logs and answers: the server's error, or the
+/// client's (connection refused, TLS refused). tokio-postgres's errors never quote
+/// the connection settings, so neither URL nor password appears.
 pub fn reason(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => format!("{}: {}", db.code().code(), db.message()),
         None if e.is_closed() => "connection closed".into(),
-        None => "database unreachable".into(),
+        None => e.to_string(),
     }
 }
 

@@ -225,14 +225,19 @@ fn connector(cfg: &Settings) -> HttpsConnector<HttpConnector> {
     http.enforce_http(false);
     http.set_nodelay(true);
     http.set_connect_timeout(Some(cfg.connect_timeout));
+    let tls = tls_config(&cfg.extra_roots);
+    hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_or_http().enable_http1().wrap_connector(http)
+}
+
+/// A TLS client setup trusting the webpki roots and `extra_roots`.
+pub fn tls_config(extra_roots: &[rustls_pki_types::CertificateDer<'static>]) -> rustls::ClientConfig {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
     // Parsed at config load, so nothing is left to refuse here.
-    let (_added, _ignored) = roots.add_parsable_certificates(cfg.extra_roots.iter().cloned());
-    let tls = rustls::ClientConfig::builder_with_provider(provider)
+    let (_added, _ignored) = roots.add_parsable_certificates(extra_roots.iter().cloned());
+    rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .expect("ring supports the default TLS versions")
         .with_root_certificates(roots)
-        .with_no_client_auth();
-    hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_or_http().enable_http1().wrap_connector(http)
+        .with_no_client_auth()
 }

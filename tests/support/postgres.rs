@@ -10,6 +10,8 @@ pub struct Postgres {
     dir: PathBuf,
     bin: PathBuf,
     pub port: u16,
+    /// Server options beyond the port and socket directory.
+    options: String,
 }
 
 fn bin_dir() -> Option<PathBuf> {
@@ -30,6 +32,11 @@ impl Postgres {
     /// A new cluster, running. `None` when PostgreSQL is not installed (a failure
     /// instead when `SWITCHYARD_REQUIRE_POSTGRES` is set, as the test command sets it).
     pub fn start(name: &str) -> Option<Postgres> {
+        Postgres::start_with(name, None)
+    }
+
+    /// [`Postgres::start`] with TLS: `(certificate chain, key)` as PEM.
+    pub fn start_with(name: &str, tls: Option<(&str, &str)>) -> Option<Postgres> {
         let Some(bin) = bin_dir() else {
             assert!(
                 std::env::var_os("SWITCHYARD_REQUIRE_POSTGRES").is_none(),
@@ -42,7 +49,17 @@ impl Postgres {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let pg = Postgres { dir, bin, port };
+        let mut options = "-c listen_addresses=127.0.0.1 -c fsync=off".to_string();
+        if let Some((cert, key)) = tls {
+            let (cert_path, key_path) = (dir.join("server.crt"), dir.join("server.key"));
+            std::fs::write(&cert_path, cert).unwrap();
+            std::fs::write(&key_path, key).unwrap();
+            // PostgreSQL refuses a key others may read.
+            std::fs::set_permissions(&key_path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+            options +=
+                &format!(" -c ssl=on -c ssl_cert_file={} -c ssl_key_file={}", cert_path.display(), key_path.display());
+        }
+        let pg = Postgres { dir, bin, port, options };
         if as_root() {
             assert!(Command::new("chown").args(["-R", "postgres:postgres"]).arg(&pg.dir).status().unwrap().success());
         }
@@ -85,7 +102,7 @@ impl Postgres {
 
     /// Starts the server (again).
     pub fn resume(&self) {
-        let options = format!("-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off", self.port, self.dir.display());
+        let options = format!("-p {} -k {} {}", self.port, self.dir.display(), self.options);
         self.pg_ctl(&["-w", "-t", "60", "-o", &options, "start"]);
     }
 
