@@ -18,6 +18,7 @@ pub mod guard;
 pub mod identity;
 pub mod metrics;
 pub mod proxy;
+pub mod rollout_cli;
 pub mod routing;
 pub mod server;
 pub mod shadow;

@@ -1,4 +1,4 @@
-//! The `switchyard` command line: serve, check, route, demo.
+//! The `switchyard` command line: serve, check, route, rollout, probe, demo.
 
 #![forbid(unsafe_code)]
 
@@ -58,6 +58,21 @@ enum Command {
         #[arg(default_value = "http://127.0.0.1:9090/healthz")]
         url: String,
     },
+    /// Show or change the rollout through a replica's admin API (the fleet's, in
+    /// fleet mode). Writes need SWITCHYARD_ADMIN_TOKEN.
+    Rollout {
+        #[command(subcommand)]
+        action: RolloutAction,
+        /// The admin listener of any replica.
+        #[arg(long, global = true, env = "SWITCHYARD_ADMIN_URL", default_value = "http://127.0.0.1:9090")]
+        admin: String,
+        /// Print the API's JSON.
+        #[arg(long, global = true)]
+        json: bool,
+        /// Change this replica alone (when the fleet's store is unreachable).
+        #[arg(long, global = true)]
+        local: bool,
+    },
     /// Run the proxy in front of two embedded upstreams (no Supabase needed).
     Demo {
         #[arg(long, default_value = "127.0.0.1:8080")]
@@ -67,6 +82,23 @@ enum Command {
         #[arg(long, default_value_t = 37, value_parser = clap::value_parser!(u8).range(0..=100))]
         percentage: u8,
     },
+}
+
+#[derive(Subcommand)]
+enum RolloutAction {
+    /// The rollout in force, the guard, the schedule and the fleet's replicas.
+    Status,
+    /// Set the percentage of users on v2 (pauses a schedule).
+    Set {
+        #[arg(value_parser = clap::value_parser!(u8).range(0..=100))]
+        percentage: u8,
+    },
+    /// Pause the schedule.
+    Pause,
+    /// Resume the schedule (its current step is held for a full period).
+    Resume,
+    /// Clear a tripped canary guard (the percentage stays).
+    ClearGuard,
 }
 
 fn init_logging(json: bool) {
@@ -167,6 +199,27 @@ fn run(command: Command) -> Result<(), ExitCode> {
             Ok(())
         }
         Command::Probe { url } => runtime().block_on(probe(&url)),
+        Command::Rollout { action, admin, json, local } => {
+            use switchyard::rollout_cli::{self, Action};
+            let action = match action {
+                RolloutAction::Status => Action::Status,
+                RolloutAction::Set { percentage } => Action::Set(percentage),
+                RolloutAction::Pause => Action::Pause,
+                RolloutAction::Resume => Action::Resume,
+                RolloutAction::ClearGuard => Action::ClearGuard,
+            };
+            let token = std::env::var("SWITCHYARD_ADMIN_TOKEN").ok();
+            match runtime().block_on(rollout_cli::run(&admin, token.as_deref(), action, local, json)) {
+                Ok(text) => {
+                    println!("{text}");
+                    Ok(())
+                }
+                Err(why) => {
+                    eprintln!("switchyard rollout: {why}");
+                    Err(ExitCode::FAILURE)
+                }
+            }
+        }
         Command::Demo { listen, admin_listen, percentage } => runtime().block_on(async move {
             let fail = |e: std::io::Error| {
                 eprintln!("switchyard demo: {e}");

@@ -367,3 +367,44 @@ fn the_store_is_reached_over_tls_with_the_configured_ca() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("cluster.database_url"));
 }
+
+/// `switchyard rollout`, as an operator runs it against any replica.
+#[test]
+fn the_rollout_command_reads_and_changes_the_fleet_through_any_replica() {
+    use support::process::run;
+    let Some(pg) = Postgres::start("cli") else { return };
+    let text = |id: &str| {
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\
+             [backends.v1]\nurl = \"http://127.0.0.1:1\"\n[backends.v2]\nurl = \"http://127.0.0.1:2\"\n\
+             [cluster]\ndatabase_url = \"{}\"\nreplica_id = \"{id}\"\nheartbeat_seconds = 0.5\n",
+            pg.url()
+        )
+    };
+    let a = Serving::start_with(&write_config("cli-a", &text("a")), &[("SWITCHYARD_ADMIN_TOKEN", TOKEN)]);
+    let b = Serving::start_with(&write_config("cli-b", &text("b")), &[("SWITCHYARD_ADMIN_TOKEN", TOKEN)]);
+    let url = |s: &Serving| format!("http://{}", admin(s));
+    let out = run(&["rollout", "set", "30", "--admin", &url(&a)], &[("SWITCHYARD_ADMIN_TOKEN", TOKEN)]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("rollout: 30% to v2 (from api)"));
+    let started = Instant::now();
+    loop {
+        let out = run(&["rollout", "status", "--json", "--admin", &url(&b)], &[]);
+        let status: Value = serde_json::from_slice(&out.stdout).unwrap();
+        if status["percentage"] == 30 {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "b never applied it: {status:#}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = run(&["rollout", "status", "--admin", &url(&b)], &[]);
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(shown.contains("fleet: connected, this replica b"), "{shown}");
+    // Without the token: refused, saying what is missing.
+    let out = run(&["rollout", "pause", "--admin", &url(&b)], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("SWITCHYARD_ADMIN_TOKEN"));
+    // No schedule to pause: the API's reason.
+    let out = run(&["rollout", "pause", "--admin", &url(&b)], &[("SWITCHYARD_ADMIN_TOKEN", TOKEN)]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no [rollout.schedule]"));
+}

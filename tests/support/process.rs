@@ -29,7 +29,8 @@ pub fn write_config(name: &str, text: &str) -> PathBuf {
 pub fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(BIN);
     cmd.args(args);
-    for var in ["V2_ROLLOUT_PERCENTAGE", "SUPABASE_ENV", "SUPABASE_V1_URL", "SUPABASE_V2_URL"] {
+    for var in ["V2_ROLLOUT_PERCENTAGE", "SUPABASE_ENV", "SUPABASE_V1_URL", "SUPABASE_V2_URL", "SWITCHYARD_ADMIN_TOKEN"]
+    {
         cmd.env_remove(var);
     }
     cmd.envs(env.iter().copied()).output().expect("switchyard runs")
