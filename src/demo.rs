@@ -52,7 +52,10 @@ pub fn config(listen: SocketAddr, admin: SocketAddr, percentage: u8, v1: SocketA
         "[server]\nlisten = \"{listen}\"\nadmin_listen = \"{admin}\"\n[rollout]\npercentage = {percentage}\n\
          [backends.v1]\nurl = \"http://{v1}\"\n[backends.v2]\nurl = \"http://{v2}\"\n"
     );
-    Config::parse(&text, &|_| None).expect("the demo config is valid")
+    // Only the fleet's store comes from the environment: the compose stack runs two
+    // demo replicas on one rollout state.
+    let env = |name: &str| (name == "SWITCHYARD_CLUSTER_DATABASE_URL").then(|| std::env::var(name).ok()).flatten();
+    Config::parse(&text, &env).expect("the demo config is valid")
 }
 
 /// Prints curl commands that show sticky routing for a few users.

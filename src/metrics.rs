@@ -49,6 +49,8 @@ pub struct Metrics {
     /// Answers read ahead of their clients, by where (memory, file); set at scrape.
     response_buffer: IntGaugeVec,
     response_buffer_files: IntGauge,
+    /// 1 with `[cluster]`: the other cluster metrics are the fleet's.
+    pub cluster_enabled: IntGauge,
     /// `[cluster]`: the fleet's generation applied here.
     pub cluster_generation: IntGauge,
     /// `[cluster]`: 1 while this replica has a session with the store.
@@ -214,6 +216,10 @@ impl Metrics {
             "Rollout states read from the fleet's store and refused as invalid.",
         )
         .expect("valid");
+        let cluster_enabled =
+            IntGauge::new("switchyard_cluster_enabled", "1 when this replica keeps its rollout state with a fleet.")
+                .expect("valid");
+        reg(Box::new(cluster_enabled.clone()));
         reg(Box::new(cluster_generation.clone()));
         reg(Box::new(cluster_connected.clone()));
         reg(Box::new(cluster_replicas.clone()));
@@ -272,6 +278,7 @@ impl Metrics {
             client_errors,
             response_buffer,
             response_buffer_files,
+            cluster_enabled,
             cluster_generation,
             cluster_connected,
             cluster_replicas,

@@ -54,6 +54,7 @@ impl Fleet {
         metrics: Arc<Metrics>,
         shutdown: CancellationToken,
     ) -> Arc<Fleet> {
+        metrics.cluster_enabled.set(1);
         let store = Arc::new(Store { sql: Sql::new(&config.schema), client: Default::default() });
         control.attach(store.clone());
         let view = View { replica_id: config.replica_id.clone(), degraded: true, ..View::default() };
