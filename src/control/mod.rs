@@ -448,17 +448,21 @@ impl Control {
     pub async fn advance_schedule(&self) -> Option<Duration> {
         let steps = self.steps();
         let hold = self.state.load().config.rollout.schedule.as_ref()?.hold;
+        // A schedule not started yet (the fleet's store was away at start) starts here.
         let step = |r: &Rollout| match r.advance(&steps, hold, now_ms()) {
+            _ if r.schedule.is_none() => Ok(r.start_schedule(&steps, now_ms())),
             Advance::Step(next) => Ok(Some(next)),
             Advance::Wait(_) | Advance::Done => Ok(None),
         };
         match self.change(Commit::Retry, step).await {
             Ok(Some(r)) => tracing::info!(percentage = r.percentage, "schedule advanced"),
             Ok(None) => {}
-            // Tried again at the next tick.
-            Err(e) => tracing::warn!(error = %e, "the schedule could not advance"),
+            // Tried again at the next tick; the fleet's state says why (degraded).
+            Err(e) => tracing::debug!(error = %e, "the schedule could not advance"),
         }
-        match self.rollout().advance(&steps, hold, now_ms()) {
+        let r = self.rollout();
+        match r.advance(&steps, hold, now_ms()) {
+            _ if r.schedule.is_none() => Some(Duration::from_secs(1)),
             Advance::Done => None,
             Advance::Wait(d) => Some(d),
             Advance::Step(_) => Some(Duration::from_secs(1)),

@@ -1,0 +1,146 @@
+#!/usr/bin/env python3
+"""How long a committed rollout change takes to be in force on every replica.
+
+Starts a throwaway PostgreSQL cluster on a free loopback port and REPLICAS switchyard
+processes (the release binary) on it, then makes CHANGES admin writes, each on the
+next replica in turn. From the moment a write is answered 200 (committed), every
+replica's GET /admin/rollout is polled until it shows that change's generation; the
+time each replica took is one sample. Prints p50, p99 and max over all samples.
+
+    benches/fleet/run.sh [changes] [replicas]
+"""
+import glob
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+
+CHANGES = int(sys.argv[1]) if len(sys.argv) > 1 else 200
+REPLICAS = int(sys.argv[2]) if len(sys.argv) > 2 else 3
+BIN = os.environ.get("SWITCHYARD_BIN", "target/release/switchyard")
+TOKEN = "bench-token"
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def as_postgres(args):
+    return (["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []) + args
+
+
+def start_postgres(dir):
+    bin = sorted(glob.glob("/usr/lib/postgresql/*/bin"))[-1]
+    if os.geteuid() == 0:
+        shutil.chown(dir, "postgres", "postgres")
+    data, port = os.path.join(dir, "data"), free_port()
+    subprocess.run(as_postgres([f"{bin}/initdb", "-A", "trust", "-U", "postgres", "--no-sync", "-D", data]),
+                   check=True, stdout=subprocess.DEVNULL)
+    opts = f"-p {port} -k {dir} -c listen_addresses=127.0.0.1"
+    subprocess.run(as_postgres([f"{bin}/pg_ctl", "-D", data, "-l", f"{dir}/log", "-w", "-o", opts, "start"]),
+                   check=True, stdout=subprocess.DEVNULL)
+    stop = lambda: subprocess.run(as_postgres([f"{bin}/pg_ctl", "-D", data, "-m", "immediate", "stop"]),
+                                  stdout=subprocess.DEVNULL)
+    return port, stop
+
+
+def start_replica(dir, i, pg_port):
+    admin = free_port()
+    path = os.path.join(dir, f"replica-{i}.toml")
+    with open(path, "w") as f:
+        f.write(f"""[server]
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:{admin}"
+[backends.v1]
+url = "http://127.0.0.1:1"
+[backends.v2]
+url = "http://127.0.0.1:2"
+[guard]
+enabled = false
+[cluster]
+database_url = "postgresql://postgres@127.0.0.1:{pg_port}/postgres"
+replica_id = "bench-{i}"
+""")
+    env = dict(os.environ, SWITCHYARD_ADMIN_TOKEN=TOKEN, RUST_LOG="warn")
+    proc = subprocess.Popen([BIN, "serve", "--config", path], env=env, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{admin}"
+    for _ in range(200):
+        try:
+            urllib.request.urlopen(url + "/healthz", timeout=1)
+            return proc, url
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"replica {i} did not start")
+
+
+def generation(url):
+    with urllib.request.urlopen(url + "/admin/rollout", timeout=2) as r:
+        return json.load(r)["generation"]
+
+
+def put(url, percentage):
+    req = urllib.request.Request(url + "/admin/rollout", method="PUT",
+                                 data=json.dumps({"percentage": percentage}).encode(),
+                                 headers={"Authorization": f"Bearer {TOKEN}"})
+    with urllib.request.urlopen(req, timeout=5) as r:
+        return json.load(r)["generation"]
+
+
+def until(url, gen, started, out):
+    while True:
+        if generation(url) >= gen:
+            out.append(time.monotonic() - started)
+            return
+        if time.monotonic() - started > 10:
+            out.append(float("inf"))
+            return
+        time.sleep(0.002)
+
+
+def main():
+    dir = tempfile.mkdtemp(prefix="switchyard-fleet-bench-")
+    os.chmod(dir, 0o755)
+    pg_port, stop_pg = start_postgres(dir)
+    procs = []
+    try:
+        urls = []
+        for i in range(REPLICAS):
+            proc, url = start_replica(dir, i, pg_port)
+            procs.append(proc)
+            urls.append(url)
+        samples = []
+        for n in range(CHANGES):
+            writer = urls[n % len(urls)]
+            # The writer's own view first, so it does not write on a stale generation.
+            base = max(generation(u) for u in urls)
+            while generation(writer) < base:
+                time.sleep(0.001)
+            gen = put(writer, n % 101)
+            started = time.monotonic()
+            threads = [threading.Thread(target=until, args=(u, gen, started, samples)) for u in urls]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+        samples.sort()
+        q = lambda p: samples[min(len(samples) - 1, int(p * len(samples)))]
+        ms = lambda s: f"{s * 1000:.1f} ms"
+        print(f"{CHANGES} changes x {REPLICAS} replicas = {len(samples)} samples: "
+              f"p50 {ms(q(0.5))}, p99 {ms(q(0.99))}, max {ms(samples[-1])}")
+    finally:
+        for p in procs:
+            p.kill()
+        stop_pg()
+        shutil.rmtree(dir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
