@@ -8,6 +8,7 @@
 
 pub mod admin;
 pub mod backend;
+pub mod cohort;
 pub mod config;
 pub mod control;
 pub mod demo;
@@ -17,6 +18,7 @@ pub mod forward;
 pub mod guard;
 pub mod identity;
 pub mod metrics;
+pub mod pg;
 pub mod proxy;
 pub mod rollout_cli;
 pub mod routing;

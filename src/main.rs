@@ -1,4 +1,4 @@
-//! The `switchyard` command line: serve, check, route, rollout, probe, demo.
+//! The `switchyard` command line: serve, check, route, rollout, cohort, probe, demo.
 
 #![forbid(unsafe_code)]
 
@@ -73,6 +73,11 @@ enum Command {
         #[arg(long, global = true)]
         local: bool,
     },
+    /// Which users a change of the percentage moves: as SQL, or counted in a database.
+    Cohort {
+        #[command(subcommand)]
+        action: CohortAction,
+    },
     /// Run the proxy in front of two embedded upstreams (no Supabase needed).
     Demo {
         #[arg(long, default_value = "127.0.0.1:8080")]
@@ -99,6 +104,43 @@ enum RolloutAction {
     Resume,
     /// Clear a tripped canary guard (the percentage stays).
     ClearGuard,
+}
+
+#[derive(clap::Args)]
+struct Step {
+    /// The percentage before the change.
+    #[arg(long, value_parser = clap::value_parser!(u8).range(0..=100))]
+    from: u8,
+    /// The percentage after it.
+    #[arg(long, value_parser = clap::value_parser!(u8).range(0..=100))]
+    to: u8,
+    /// The column holding the user id.
+    #[arg(long, default_value = "user_id")]
+    column: String,
+    /// The config (its rollout.hash_seed, schema map and database URLs).
+    #[arg(long, default_value = "config/switchyard.toml")]
+    config: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum CohortAction {
+    /// Print the PostgreSQL predicate selecting the rows of the users the step moves
+    /// (for psql, or pg_dump --where).
+    Sql {
+        #[command(flatten)]
+        step: Step,
+        /// The band and the predicate as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Count the rows of each mapped table the step would move, in the database of the
+    /// side its users leave (backends.<side>.database_url, or --database-url).
+    Count {
+        #[command(flatten)]
+        step: Step,
+        #[arg(long, env = "SWITCHYARD_COHORT_DATABASE_URL", hide_env_values = true)]
+        database_url: Option<String>,
+    },
 }
 
 fn init_logging(json: bool) {
@@ -199,6 +241,7 @@ fn run(command: Command) -> Result<(), ExitCode> {
             Ok(())
         }
         Command::Probe { url } => runtime().block_on(probe(&url)),
+        Command::Cohort { action } => cohort(action),
         Command::Rollout { action, admin, json, local } => {
             use switchyard::rollout_cli::{self, Action};
             let action = match action {
@@ -231,6 +274,64 @@ fn run(command: Command) -> Result<(), ExitCode> {
             demo::print_walkthrough(&cfg, listen, Some(admin_listen));
             server::run(cfg, None).await.map_err(fail)
         }),
+    }
+}
+
+fn cohort(action: CohortAction) -> Result<(), ExitCode> {
+    use switchyard::routing::band::Band;
+    match action {
+        CohortAction::Sql { step, json } => {
+            // The seed is the config's, when there is a config.
+            let seed = match step.config.exists() {
+                true => load(&step.config)?.rollout.hash_seed,
+                false => Vec::new(),
+            };
+            println!("{}", switchyard::cohort::sql(Band::between(step.from, step.to), &step.column, &seed, json));
+            Ok(())
+        }
+        CohortAction::Count { step, database_url } => {
+            let cfg = load(&step.config)?;
+            let Some(band) = Band::between(step.from, step.to) else {
+                println!("{}% to {}% moves nobody", step.from, step.to);
+                return Ok(());
+            };
+            let side = band.from;
+            let key = format!("backends.{side}.database_url");
+            let url = match database_url {
+                Some(u) => switchyard::config::secret::Secret::new(u),
+                None => cfg.backends.get(side).database_url.clone().ok_or_else(|| {
+                    eprintln!(
+                        "switchyard cohort: set {key} (or --database-url): the {side} database holds the moving rows"
+                    );
+                    ExitCode::from(2)
+                })?,
+            };
+            let counted = runtime().block_on(switchyard::cohort::count(&cfg, &url, side, band, &step.column));
+            let rows = counted.map_err(|why| {
+                eprintln!("switchyard cohort: {key}: {why}");
+                ExitCode::FAILURE
+            })?;
+            println!(
+                "{}% -> {}% moves percentiles {}..{} from {side} to {}:",
+                step.from,
+                step.to,
+                band.low,
+                band.high - 1,
+                band.to
+            );
+            let mut total = 0;
+            for (t, n) in rows {
+                match n {
+                    Ok(n) => {
+                        total += n;
+                        println!("  {:<40} {n:>10}", format!("{}.{}", t.schema, t.table));
+                    }
+                    Err(why) => println!("  {:<40} {why}", format!("{}.{}", t.schema, t.table)),
+                }
+            }
+            println!("  {:<40} {total:>10}", "total");
+            Ok(())
+        }
     }
 }
 

@@ -56,13 +56,7 @@ pub struct ClusterConfig {
 
 pub fn cluster(raw: ClusterFile) -> Result<Option<ClusterConfig>, ConfigError> {
     let Some(url) = raw.database_url.filter(|u| !u.trim().is_empty()) else { return Ok(None) };
-    // The parser's message can quote the URL: never shown.
-    if url.parse::<tokio_postgres::Config>().is_err() {
-        return Err(ConfigError::new(
-            "cluster.database_url",
-            "not a PostgreSQL connection URL (postgresql://user:password@host:5432/db)",
-        ));
-    }
+    let database_url = database_url("cluster.database_url", url)?;
     if !is_identifier(&raw.schema) {
         return Err(ConfigError::new(
             "cluster.schema",
@@ -81,7 +75,7 @@ pub fn cluster(raw: ClusterFile) -> Result<Option<ClusterConfig>, ConfigError> {
         return Err(ConfigError::new("cluster.heartbeat_seconds", "must be over 0"));
     }
     Ok(Some(ClusterConfig {
-        database_url: Secret::new(url),
+        database_url,
         schema: raw.schema,
         replica_id,
         heartbeat,
@@ -91,6 +85,17 @@ pub fn cluster(raw: ClusterFile) -> Result<Option<ClusterConfig>, ConfigError> {
             None => Vec::new(),
         },
     }))
+}
+
+/// A PostgreSQL connection URL, checked and kept secret. The parser's message can
+/// quote the URL, so it is never shown.
+pub(crate) fn database_url(key: &str, url: String) -> Result<Secret, ConfigError> {
+    match url.parse::<tokio_postgres::Config>() {
+        Ok(_) => Ok(Secret::new(url)),
+        Err(_) => {
+            Err(ConfigError::new(key, "not a PostgreSQL connection URL (postgresql://user:password@host:5432/db)"))
+        }
+    }
 }
 
 fn is_identifier(s: &str) -> bool {

@@ -48,8 +48,14 @@ pub fn apply(file: &mut FileConfig, get: &dyn Fn(&str) -> Option<String>) -> Res
     for (name, slot) in [("V1", &mut file.backends.v1), ("V2", &mut file.backends.v2)] {
         let var = |field: &str| get(&format!("SUPABASE_{name}_{field}"));
         let url = var("URL");
-        let fields =
-            [var("ANON_KEY"), var("SERVICE_ROLE_KEY"), var("PUBLISHABLE_KEY"), var("SECRET_KEY"), var("JWT_SECRET")];
+        let fields = [
+            var("ANON_KEY"),
+            var("SERVICE_ROLE_KEY"),
+            var("PUBLISHABLE_KEY"),
+            var("SECRET_KEY"),
+            var("JWT_SECRET"),
+            var("DATABASE_URL"),
+        ];
         if url.is_none() && fields.iter().all(Option::is_none) {
             continue;
         }
@@ -57,13 +63,14 @@ pub fn apply(file: &mut FileConfig, get: &dyn Fn(&str) -> Option<String>) -> Res
         if let Some(url) = url {
             backend.url = url;
         }
-        let [anon, service, publishable, secret_key, jwt] = fields;
+        let [anon, service, publishable, secret_key, jwt, database] = fields;
         for (value, target) in [
             (anon, &mut backend.anon_key),
             (service, &mut backend.service_role_key),
             (publishable, &mut backend.publishable_key),
             (secret_key, &mut backend.secret_key),
             (jwt, &mut backend.jwt_secret),
+            (database, &mut backend.database_url),
         ] {
             if value.is_some() {
                 *target = value;

@@ -199,4 +199,6 @@ pub struct BackendFile {
     pub jwt_secret: Option<String>,
     /// The `iss` of user tokens this project signs; defaults to `<url>/auth/v1`.
     pub issuer: Option<String>,
+    /// The project's database (for `switchyard cohort count` and the handoff's sync).
+    pub database_url: Option<String>,
 }

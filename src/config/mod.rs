@@ -178,6 +178,8 @@ pub struct BackendConfig {
     pub jwt_secret: Option<Secret>,
     /// `iss` of the user tokens this project signs.
     pub issuer: String,
+    /// The project's database URL (a secret: it carries a password).
+    pub database_url: Option<Secret>,
 }
 
 impl Config {
@@ -429,6 +431,10 @@ fn backend(id: BackendId, raw: Option<file::BackendFile>) -> Result<BackendConfi
         jwt_secret: secret("jwt_secret", raw.jwt_secret)?,
         issuer,
         url,
+        database_url: match raw.database_url.filter(|u| !u.trim().is_empty()) {
+            Some(u) => Some(cluster::database_url(&format!("{key}.database_url"), u)?),
+            None => None,
+        },
     })
 }
 

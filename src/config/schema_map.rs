@@ -36,6 +36,18 @@ fn target(key: &str, name: &str, value: &str) -> Result<Target, String> {
 }
 
 impl SchemaMap {
+    /// The mapped tables: v1 `public` name and where v2 keeps it, by name.
+    pub fn tables(&self) -> Vec<(&str, &Target)> {
+        let mut tables: Vec<_> = self.tables.iter().map(|(k, t)| (k.as_str(), t)).collect();
+        tables.sort_by_key(|(k, _)| *k);
+        tables
+    }
+
+    /// The `prefix_*` patterns: (prefix, v2 schema).
+    pub fn prefixes(&self) -> &[(String, String)] {
+        &self.prefixes
+    }
+
     /// Builds a map from `[tables]` and `[rpc]` entries. Errors name the entry.
     pub fn from_entries(
         tables: &BTreeMap<String, String>,

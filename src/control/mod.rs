@@ -325,6 +325,11 @@ impl Control {
             config.rollout.percentage_source = ledger.rollout.source;
             self.state.store(Snapshot::new(config));
             ledger.last_error = None;
+            // A reload is a change here; in fleet mode the generation is the fleet's.
+            if ledger.fleet.is_none() {
+                ledger.generation += 1;
+                ledger.changed_at = SystemTime::now();
+            }
             std::mem::replace(&mut ledger.file_percentage, file_percentage) != file_percentage
         };
         if file_changed {

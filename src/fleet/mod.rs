@@ -14,12 +14,12 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use tokio::sync::{mpsc, watch};
 use tokio_postgres::{AsyncMessage, Client};
-use tokio_postgres_rustls::MakeRustlsConnect;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::cluster::ClusterConfig;
 use crate::control::Control;
 use crate::metrics::Metrics;
+use crate::pg::{self, reason};
 pub use store::{Read, Replica, Sql, Store};
 
 /// What `GET /admin/rollout` shows of the fleet.
@@ -98,7 +98,10 @@ impl Fleet {
                 v.degraded = true;
                 v.last_error = Some(ended.clone());
             });
-            tracing::warn!(error = %ended, retry_in_ms = backoff.as_millis() as u64, "fleet store: session lost; routing on the last applied state");
+            tracing::warn!(
+                key = "cluster.database_url", error = %ended, retry_in_ms = backoff.as_millis() as u64,
+                "fleet store unreachable; routing on the last applied state"
+            );
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(backoff) => {}
@@ -110,13 +113,12 @@ impl Fleet {
     /// One session: connect, make sure the schema is there, LISTEN, then apply every
     /// committed change until the connection fails (the reason is returned).
     async fn session(&self, synced: &watch::Sender<bool>, backoff: &mut Duration) -> String {
-        let failed = |e: tokio_postgres::Error| store::reason(&e);
-        let mut pg: tokio_postgres::Config = match self.config.database_url.expose().parse() {
+        let failed = |e: tokio_postgres::Error| reason(&e);
+        let config = match pg::config(&self.config.database_url, "switchyard") {
             Ok(c) => c,
-            Err(_) => return "cluster.database_url is not a PostgreSQL URL".into(),
+            Err(why) => return why,
         };
-        pg.application_name("switchyard").connect_timeout(Duration::from_secs(5));
-        let (client, mut connection) = match pg.connect(tls(&self.config)).await {
+        let (client, mut connection) = match config.connect(pg::tls(&self.config.extra_roots)).await {
             Ok(c) => c,
             Err(e) => return failed(e),
         };
@@ -129,7 +131,7 @@ impl Fleet {
                         let _ = notified.send(());
                     }
                     Ok(_) => {}
-                    Err(e) => return store::reason(&e),
+                    Err(e) => return reason(&e),
                 }
             }
             "connection closed".to_string()
@@ -230,16 +232,8 @@ impl Drop for AbortOnDrop {
 /// Connects to the store once and reads the state (`switchyard check`): a line that
 /// says what is there, or why it cannot be read (never the URL).
 pub async fn check(config: &ClusterConfig) -> Result<String, String> {
-    let pg: tokio_postgres::Config =
-        config.database_url.expose().parse().map_err(|_| "not a PostgreSQL connection URL".to_string())?;
-    let mut pg = pg;
-    pg.application_name("switchyard check").connect_timeout(Duration::from_secs(5));
-    let (client, connection) = pg.connect(tls(config)).await.map_err(|e| store::reason(&e))?;
-    let driver = tokio::spawn(connection);
-    let sql = Sql::new(&config.schema);
-    let read = Store::read(&client, &sql).await;
-    drop(client);
-    let _ = driver.await;
+    let client = pg::connect(&config.database_url, "switchyard check", &config.extra_roots).await?;
+    let read = Store::read(&client, &Sql::new(&config.schema)).await;
     match read {
         Ok(Some(Read::State(r, generation))) => {
             Ok(format!("fleet store: generation {generation}, {}% from {:?}", r.percentage, r.source))
@@ -253,12 +247,6 @@ pub async fn check(config: &ClusterConfig) -> Result<String, String> {
             "fleet store: reachable, schema {:?} not created yet (the first replica creates it)",
             config.schema
         )),
-        Err(e) => Err(store::reason(&e)),
+        Err(e) => Err(reason(&e)),
     }
-}
-
-/// TLS for the database connection, used as the URL's `sslmode` says (`prefer` by
-/// default: TLS when the server offers it, verified).
-fn tls(config: &ClusterConfig) -> MakeRustlsConnect {
-    MakeRustlsConnect::new(crate::upstream::tls_config(&config.extra_roots))
 }

@@ -8,6 +8,7 @@ use arc_swap::ArcSwapOption;
 use tokio_postgres::Client;
 
 use crate::control::{Cas, Rollout, Store as ControlStore, StoreFuture};
+use crate::pg::reason;
 
 /// One replica's last heartbeat.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -95,17 +96,6 @@ pub enum Read {
 pub struct Store {
     pub sql: Sql,
     pub client: ArcSwapOption<Client>,
-}
-
-/// The reason a call failed, fit for logs and answers: the server's error, or the
-/// client's (connection refused, TLS refused). tokio-postgres's errors never quote
-/// the connection settings, so neither URL nor password appears.
-pub fn reason(e: &tokio_postgres::Error) -> String {
-    match e.as_db_error() {
-        Some(db) => format!("{}: {}", db.code().code(), db.message()),
-        None if e.is_closed() => "connection closed".into(),
-        None => e.to_string(),
-    }
 }
 
 impl Store {

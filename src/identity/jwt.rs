@@ -260,6 +260,7 @@ pub(crate) mod tests {
             secret_key: None,
             jwt_secret: secret.map(Secret::new),
             issuer: format!("https://ref{n}.supabase.co/auth/v1"),
+            database_url: None,
         }
     }
 

@@ -145,6 +145,7 @@ mod tests {
             secret_key: None,
             jwt_secret: if n == 1 { secret.map(Secret::new) } else { None },
             issuer: format!("iss-{n}"),
+            database_url: None,
         };
         Verifier::new(&PerBackend { v1: b(1), v2: b(2) }, 0)
     }

@@ -2,6 +2,7 @@
 //! policy and the request's identity. A pure function, so every rule is unit-tested
 //! here and the request path only gathers inputs.
 
+pub mod band;
 pub mod path;
 pub mod percentile;
 pub mod policy;

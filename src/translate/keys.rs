@@ -78,6 +78,7 @@ mod tests {
             secret_key: None,
             jwt_secret: Some(Secret::new(format!("secret-{n}"))),
             issuer: format!("iss-{n}"),
+            database_url: None,
         }
     }
 
