@@ -107,9 +107,24 @@ async fn put_rollout(admin: &Admin, req: Request<Incoming>) -> Response<Full<Byt
             return error(StatusCode::BAD_REQUEST, &format!("expected {{\"percentage\": 0-100}}: {e}"));
         }
     };
-    match u8::try_from(wanted).ok().filter(|p| *p <= 100) {
-        Some(p) => outcome(admin, admin.control.set_percentage(p, commit).await),
-        None => error(StatusCode::BAD_REQUEST, &format!("percentage must be 0 to 100, got {wanted}")),
+    let Some(p) = u8::try_from(wanted).ok().filter(|p| *p <= 100) else {
+        return error(StatusCode::BAD_REQUEST, &format!("percentage must be 0 to 100, got {wanted}"));
+    };
+    // A change that starts a handoff goes on in the background: 202 with its progress.
+    let control = admin.control.clone();
+    let mut change = tokio::spawn(async move { control.set_percentage(p, commit).await });
+    loop {
+        tokio::select! {
+            done = &mut change => {
+                let result = done.unwrap_or_else(|e| Err(ChangeError::Handoff(e.to_string())));
+                return outcome(admin, result);
+            }
+            _ = tokio::time::sleep(Duration::from_millis(5)) => {
+                if admin.control.handoff().is_some() {
+                    return json(StatusCode::ACCEPTED, rollout(admin, admin.control.status()));
+                }
+            }
+        }
     }
 }
 
@@ -128,7 +143,7 @@ fn outcome(admin: &Admin, result: Result<RolloutStatus, ChangeError>) -> Respons
     match result {
         Ok(status) => json(StatusCode::OK, rollout(admin, status)),
         Err(e @ ChangeError::Refused(_)) => error(StatusCode::CONFLICT, &e.to_string()),
-        Err(e @ ChangeError::Conflict(_)) => json(
+        Err(e @ (ChangeError::Conflict(_) | ChangeError::Handoff(_))) => json(
             StatusCode::CONFLICT,
             serde_json::json!({ "error": e.to_string(), "rollout": rollout(admin, admin.control.status()) }),
         ),

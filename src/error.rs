@@ -36,6 +36,9 @@ pub enum Kind {
     CrossSchemaEmbed,
     /// Too many requests in flight: shed with 503 and `Retry-After`.
     Overloaded,
+    /// A write held at a handoff's fence past `handoff.max_hold_seconds`: 503 with
+    /// `Retry-After`, never forwarded.
+    HeldTooLong,
     /// The request body is over `limits.max_body_bytes`.
     PayloadTooLarge,
     /// The client's own failure, never the backend's (not judged by the guard).
@@ -122,6 +125,11 @@ impl Error {
     /// The proxy sheds this request.
     pub fn overloaded(backend: BackendId) -> Error {
         Error::new(Kind::Overloaded, backend, "")
+    }
+
+    /// A write held at a handoff's fence too long.
+    pub fn held_too_long(backend: BackendId) -> Error {
+        Error::new(Kind::HeldTooLong, backend, "")
     }
 
     /// A body over the limit.
@@ -216,6 +224,7 @@ impl Error {
             | Kind::BadRequest
             | Kind::CrossSchemaEmbed
             | Kind::Overloaded
+            | Kind::HeldTooLong
             | Kind::PayloadTooLarge
             | Kind::Client(_) => "none",
         }
@@ -234,7 +243,7 @@ impl Error {
             Kind::BadRequest | Kind::CrossSchemaEmbed => StatusCode::BAD_REQUEST,
             Kind::Client(ClientFault::MalformedBody | ClientFault::AbortedBody) => StatusCode::BAD_REQUEST,
             Kind::Client(ClientFault::SlowUpload) => StatusCode::REQUEST_TIMEOUT,
-            Kind::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+            Kind::Overloaded | Kind::HeldTooLong => StatusCode::SERVICE_UNAVAILABLE,
             Kind::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Kind::Connect | Kind::Reset | Kind::Tls | Kind::Protocol => StatusCode::BAD_GATEWAY,
         }
@@ -253,6 +262,11 @@ impl Error {
             Kind::Protocol => ("SWY502", "upstream_protocol", format!("upstream {b} sent an invalid response")),
             Kind::BadRequest => ("SWY400", "validation_failed", "request cannot be forwarded".into()),
             Kind::Overloaded => ("SWY503", "over_request_rate_limit", "switchyard is overloaded, retry shortly".into()),
+            Kind::HeldTooLong => (
+                "SWY503",
+                "request_timeout",
+                "this user's data is moving between projects; the write was not made, retry shortly".into(),
+            ),
             Kind::PayloadTooLarge => ("SWY413", "request_too_large", "request body too large".into()),
             Kind::Client(ClientFault::MalformedBody) => {
                 ("SWY400", "validation_failed", "request body is malformed".into())
@@ -292,7 +306,7 @@ impl Error {
             let v = format!("Bearer error=\"invalid_token\", error_description=\"{desc}\"");
             h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_str(&v).expect("ascii"));
         }
-        if self.kind == Kind::Overloaded {
+        if matches!(self.kind, Kind::Overloaded | Kind::HeldTooLong) {
             // supabase-js retries GET/HEAD on 503, honouring Retry-After.
             h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }

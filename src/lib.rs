@@ -16,6 +16,7 @@ pub mod error;
 pub mod fleet;
 pub mod forward;
 pub mod guard;
+pub mod handoff;
 pub mod identity;
 pub mod metrics;
 pub mod pg;

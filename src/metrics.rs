@@ -59,6 +59,10 @@ pub struct Metrics {
     pub cluster_replicas: IntGauge,
     /// `[cluster]`: stored states refused as invalid.
     pub cluster_invalid_state: IntCounter,
+    handoffs: IntCounterVec,
+    handoff_phases: HistogramVec,
+    /// Writes held at a handoff's fence; set at scrape.
+    pub handoff_held: IntGauge,
 }
 
 /// The `kind` labels of `switchyard_client_errors_total`.
@@ -224,6 +228,28 @@ impl Metrics {
         reg(Box::new(cluster_connected.clone()));
         reg(Box::new(cluster_replicas.clone()));
         reg(Box::new(cluster_invalid_state.clone()));
+        let handoffs = IntCounterVec::new(
+            Opts::new("switchyard_handoffs_total", "Handoffs of a moving band, by result: done, aborted, forced."),
+            &["result"],
+        )
+        .expect("valid");
+        for result in ["done", "aborted", "forced"] {
+            handoffs.with_label_values(&[result]);
+        }
+        let handoff_phases = HistogramVec::new(
+            HistogramOpts::new(
+                "switchyard_handoff_phase_seconds",
+                "Handoff phases: drain (old side's writes finishing), sync, and fenced (writes held, all told).",
+            )
+            .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0]),
+            &["phase"],
+        )
+        .expect("valid");
+        let handoff_held =
+            IntGauge::new("switchyard_handoff_held_writes", "Writes held at a handoff's fence now.").expect("valid");
+        reg(Box::new(handoffs.clone()));
+        reg(Box::new(handoff_phases.clone()));
+        reg(Box::new(handoff_held.clone()));
         let client_errors = IntCounterVec::new(
             Opts::new(
                 "switchyard_client_errors_total",
@@ -283,7 +309,20 @@ impl Metrics {
             cluster_connected,
             cluster_replicas,
             cluster_invalid_state,
+            handoffs,
+            handoff_phases,
+            handoff_held,
         }
+    }
+
+    /// Counts one handoff by how it ended.
+    pub fn handoff(&self, result: &str) {
+        self.handoffs.with_label_values(&[result]).inc();
+    }
+
+    /// Records how long a handoff phase took.
+    pub fn handoff_phase(&self, phase: &str, took: std::time::Duration) {
+        self.handoff_phases.with_label_values(&[phase]).observe(took.as_secs_f64());
     }
 
     /// Counts one request that failed through its client.

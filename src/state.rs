@@ -8,6 +8,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 
 use crate::config::Config;
+use crate::handoff::fence::Fence;
 use crate::identity::Verifier;
 use crate::translate::Translator;
 
@@ -19,6 +20,8 @@ pub struct Snapshot {
     pub verifier: Verifier,
     /// Credential and name translation for the other project.
     pub translator: Translator,
+    /// A handoff's fence: the moving band's writes are held while it stands.
+    pub fence: Option<Arc<Fence>>,
 }
 
 impl Snapshot {
@@ -26,7 +29,12 @@ impl Snapshot {
     pub fn new(config: Config) -> Snapshot {
         let verifier = Verifier::new(&config.backends, config.identity.jwt_leeway);
         let translator = Translator::new(&config);
-        Snapshot { config, verifier, translator }
+        Snapshot { config, verifier, translator, fence: None }
+    }
+
+    /// A snapshot of `config` with `fence` standing.
+    pub fn fenced(config: Config, fence: Arc<Fence>) -> Snapshot {
+        Snapshot { fence: Some(fence), ..Snapshot::new(config) }
     }
 }
 

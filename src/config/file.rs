@@ -21,6 +21,7 @@ pub struct FileConfig {
     pub overrides: super::safety::OverridesFile,
     pub limits: super::limits::LimitsFile,
     pub cluster: super::cluster::ClusterFile,
+    pub handoff: super::handoff::HandoffFile,
 }
 
 /// Name maps for requests sent to a project whose layout differs from the client's.

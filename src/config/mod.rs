@@ -5,6 +5,7 @@
 pub mod cluster;
 pub mod env;
 pub mod file;
+pub mod handoff;
 pub mod limits;
 pub mod safety;
 pub mod schema_map;
@@ -76,6 +77,8 @@ pub struct Config {
     pub limits: limits::LimitsConfig,
     /// The fleet's shared state (`[cluster]`), when configured.
     pub cluster: Option<cluster::ClusterConfig>,
+    /// Percentage changes as handoffs (`[handoff]`), when enabled.
+    pub handoff: Option<handoff::HandoffConfig>,
 }
 
 /// What changes in a request sent to the project whose layout is not the client's.
@@ -204,6 +207,7 @@ impl Config {
         let translation = translation(&mut raw.translation, dir)?;
         let mut config = validate(raw, seen)?;
         config.translation = translation;
+        handoff::requires(&config)?;
         Ok(config)
     }
 }
@@ -404,6 +408,7 @@ fn validate(raw: file::FileConfig, seen: env::Overridden) -> Result<Config, Conf
         overrides: safety::overrides(raw.overrides)?,
         limits: limits::limits(raw.limits)?,
         cluster: cluster::cluster(raw.cluster)?,
+        handoff: handoff::handoff(raw.handoff)?,
     })
 }
 

@@ -22,7 +22,9 @@ use serde::Serialize;
 use crate::config::safety::RollbackTo;
 use crate::config::{Config, ConfigError, PercentageSource};
 use crate::guard::Trip;
+use crate::handoff::{Ended, Handoffs, Progress};
 use crate::metrics::Metrics;
+use crate::routing::band::Band;
 use crate::state::{Snapshot, State};
 pub use rollout::{Advance, Refused, Rollout, Tripped};
 
@@ -60,6 +62,12 @@ pub struct RolloutStatus {
     /// or a guard trip not yet published).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub local_only: bool,
+    /// The handoff in progress (`[handoff]`), if one is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub handoff: Option<Progress>,
+    /// How the last handoff ended.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_handoff: Option<Ended>,
 }
 
 /// Why a change did not happen.
@@ -74,6 +82,9 @@ pub enum ChangeError {
     /// The fleet's store cannot be reached.
     #[error("the fleet's store is unreachable ({0}); retry, or pass ?local=true to change this replica alone")]
     Unavailable(String),
+    /// The handoff of the moving band failed: the percentage stays.
+    #[error("the handoff was aborted, the percentage stays: {0}")]
+    Handoff(String),
 }
 
 /// What a compare-and-set on the store answers when it does not commit.
@@ -135,6 +146,9 @@ pub struct Control {
     path: Option<PathBuf>,
     ledger: Mutex<Ledger>,
     store: OnceLock<Arc<dyn Store>>,
+    handoffs: OnceLock<Arc<Handoffs>>,
+    /// Local changes one at a time: a change waits for a handoff in progress.
+    serial: tokio::sync::Mutex<()>,
 }
 
 fn epoch(t: SystemTime) -> u64 {
@@ -170,7 +184,15 @@ impl Control {
             last_error: None,
             changed_at: SystemTime::now(),
         };
-        Control { state, metrics, path, ledger: Mutex::new(ledger), store: OnceLock::new() }
+        Control {
+            state,
+            metrics,
+            path,
+            ledger: Mutex::new(ledger),
+            store: OnceLock::new(),
+            handoffs: OnceLock::new(),
+            serial: tokio::sync::Mutex::new(()),
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, Ledger> {
@@ -180,6 +202,17 @@ impl Control {
     /// Fleet mode from now on: changes go to `store` first.
     pub fn attach(&self, store: Arc<dyn Store>) {
         let _ = self.store.set(store);
+    }
+
+    /// Percentage changes are carried out as handoffs by `handoffs` when `[handoff]`
+    /// is on.
+    pub fn attach_handoffs(&self, handoffs: Arc<Handoffs>) {
+        let _ = self.handoffs.set(handoffs);
+    }
+
+    /// The handoff in progress, if any.
+    pub fn handoff(&self) -> Option<Progress> {
+        self.handoffs.get().and_then(|h| h.progress())
     }
 
     /// The state in force here, as the store would keep it.
@@ -251,16 +284,31 @@ impl Control {
     ) -> Result<Option<Rollout>, ChangeError> {
         let store = self.store.get().filter(|_| commit != Commit::Local);
         let Some(store) = store else {
-            let mut ledger = self.lock();
-            let Some(next) = change(&ledger.rollout)? else { return Ok(None) };
-            if let (Commit::Local, Some((_, on))) = (commit, &ledger.fleet) {
-                ledger.local = Some(Local::Override { on: *on });
-                tracing::warn!(
-                    percentage = next.percentage,
-                    "local-only change: this replica alone, until the fleet's next change"
-                );
+            let _turn = self.serial.lock().await;
+            let (current, next) = {
+                let ledger = self.lock();
+                (ledger.rollout.clone(), change(&ledger.rollout)?)
+            };
+            let Some(next) = next else { return Ok(None) };
+            let apply = || {
+                let mut ledger = self.lock();
+                if let (Commit::Local, Some((_, on))) = (commit, &ledger.fleet) {
+                    ledger.local = Some(Local::Override { on: *on });
+                    tracing::warn!(
+                        percentage = next.percentage,
+                        "local-only change: this replica alone, until the fleet's next change"
+                    );
+                }
+                self.apply(&mut ledger, next.clone());
+            };
+            match self.handoff_band(current.percentage, next.percentage) {
+                Some((handoffs, band)) => {
+                    // The guard's rollback happens even when its sync fails: v2 is failing.
+                    let force = next.source == PercentageSource::Guard;
+                    handoffs.run(&self.state, band, force, apply).await.map_err(ChangeError::Handoff)?;
+                }
+                None => apply(),
             }
-            self.apply(&mut ledger, next.clone());
             return Ok(Some(next));
         };
         loop {
@@ -285,6 +333,16 @@ impl Control {
                 Err(Cas::Unavailable(why)) => return Err(ChangeError::Unavailable(why)),
             }
         }
+    }
+
+    /// The handoff a change from `old` to `new` percent needs, when `[handoff]` is on
+    /// and the percentage routes (nothing is forced to one backend).
+    fn handoff_band(&self, old: u8, new: u8) -> Option<(&Arc<Handoffs>, Band)> {
+        let snap = self.state.load();
+        if snap.config.handoff.is_none() || snap.config.rollout.force.is_some() {
+            return None;
+        }
+        Some((self.handoffs.get()?, Band::between(old, new)?))
     }
 
     /// Re-reads the config file. `trigger` says why, for the log.
@@ -323,7 +381,9 @@ impl Control {
             // The rest of the file applies at once; the percentage as the rollout says.
             config.rollout.percentage = ledger.rollout.percentage;
             config.rollout.percentage_source = ledger.rollout.source;
-            self.state.store(Snapshot::new(config));
+            // A handoff's fence stands through a reload.
+            let fence = current.fence.clone();
+            self.state.store(Snapshot { fence, ..Snapshot::new(config) });
             ledger.last_error = None;
             // A reload is a change here; in fleet mode the generation is the fleet's.
             if ledger.fleet.is_none() {
@@ -509,6 +569,8 @@ impl Control {
             guard_tripped: r.tripped.clone(),
             schedule,
             local_only: ledger.local.is_some(),
+            handoff: self.handoffs.get().and_then(|h| h.progress()),
+            last_handoff: self.handoffs.get().and_then(|h| h.last()),
         }
     }
 }

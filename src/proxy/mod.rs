@@ -7,12 +7,13 @@ mod handling;
 pub mod route;
 pub mod tunnel;
 
+use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::TryFutureExt;
+use futures_util::{TryFutureExt, future};
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::{Either, Full};
 use hyper::upgrade::OnUpgrade;
@@ -23,6 +24,7 @@ use crate::error::{Error, Kind as ErrorKind};
 pub use crate::forward::ClientAddr;
 use crate::forward::{self, headers};
 use crate::guard::{Guard, Outcome};
+use crate::handoff::fence::{Fence, Writes};
 use crate::metrics::Metrics;
 use crate::routing::{self, service::Service};
 use crate::shadow::{self, Shadow, tap::Tapped};
@@ -55,6 +57,8 @@ pub struct Proxy {
     /// Requests being handled: what load shedding reads (the gauge is set from it
     /// at scrape time).
     in_flight: AtomicUsize,
+    /// Writes in flight per user percentile (what a handoff's drain waits on).
+    pub writes: Arc<Writes>,
 }
 
 impl Proxy {
@@ -72,7 +76,17 @@ impl Proxy {
         let shadow_upstream = Upstream::new(&shadow_upstream.client());
         let shadow = Arc::new(Shadow::new(config.shadow.max_concurrent, metrics.clone(), shadow_upstream));
         let read_ahead = ReadAhead::new(read_ahead_limits(config));
-        Proxy { state, metrics, tunnels, guard, shadow, upstream, read_ahead, in_flight: AtomicUsize::new(0) }
+        Proxy {
+            state,
+            metrics,
+            tunnels,
+            guard,
+            shadow,
+            upstream,
+            read_ahead,
+            in_flight: AtomicUsize::new(0),
+            writes: Arc::default(),
+        }
     }
 
     /// Requests being handled now.
@@ -85,6 +99,8 @@ impl Proxy {
         self.metrics.upstream_usage(&self.upstream.usage());
         self.metrics.read_ahead(self.read_ahead.usage());
         self.metrics.in_flight.set(i64::try_from(self.in_flight.load(Ordering::Relaxed)).unwrap_or(i64::MAX));
+        let held = self.state.load().fence.as_ref().map_or(0, |f| f.held());
+        self.metrics.handoff_held.set(i64::try_from(held).unwrap_or(i64::MAX));
         self.metrics.render()
     }
 
@@ -100,7 +116,21 @@ impl Proxy {
         self: Arc<Self>,
         req: Request<ClientBody>,
         client: &Client,
-    ) -> Handling<impl Future<Output = Result<Response<UpstreamBody>, Error>> + Send + 'static + use<>> {
+    ) -> impl Future<Output = Result<Response<Body>, Infallible>> + Send + 'static + use<> {
+        match self.clone().start_handling(req, client, true) {
+            Start::Now(handling) => future::Either::Left(handling),
+            Start::Held(fence, req) => future::Either::Right(Box::pin(self.held(fence, req, client.addr.clone()))),
+        }
+    }
+
+    /// Routes the request and starts it, unless a handoff's fence holds it (when
+    /// `fenced`: a write from a user whose data is moving).
+    fn start_handling(
+        self: Arc<Self>,
+        req: Request<ClientBody>,
+        client: &Client,
+        fenced: bool,
+    ) -> Start<impl Future<Output = Result<Response<UpstreamBody>, Error>> + Send + 'static + use<>> {
         let started = Instant::now();
         let snap = self.state.load();
         let service = Service::from_path(req.uri().path());
@@ -110,8 +140,16 @@ impl Proxy {
 
         let route = route::route(&snap, service, req.headers(), req.uri());
         let decision = route.decision;
+        // A write routed by its user's percentile: counted while in flight (a handoff
+        // waits for its band's to finish), or held while its band moves.
+        let write = decision.percentile.filter(|_| is_write(&method));
+        if let (Some(fence), Some(p), true) = (&snap.fence, write, fenced)
+            && fence.holds(p)
+        {
+            return Start::Held(fence.clone(), req);
+        }
         let done = Done {
-            proxy: InFlight::enter(self),
+            proxy: InFlight::enter(self, write),
             snap,
             started,
             method,
@@ -124,7 +162,30 @@ impl Proxy {
         let proxy = &done.proxy.0;
         let exchange =
             proxy.admit(&done.snap, &route, &req).and_then(|()| proxy.start(req, survey, &route, client, &done));
-        Handling::new(exchange, done)
+        Start::Now(Handling::new(exchange, done))
+    }
+
+    /// A write held at a handoff's fence: sent on when the fence opens (to whichever
+    /// side the routing then says), or answered 503 once held for `max_hold`.
+    async fn held(
+        self: Arc<Self>,
+        fence: Arc<Fence>,
+        req: Request<ClientBody>,
+        addr: ClientAddr,
+    ) -> Result<Response<Body>, Infallible> {
+        let started = Instant::now();
+        let (service, method) = (Service::from_path(req.uri().path()), req.method().clone());
+        let versioned = headers::Survey::of(req.headers()).versioned();
+        if fence.hold().released().await.is_some() {
+            // Not fenced again: the fence it waited at is down.
+            if let Start::Now(handling) = self.clone().start_handling(req, &Client { addr }, false) {
+                return handling.await;
+            }
+        }
+        let backend = fence.band.from;
+        let resp = self.error_response(Error::held_too_long(backend), service, versioned);
+        self.metrics.observe(backend, service, &method, resp.status(), started.elapsed());
+        Ok(resp)
     }
 
     /// Whether the request may go upstream at all: a target that cannot be routed,
@@ -332,17 +393,37 @@ fn clone_head(parts: &http::request::Parts) -> http::request::Parts {
 
 /// The proxy, held by a request in flight: keeps the in-flight gauge right even when
 /// the client goes away mid-request and the request future is dropped.
-struct InFlight(Arc<Proxy>);
+struct InFlight(Arc<Proxy>, Option<u8>);
 
 impl InFlight {
-    fn enter(proxy: Arc<Proxy>) -> InFlight {
+    /// One more request in flight; `write`: a write from that percentile.
+    fn enter(proxy: Arc<Proxy>, write: Option<u8>) -> InFlight {
         proxy.in_flight.fetch_add(1, Ordering::Relaxed);
-        InFlight(proxy)
+        if let Some(p) = write {
+            proxy.writes.start(p);
+        }
+        InFlight(proxy, write)
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        if let Some(p) = self.1 {
+            self.0.writes.end(p);
+        }
     }
+}
+
+/// What [`Proxy::start_handling`] did with a request.
+enum Start<F> {
+    /// Started: the future answers it.
+    Now(Handling<F>),
+    /// Held at a handoff's fence.
+    Held(Arc<Fence>, Request<ClientBody>),
+}
+
+/// Whether `method` may change data (what a handoff fences).
+fn is_write(method: &Method) -> bool {
+    !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
 }

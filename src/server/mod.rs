@@ -32,6 +32,7 @@ use crate::config::limits::LimitsConfig;
 use crate::config::{Config, ServerConfig};
 use crate::control::Control;
 use crate::fleet::Fleet;
+use crate::handoff::Handoffs;
 use crate::metrics::Metrics;
 use crate::proxy::{Body, Client, ClientAddr, Proxy};
 use crate::spool;
@@ -93,6 +94,7 @@ pub async fn start(config: Config, path: Option<PathBuf>) -> io::Result<Running>
         None => None,
     };
     let proxy = Arc::new(Proxy::new(state, upstream, metrics));
+    control.attach_handoffs(Arc::new(Handoffs::new(proxy.writes.clone(), proxy.metrics.clone())));
     tokio::spawn(guard_loop(proxy.clone(), control.clone(), shutdown.clone()));
     if control.start_schedule().await {
         tokio::spawn(schedule_loop(control.clone(), shutdown.clone()));

@@ -5,6 +5,7 @@
 pub mod fake;
 pub mod load;
 pub mod postgres;
+pub mod postgrest;
 pub mod process;
 
 use std::collections::BTreeMap;

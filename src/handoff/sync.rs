@@ -1,0 +1,189 @@
+//! Carrying a band's rows to the side its users move to. Built in for PostgreSQL:
+//! in one transaction on the new side, with triggers off as logical replication
+//! runs them (`session_replication_role = replica`), every mapped table's band rows
+//! are deleted and copied afresh from the old side (`COPY`), so inserts, updates and
+//! deletes alike arrive; sequences behind copied ids are moved past them. Or an
+//! operator's command, given the band in its environment.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use tokio_postgres::Client;
+
+use crate::config::Config;
+use crate::config::handoff::{HandoffConfig, Owner};
+use crate::pg;
+use crate::routing::band::{Band, identifier};
+
+/// What a sync did.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct Synced {
+    /// Rows copied to the new side.
+    pub rows: u64,
+    /// Tables synced.
+    pub tables: usize,
+    /// Mapped tables whose rows are not carried (no user column, no parent), by name.
+    pub not_covered: Vec<String>,
+}
+
+/// A mapped table on both sides.
+struct Pair {
+    name: String,
+    from: String,
+    to: String,
+}
+
+fn pairs(config: &Config, band: &Band) -> Vec<Pair> {
+    let from = crate::cohort::tables(config, band.from);
+    let to = crate::cohort::tables(config, band.to);
+    from.into_iter()
+        .zip(to)
+        .map(|(f, t)| Pair {
+            name: f.name,
+            from: format!("{}.{}", identifier(&f.schema), identifier(&f.table)),
+            to: format!("{}.{}", identifier(&t.schema), identifier(&t.table)),
+        })
+        .collect()
+}
+
+/// Columns of `table` (`schema.table` quoted) that a copy can write, in order.
+async fn columns(db: &Client, table: &str) -> Result<Vec<String>, String> {
+    let rows = db
+        .query(
+            "SELECT a.attname FROM pg_attribute a WHERE a.attrelid = $1::text::regclass AND a.attnum > 0 \
+             AND NOT a.attisdropped AND a.attgenerated = '' ORDER BY a.attnum",
+            &[&table],
+        )
+        .await
+        .map_err(|e| pg::reason(&e))?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// The predicate selecting `pair`'s band rows, as `side` names tables (`None`: no way
+/// to tell whose rows they are).
+fn predicate(
+    h: &HandoffConfig,
+    config: &Config,
+    band: &Band,
+    name: &str,
+    cols: &[String],
+    parent_table: Option<&str>,
+) -> Option<String> {
+    let seed = &config.rollout.hash_seed;
+    match h.owner(name) {
+        Owner::Column(c) => cols.contains(&c).then(|| band.predicate(&c, seed)),
+        Owner::Parent { parent, key, parent_key } => {
+            let parent_table = parent_table?;
+            let Owner::Column(user) = h.owner(&parent) else { return None };
+            cols.contains(&key).then(|| {
+                format!(
+                    "{} IN (SELECT {} FROM {parent_table} WHERE {})",
+                    identifier(&key),
+                    identifier(&parent_key),
+                    band.predicate(&user, seed)
+                )
+            })
+        }
+    }
+}
+
+/// Makes the band's rows on the new side equal to the old side's.
+pub async fn postgres(config: &Config, h: &HandoffConfig, band: Band) -> Result<Synced, String> {
+    let url = |side| config.backends.get(side).database_url.as_ref().ok_or("no database_url");
+    let roots = &config.upstream.extra_roots;
+    let source = pg::connect(url(band.from)?, "switchyard handoff", roots).await?;
+    let mut target = pg::connect(url(band.to)?, "switchyard handoff", roots).await?;
+    let pairs = pairs(config, &band);
+    let parent_of = |name: &str, side_from: bool| match h.owner(name) {
+        Owner::Parent { parent, .. } => {
+            pairs.iter().find(|p| p.name == parent).map(|p| if side_from { p.from.clone() } else { p.to.clone() })
+        }
+        Owner::Column(_) => None,
+    };
+    // Plan first: which tables, with which columns and predicates on each side.
+    let mut plan = Vec::new();
+    let mut synced = Synced::default();
+    for p in &pairs {
+        let (from_cols, to_cols) = match (columns(&source, &p.from).await, columns(&target, &p.to).await) {
+            (Ok(f), Ok(t)) => (f, t),
+            _ => {
+                synced.not_covered.push(p.name.clone());
+                continue;
+            }
+        };
+        let shared: Vec<String> = to_cols.iter().filter(|c| from_cols.contains(c)).cloned().collect();
+        let on_from = predicate(h, config, &band, &p.name, &from_cols, parent_of(&p.name, true).as_deref());
+        let on_to = predicate(h, config, &band, &p.name, &to_cols, parent_of(&p.name, false).as_deref());
+        match (on_from, on_to) {
+            (Some(f), Some(t)) => plan.push((p, shared, f, t)),
+            _ => synced.not_covered.push(p.name.clone()),
+        }
+    }
+    let tx = target.transaction().await.map_err(|e| pg::reason(&e))?;
+    tx.batch_execute("SET LOCAL session_replication_role = replica").await.map_err(|e| pg::reason(&e))?;
+    // Children (rows found through a parent) go first, while their parents are there.
+    let children_first = |(p, ..): &&(&Pair, Vec<String>, String, String)| matches!(h.owner(&p.name), Owner::Column(_));
+    let mut ordered: Vec<_> = plan.iter().collect();
+    ordered.sort_by_key(children_first);
+    for (p, _, _, on_to) in &ordered {
+        tx.execute(&format!("DELETE FROM {} WHERE {on_to}", p.to), &[]).await.map_err(|e| pg::reason(&e))?;
+    }
+    // Parents first for the copy.
+    for (p, cols, on_from, _) in ordered.iter().rev() {
+        let list = cols.iter().map(|c| identifier(c)).collect::<Vec<_>>().join(", ");
+        let out = source
+            .copy_out(&format!("COPY (SELECT {list} FROM {} WHERE {on_from}) TO STDOUT", p.from))
+            .await
+            .map_err(|e| pg::reason(&e))?;
+        let sink = tx.copy_in(&format!("COPY {} ({list}) FROM STDIN", p.to)).await.map_err(|e| pg::reason(&e))?;
+        let mut out = std::pin::pin!(out);
+        let mut sink = std::pin::pin!(sink);
+        while let Some(chunk) = out.next().await {
+            let chunk: Bytes = chunk.map_err(|e| pg::reason(&e))?;
+            sink.send(chunk).await.map_err(|e| pg::reason(&e))?;
+        }
+        synced.rows += sink.as_mut().finish().await.map_err(|e| pg::reason(&e))?;
+        synced.tables += 1;
+        // Ids copied from the other side may be past the sequence here.
+        if cols.iter().any(|c| c == "id") {
+            let seq =
+                tx.query_one("SELECT pg_get_serial_sequence($1, 'id')", &[&p.to]).await.map_err(|e| pg::reason(&e))?;
+            if let Some(seq) = seq.get::<_, Option<String>>(0) {
+                let bump = format!(
+                    "SELECT setval($1::text::regclass, m) FROM (SELECT max(\"id\")::bigint AS m FROM {}) x \
+                     WHERE m > COALESCE(pg_sequence_last_value($1::text::regclass), 0)",
+                    p.to
+                );
+                tx.execute(&bump, &[&seq]).await.map_err(|e| pg::reason(&e))?;
+            }
+        }
+    }
+    tx.commit().await.map_err(|e| pg::reason(&e))?;
+    Ok(synced)
+}
+
+/// Runs the operator's command for `band` (exit 0: done), killed at `timeout`.
+pub async fn command(
+    program: &[String],
+    config: &Config,
+    h: &HandoffConfig,
+    band: Band,
+    timeout: Duration,
+) -> Result<Synced, String> {
+    let (first, args) = program.split_first().ok_or("no command")?;
+    let mut cmd = tokio::process::Command::new(first);
+    cmd.args(args)
+        .kill_on_drop(true)
+        .env("SWITCHYARD_BAND_LOW", band.low.to_string())
+        .env("SWITCHYARD_BAND_HIGH", band.high.to_string())
+        .env("SWITCHYARD_FROM", band.from.as_str())
+        .env("SWITCHYARD_TO", band.to.as_str())
+        .env("SWITCHYARD_USER_COLUMN", &h.user_column)
+        .env("SWITCHYARD_PREDICATE", band.predicate(&h.user_column, &config.rollout.hash_seed));
+    let status = tokio::time::timeout(timeout, cmd.status())
+        .await
+        .map_err(|_| "the sync command did not finish in time".to_string())?
+        .map_err(|e| format!("the sync command could not run: {e}"))?;
+    if status.success() { Ok(Synced::default()) } else { Err(format!("the sync command failed ({status})")) }
+}

@@ -1,0 +1,275 @@
+//! Handoffs with real PostgreSQL: two databases shaped like the migration guide (v1's
+//! tables in `public`, v2's in a domain schema), each behind a PostgREST-like
+//! upstream, and switchyard moving bands of users between them with their writes.
+
+mod support;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use support::postgres::Postgres;
+use support::postgrest::postgrest;
+use support::*;
+
+const TOKEN: &str = "handoff-admin-token";
+
+struct Projects {
+    pg: Postgres,
+    v1: Upstream,
+    v2: Upstream,
+}
+
+impl Projects {
+    fn url(&self, db: &str) -> String {
+        format!("postgresql://postgres@127.0.0.1:{}/{db}", self.pg.port)
+    }
+
+    async fn client(&self, db: &str) -> tokio_postgres::Client {
+        let (c, conn) = tokio_postgres::connect(&self.url(db), tokio_postgres::NoTls).await.unwrap();
+        tokio::spawn(conn);
+        c
+    }
+
+    /// `user`'s notes in `db` (the schema that side keeps them in).
+    async fn notes(&self, db: &str, user: &str) -> Vec<(i64, String)> {
+        let schema = if db == "v1" { "public" } else { "content" };
+        let c = self.client(db).await;
+        let q = format!("SELECT id, body FROM {schema}.notes WHERE user_id = $1 ORDER BY id");
+        c.query(&q, &[&user]).await.unwrap().iter().map(|r| (r.get(0), r.get(1))).collect()
+    }
+}
+
+async fn projects(name: &str) -> Option<Projects> {
+    let pg = Postgres::start(name)?;
+    pg.execute("CREATE DATABASE v1").await;
+    pg.execute("CREATE DATABASE v2").await;
+    let tables = |schema: &str| {
+        format!(
+            "CREATE TABLE {schema}.notes (id bigserial PRIMARY KEY, user_id text NOT NULL, body text);
+             CREATE TABLE {schema}.note_tags (id bigserial PRIMARY KEY, note_id bigint REFERENCES {schema}.notes (id), tag text);"
+        )
+    };
+    let p = Projects { v1: echo("unused").await, v2: echo("unused").await, pg };
+    p.client("v1").await.batch_execute(&tables("public")).await.unwrap();
+    // v2 hands out ids of its own range: the two projects never make the same id.
+    let v2 = format!(
+        "CREATE SCHEMA content; {} ALTER SEQUENCE content.notes_id_seq RESTART 1000000; \
+         ALTER SEQUENCE content.note_tags_id_seq RESTART 1000000;",
+        tables("content")
+    );
+    p.client("v2").await.batch_execute(&v2).await.unwrap();
+    let failing = Arc::new(AtomicBool::new(false));
+    let v1 = postgrest(&p.url("v1"), failing.clone()).await;
+    let v2 = postgrest(&p.url("v2"), failing).await;
+    Some(Projects { v1, v2, ..p })
+}
+
+fn config(p: &Projects, percentage: u8, handoff: &str) -> String {
+    format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n[rollout]\npercentage = {percentage}\n\
+         [guard]\nenabled = false\n\
+         [handoff]\nenabled = true\n{handoff}\n[handoff.tables.note_tags]\nparent = \"notes\"\nkey = \"note_id\"\n\
+         [translation.tables]\nnotes = \"content\"\nnote_tags = \"content\"\n\
+         [backends.v1]\nurl = \"{}\"\ndatabase_url = \"{}\"\n[backends.v2]\nurl = \"{}\"\ndatabase_url = \"{}\"\n",
+        p.v1.url(),
+        p.url("v1"),
+        p.v2.url(),
+        p.url("v2")
+    )
+}
+
+async fn insert(sy: std::net::SocketAddr, user: &str, body: &str) -> Got {
+    let doc = json!({ "user_id": user, "body": body }).to_string();
+    send(sy, "POST", "/rest/v1/notes", &[("x-user-id", user), ("content-type", "application/json")], &doc).await
+}
+
+async fn put(admin: std::net::SocketAddr, percentage: u8) -> Got {
+    put_rollout(admin, Some(TOKEN), &format!(r#"{{"percentage": {percentage}}}"#)).await
+}
+
+/// Waits (at most 30 s) until the last handoff ended and no other runs; its end.
+async fn handoff_ended(admin: std::net::SocketAddr, since: Option<&Value>) -> Value {
+    let started = Instant::now();
+    loop {
+        let s = rollout_status(admin).await;
+        if s["handoff"].is_null() && !s["last_handoff"].is_null() && Some(&s["last_handoff"]) != since {
+            return s;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "no handoff ended: {s:#}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn users(n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("user-{i:04}")).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_move_with_their_writes_and_back() {
+    let Some(p) = projects("handoff-move").await else { return };
+    let sy = start_with(&config(&p, 0, "sync = \"postgres\""), &[("SWITCHYARD_ADMIN_TOKEN", TOKEN)], None).await;
+    let admin = sy.admin_addr.unwrap();
+    let all = users(200);
+    for u in &all {
+        for n in ["first", "second"] {
+            assert_eq!(insert(sy.addr, u, n).await.status, 201);
+        }
+        let first = p.notes("v1", u).await[0].0;
+        let tag = json!({ "note_id": first, "tag": "t" }).to_string();
+        let got = send(sy.addr, "POST", "/rest/v1/note_tags", &[("x-user-id", u)], &tag).await;
+        assert_eq!(got.status, 201, "{:?}", got.body);
+    }
+
+    // Writers keep writing while the band moves: every acknowledged write must end on
+    // the side that owns its user.
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers: Vec<_> = all
+        .iter()
+        .filter(|u| percentile(u) < 50)
+        .take(20)
+        .cloned()
+        .map(|u| {
+            let (stop, addr) = (stop.clone(), sy.addr);
+            tokio::spawn(async move {
+                let mut acked = 0;
+                for i in 0..500 {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    if insert(addr, &u, &format!("during-{i}")).await.status == 201 {
+                        acked += 1;
+                    }
+                }
+                (u, acked)
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let got = put(admin, 50).await;
+    assert!(got.status == 202 || got.status == 200, "{:?}", got.body);
+    let s = handoff_ended(admin, None).await;
+    assert_eq!(s["last_handoff"]["result"], "done", "{s:#}");
+    assert_eq!(s["percentage"], 50);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut acked: HashMap<String, usize> = HashMap::new();
+    for w in writers {
+        let (u, n) = w.await.unwrap();
+        acked.insert(u, n);
+    }
+    assert!(acked.values().sum::<usize>() > 0, "writes ran through the handoff");
+
+    // Every user's owning side holds every write it acknowledged, once.
+    for u in &all {
+        let owner = if percentile(u) < 50 { "v2" } else { "v1" };
+        let notes = p.notes(owner, u).await;
+        assert_eq!(notes.len(), 2 + acked.get(u).copied().unwrap_or(0), "{u} on {owner}: {notes:?}");
+        let seen = get_as(sy.addr, &format!("/rest/v1/notes?user_id=eq.{u}"), u).await;
+        assert_eq!(seen.json().as_array().unwrap().len(), notes.len(), "{u} reads what it wrote");
+    }
+    let tags = p.client("v2").await.query_one("SELECT count(*) FROM content.note_tags", &[]).await.unwrap();
+    let moved = all.iter().filter(|u| percentile(u) < 50).count() as i64;
+    assert_eq!(tags.get::<_, i64>(0), moved, "child rows came with their parents");
+
+    // Moved users edit and delete on v2; a rollback to 20 carries that back to v1.
+    let back: Vec<&String> = all.iter().filter(|u| (20..50).contains(&percentile(u))).collect();
+    for u in &back {
+        let notes = p.notes("v2", u).await;
+        let patch = send(
+            sy.addr,
+            "PATCH",
+            &format!("/rest/v1/notes?id=eq.{}", notes[0].0),
+            &[("x-user-id", u)],
+            r#"{"body":"edited"}"#,
+        )
+        .await;
+        assert_eq!(patch.status, 200);
+        for (id, _) in &notes[1..] {
+            assert_eq!(
+                send(sy.addr, "DELETE", &format!("/rest/v1/notes?id=eq.{id}"), &[("x-user-id", u)], "").await.status,
+                200
+            );
+        }
+    }
+    let before = s["last_handoff"].clone();
+    assert!(matches!(put(admin, 20).await.status.as_u16(), 200 | 202));
+    let s = handoff_ended(admin, Some(&before)).await;
+    assert_eq!((s["last_handoff"]["result"].as_str(), s["percentage"].as_u64()), (Some("done"), Some(20)), "{s:#}");
+    for u in &back {
+        let notes = p.notes("v1", u).await;
+        assert_eq!(
+            notes.iter().map(|(_, b)| b.as_str()).collect::<Vec<_>>(),
+            ["edited"],
+            "{u}: updates and deletes came back"
+        );
+    }
+    let text = metrics_text(admin).await;
+    assert_eq!(metric(&text, "switchyard_handoffs_total", "result=\"done\""), 2.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_sync_aborts_and_held_writes_go_to_the_old_side() {
+    let Some(p) = projects("handoff-abort").await else { return };
+    let sy = start_with(
+        &config(&p, 0, "sync = \"command\"\ncommand = [\"sh\", \"-c\", \"sleep 0.5; exit 3\"]"),
+        &[("SWITCHYARD_ADMIN_TOKEN", TOKEN)],
+        None,
+    )
+    .await;
+    let admin = sy.admin_addr.unwrap();
+    let mover = users(400).into_iter().find(|u| percentile(u) < 50).unwrap();
+    let stayer = users(400).into_iter().find(|u| percentile(u) >= 50).unwrap();
+    let change = tokio::spawn(async move { put(admin, 50).await });
+    // Wait for the fence, then write from inside and outside the band.
+    let started = Instant::now();
+    while rollout_status(admin).await["handoff"].is_null() {
+        assert!(started.elapsed() < Duration::from_secs(5), "no handoff started");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let outside = Instant::now();
+    assert_eq!(insert(sy.addr, &stayer, "outside").await.status, 201);
+    assert!(outside.elapsed() < Duration::from_millis(300), "a user outside the band is not held");
+    let held = insert(sy.addr, &mover, "held").await;
+    assert_eq!(held.status, 201, "released to the old side after the abort");
+    assert!(matches!(change.await.unwrap().status.as_u16(), 202 | 409));
+    let s = handoff_ended(admin, None).await;
+    assert_eq!(s["last_handoff"]["result"], "aborted");
+    assert!(s["last_handoff"]["error"].as_str().unwrap().contains("failed"), "{s:#}");
+    assert_eq!(s["percentage"], 0, "the percentage stays");
+    assert_eq!(p.notes("v1", &mover).await.len(), 1, "the held write went to v1, once");
+    assert!(p.notes("v2", &mover).await.is_empty());
+    assert_eq!(metric(&metrics_text(admin).await, "switchyard_handoffs_total", "result=\"aborted\""), 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_held_too_long_is_refused_and_never_made() {
+    let Some(p) = projects("handoff-hold").await else { return };
+    let handoff = "sync = \"command\"\ncommand = [\"sleep\", \"3\"]\nmax_hold_seconds = 1\ntimeout_seconds = 20";
+    let sy = start_with(&config(&p, 0, handoff), &[("SWITCHYARD_ADMIN_TOKEN", TOKEN)], None).await;
+    let admin = sy.admin_addr.unwrap();
+    let mover = users(400).into_iter().find(|u| percentile(u) < 50).unwrap();
+    tokio::spawn(async move { put(admin, 50).await });
+    let started = Instant::now();
+    while rollout_status(admin).await["handoff"].is_null() {
+        assert!(started.elapsed() < Duration::from_secs(5), "no handoff started");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let asked = Instant::now();
+    let refused = insert(sy.addr, &mover, "too late").await;
+    assert_eq!(refused.status, 503);
+    assert!(asked.elapsed() >= Duration::from_millis(900), "held first");
+    assert!(refused.headers.contains_key("retry-after"));
+    let body = refused.json();
+    assert!(
+        body["code"].is_string() && body["message"].is_string() && body.get("hint").is_some(),
+        "PostgREST's shape: {body}"
+    );
+    // Reads go on to the old side meanwhile.
+    assert_eq!(get_as(sy.addr, &format!("/rest/v1/notes?user_id=eq.{mover}"), &mover).await.status, 200);
+    let s = handoff_ended(admin, None).await;
+    assert_eq!((s["last_handoff"]["result"].as_str(), s["percentage"].as_u64()), (Some("done"), Some(50)));
+    assert!(p.notes("v1", &mover).await.is_empty() && p.notes("v2", &mover).await.is_empty(), "never forwarded");
+}
