@@ -201,6 +201,20 @@ fn run(command: Command) -> Result<(), ExitCode> {
         }
         Command::Check { config } => {
             let cfg = load(&config)?;
+            if let Some(h) = cfg.handoff.as_ref().filter(|h| h.sync == switchyard::config::handoff::Sync::Postgres) {
+                match runtime().block_on(switchyard::handoff::sync::coverage(&cfg, h)) {
+                    Ok((covered, not)) => {
+                        println!("handoff: moves the rows of {} with their users", list(&covered));
+                        println!("handoff: does NOT move {} (no user column or parent; shared tables)", list(&not));
+                    }
+                    Err(why) => {
+                        eprintln!(
+                            "switchyard: backends.*.database_url: the handoff's sync cannot read the databases: {why}"
+                        );
+                        return Err(ExitCode::from(2));
+                    }
+                }
+            }
             if let Some(cluster) = &cfg.cluster {
                 match runtime().block_on(switchyard::fleet::check(cluster)) {
                     Ok(line) => println!("{line}"),
@@ -275,6 +289,10 @@ fn run(command: Command) -> Result<(), ExitCode> {
             server::run(cfg, None).await.map_err(fail)
         }),
     }
+}
+
+fn list(names: &[String]) -> String {
+    if names.is_empty() { "no table".into() } else { names.join(", ") }
 }
 
 fn cohort(action: CohortAction) -> Result<(), ExitCode> {

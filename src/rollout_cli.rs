@@ -102,6 +102,27 @@ pub fn describe(r: &Value) -> String {
         let paused = if s["paused"] == true { " (paused)" } else { "" };
         lines.push(format!("schedule: step {} of {}{next}{paused}", s["step"], s["steps"]));
     }
+    let h = &r["handoff"];
+    if !h.is_null() {
+        lines.push(format!(
+            "handoff: {} of percentiles {}..{} from {} to {}, {} writes held",
+            h["phase"].as_str().unwrap_or("?"),
+            h["band"]["low"],
+            h["band"]["high"].as_u64().map_or(0, |x| x.saturating_sub(1)),
+            h["band"]["from"].as_str().unwrap_or("?"),
+            h["band"]["to"].as_str().unwrap_or("?"),
+            h["held"]
+        ));
+    }
+    let last = &r["last_handoff"];
+    if !last.is_null() {
+        let why = last["error"].as_str().map(|e| format!(": {e}")).unwrap_or_default();
+        lines.push(format!(
+            "last handoff: {} (fenced {} ms){why}",
+            last["result"].as_str().unwrap_or("?"),
+            last["fenced_ms"]
+        ));
+    }
     let f = &r["fleet"];
     if !f.is_null() {
         let state = if f["connected"] == true { "connected" } else { "DISCONNECTED (degraded)" };
@@ -144,5 +165,17 @@ mod tests {
         assert!(text.contains("schedule: step 0 of [10,40], next 40% (paused)"), "{text}");
         assert!(text.lines().any(|l| l.contains("b ") && l.ends_with("<- behind")), "{text}");
         assert!(!text.lines().any(|l| l.trim_start().starts_with("a ") && l.contains("behind")), "{text}");
+    }
+
+    #[test]
+    fn a_handoff_in_progress_and_the_last_ones_end_are_shown() {
+        let r = serde_json::json!({
+            "percentage": 10, "source": "api", "generation": 3, "guard_enabled": false, "guard_tripped": null,
+            "handoff": {"phase": "sync", "band": {"low": 10, "high": 25, "from": "v1", "to": "v2"}, "held": 4},
+            "last_handoff": {"result": "aborted", "fenced_ms": 120, "error": "the sync command failed"}
+        });
+        let text = describe(&r);
+        assert!(text.contains("handoff: sync of percentiles 10..24 from v1 to v2, 4 writes held"), "{text}");
+        assert!(text.contains("last handoff: aborted (fenced 120 ms): the sync command failed"), "{text}");
     }
 }

@@ -273,3 +273,19 @@ async fn a_write_held_too_long_is_refused_and_never_made() {
     assert_eq!((s["last_handoff"]["result"].as_str(), s["percentage"].as_u64()), (Some("done"), Some(50)));
     assert!(p.notes("v1", &mover).await.is_empty() && p.notes("v2", &mover).await.is_empty(), "never forwarded");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_says_which_tables_a_handoff_carries() {
+    let Some(p) = projects("handoff-check").await else { return };
+    p.client("v1").await.batch_execute("CREATE TABLE public.countries (code text)").await.unwrap();
+    p.client("v2").await.batch_execute("CREATE TABLE content.countries (code text)").await.unwrap();
+    let text = config(&p, 0, "sync = \"postgres\"")
+        .replace("note_tags = \"content\"", "note_tags = \"content\"\ncountries = \"content\"");
+    let path = support::process::write_config("handoff-check", &text);
+    let out = support::process::run(&["check", "--config", path.to_str().unwrap()], &[]);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{said}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(said.contains("handoff: moves the rows of note_tags, notes with their users"), "{said}");
+    assert!(said.contains("handoff: does NOT move countries"), "{said}");
+    assert!(!said.contains(&p.url("v1")), "the URL is never printed");
+}

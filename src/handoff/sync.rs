@@ -88,49 +88,83 @@ fn predicate(
     }
 }
 
+/// One table's part in a sync.
+struct Planned {
+    pair: Pair,
+    /// Columns both sides have, in the new side's order.
+    columns: Vec<String>,
+    /// Its band rows, on the old side and on the new.
+    on_from: String,
+    on_to: String,
+}
+
+/// Which mapped tables a sync of `band` carries, and how; the names of those it
+/// cannot (missing on a side, no user column, no parent).
+async fn plan(
+    config: &Config,
+    h: &HandoffConfig,
+    band: &Band,
+    source: &Client,
+    target: &Client,
+) -> (Vec<Planned>, Vec<String>) {
+    let pairs = pairs(config, band);
+    let parent_of = |name: &str, old_side: bool| match h.owner(name) {
+        Owner::Parent { parent, .. } => {
+            pairs.iter().find(|p| p.name == parent).map(|p| if old_side { p.from.clone() } else { p.to.clone() })
+        }
+        Owner::Column(_) => None,
+    };
+    let (mut planned, mut not_covered) = (Vec::new(), Vec::new());
+    for p in &pairs {
+        let (Ok(from_cols), Ok(to_cols)) = (columns(source, &p.from).await, columns(target, &p.to).await) else {
+            not_covered.push(p.name.clone());
+            continue;
+        };
+        let on_from = predicate(h, config, band, &p.name, &from_cols, parent_of(&p.name, true).as_deref());
+        let on_to = predicate(h, config, band, &p.name, &to_cols, parent_of(&p.name, false).as_deref());
+        match (on_from, on_to) {
+            (Some(on_from), Some(on_to)) => {
+                let columns = to_cols.into_iter().filter(|c| from_cols.contains(c)).collect();
+                let pair = Pair { name: p.name.clone(), from: p.from.clone(), to: p.to.clone() };
+                planned.push(Planned { pair, columns, on_from, on_to });
+            }
+            _ => not_covered.push(p.name.clone()),
+        }
+    }
+    (planned, not_covered)
+}
+
+/// What a handoff carries (`switchyard check`): the mapped tables synced, and those
+/// not, reading both projects' databases.
+pub async fn coverage(config: &Config, h: &HandoffConfig) -> Result<(Vec<String>, Vec<String>), String> {
+    let url = |side| config.backends.get(side).database_url.as_ref().ok_or("no database_url");
+    let roots = &config.upstream.extra_roots;
+    let v1 = pg::connect(url(crate::backend::BackendId::V1)?, "switchyard check", roots).await?;
+    let v2 = pg::connect(url(crate::backend::BackendId::V2)?, "switchyard check", roots).await?;
+    let band = Band::between(0, 100).expect("a band");
+    let (planned, not_covered) = plan(config, h, &band, &v1, &v2).await;
+    Ok((planned.into_iter().map(|t| t.pair.name).collect(), not_covered))
+}
+
 /// Makes the band's rows on the new side equal to the old side's.
 pub async fn postgres(config: &Config, h: &HandoffConfig, band: Band) -> Result<Synced, String> {
     let url = |side| config.backends.get(side).database_url.as_ref().ok_or("no database_url");
     let roots = &config.upstream.extra_roots;
     let source = pg::connect(url(band.from)?, "switchyard handoff", roots).await?;
     let mut target = pg::connect(url(band.to)?, "switchyard handoff", roots).await?;
-    let pairs = pairs(config, &band);
-    let parent_of = |name: &str, side_from: bool| match h.owner(name) {
-        Owner::Parent { parent, .. } => {
-            pairs.iter().find(|p| p.name == parent).map(|p| if side_from { p.from.clone() } else { p.to.clone() })
-        }
-        Owner::Column(_) => None,
-    };
-    // Plan first: which tables, with which columns and predicates on each side.
-    let mut plan = Vec::new();
-    let mut synced = Synced::default();
-    for p in &pairs {
-        let (from_cols, to_cols) = match (columns(&source, &p.from).await, columns(&target, &p.to).await) {
-            (Ok(f), Ok(t)) => (f, t),
-            _ => {
-                synced.not_covered.push(p.name.clone());
-                continue;
-            }
-        };
-        let shared: Vec<String> = to_cols.iter().filter(|c| from_cols.contains(c)).cloned().collect();
-        let on_from = predicate(h, config, &band, &p.name, &from_cols, parent_of(&p.name, true).as_deref());
-        let on_to = predicate(h, config, &band, &p.name, &to_cols, parent_of(&p.name, false).as_deref());
-        match (on_from, on_to) {
-            (Some(f), Some(t)) => plan.push((p, shared, f, t)),
-            _ => synced.not_covered.push(p.name.clone()),
-        }
-    }
+    let (plan, not_covered) = plan(config, h, &band, &source, &target).await;
+    let mut synced = Synced { not_covered, ..Synced::default() };
     let tx = target.transaction().await.map_err(|e| pg::reason(&e))?;
     tx.batch_execute("SET LOCAL session_replication_role = replica").await.map_err(|e| pg::reason(&e))?;
     // Children (rows found through a parent) go first, while their parents are there.
-    let children_first = |(p, ..): &&(&Pair, Vec<String>, String, String)| matches!(h.owner(&p.name), Owner::Column(_));
-    let mut ordered: Vec<_> = plan.iter().collect();
-    ordered.sort_by_key(children_first);
-    for (p, _, _, on_to) in &ordered {
-        tx.execute(&format!("DELETE FROM {} WHERE {on_to}", p.to), &[]).await.map_err(|e| pg::reason(&e))?;
+    let mut ordered: Vec<&Planned> = plan.iter().collect();
+    ordered.sort_by_key(|t| matches!(h.owner(&t.pair.name), Owner::Column(_)));
+    for t in &ordered {
+        tx.execute(&format!("DELETE FROM {} WHERE {}", t.pair.to, t.on_to), &[]).await.map_err(|e| pg::reason(&e))?;
     }
     // Parents first for the copy.
-    for (p, cols, on_from, _) in ordered.iter().rev() {
+    for t in ordered.iter().rev() {
+        let (p, cols, on_from) = (&t.pair, &t.columns, &t.on_from);
         let list = cols.iter().map(|c| identifier(c)).collect::<Vec<_>>().join(", ");
         let out = source
             .copy_out(&format!("COPY (SELECT {list} FROM {} WHERE {on_from}) TO STDOUT", p.from))
