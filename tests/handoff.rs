@@ -289,3 +289,178 @@ async fn check_says_which_tables_a_handoff_carries() {
     assert!(said.contains("handoff: does NOT move countries"), "{said}");
     assert!(!said.contains(&p.url("v1")), "the URL is never printed");
 }
+
+/// What a user has acknowledged: note id → body.
+type Model = HashMap<String, std::collections::BTreeMap<i64, String>>;
+
+/// Writes of `users` (their own notes: inserts, updates, deletes) until `stop`, at
+/// most `limit` operations per worker; only acknowledged ones enter the model.
+/// `pause` is taken for reading around each operation, so a check can stop them.
+async fn writers(
+    addr: std::net::SocketAddr,
+    users: Arc<Vec<String>>,
+    model: Arc<std::sync::Mutex<Model>>,
+    stop: Arc<AtomicBool>,
+    pause: Arc<tokio::sync::RwLock<()>>,
+) {
+    let workers = (0..8).map(|w| {
+        let (users, model, stop, pause) = (users.clone(), model.clone(), stop.clone(), pause.clone());
+        tokio::spawn(async move {
+            for i in 0..100_000usize {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let _turn = pause.read().await;
+                let user = &users[(i * 8 + w) % users.len()];
+                let first = model.lock().unwrap().get(user).and_then(|m| m.keys().next().copied());
+                let body = format!("w{w}-{i}");
+                match (i % 5, first) {
+                    (0 | 1, Some(id)) if i % 2 == 0 => {
+                        let doc = json!({ "body": body }).to_string();
+                        let got =
+                            send(addr, "PATCH", &format!("/rest/v1/notes?id=eq.{id}"), &[("x-user-id", user)], &doc)
+                                .await;
+                        if got.status == 200 && !got.json().as_array().unwrap().is_empty() {
+                            model.lock().unwrap().get_mut(user).unwrap().insert(id, body);
+                        }
+                    }
+                    (2, Some(id)) => {
+                        let got =
+                            send(addr, "DELETE", &format!("/rest/v1/notes?id=eq.{id}"), &[("x-user-id", user)], "")
+                                .await;
+                        if got.status == 200 && !got.json().as_array().unwrap().is_empty() {
+                            model.lock().unwrap().get_mut(user).unwrap().remove(&id);
+                        }
+                    }
+                    _ => {
+                        let got = insert(addr, user, &body).await;
+                        if got.status == 201 {
+                            let id = got.json()[0]["id"].as_i64().unwrap();
+                            model.lock().unwrap().entry(user.clone()).or_default().insert(id, body);
+                        }
+                    }
+                }
+            }
+        })
+    });
+    for w in workers.collect::<Vec<_>>() {
+        w.await.unwrap();
+    }
+}
+
+/// Users whose notes in `db` differ from what they acknowledged.
+async fn stranded(p: &Projects, db: &str, users: &[String], model: &Model) -> usize {
+    let mut off = 0;
+    for u in users {
+        let have: std::collections::BTreeMap<i64, String> = p.notes(db, u).await.into_iter().collect();
+        let want = model.get(u).cloned().unwrap_or_default();
+        if have != want && off < 3 && std::env::var_os("SHOW_STRANDED").is_some() {
+            eprintln!("{u} (p{}): have {have:?}\n want {want:?}", percentile(u));
+        }
+        off += usize::from(have != want);
+    }
+    off
+}
+
+/// The rollout of the acceptance scenario, under load from 1,000 users: 0 → 10 → 25 →
+/// 50 → 100 → 40 (an operator's rollback) → 0 (the guard, v2 failing at its HTTP
+/// layer) → 100. With handoffs every user's data ends where the user is, exactly as
+/// acknowledged; the same run without handoffs shows what a plain flip strands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollout_there_and_back_under_load_strands_no_write() {
+    let mut report = Vec::new();
+    for handoff in [true, false] {
+        let Some(p) = projects(if handoff { "accept-on" } else { "accept-off" }).await else { return };
+        let failing = Arc::new(AtomicBool::new(false));
+        let v2 = postgrest(&p.url("v2"), failing.clone()).await;
+        let mut text = config(&p, 0, "sync = \"postgres\"").replace(&p.v2.url(), &v2.url());
+        text = text.replace("[guard]\nenabled = false\n", "[guard]\nwindow_seconds = 10\nmin_requests = 20\n");
+        if !handoff {
+            text = text.replace("[handoff]\nenabled = true\n", "[handoff]\nenabled = false\n");
+        }
+        let sy = start_with(&text, &[("SWITCHYARD_ADMIN_TOKEN", TOKEN)], None).await;
+        let admin = sy.admin_addr.unwrap();
+        let users = Arc::new(users(1000));
+        let model = Arc::new(std::sync::Mutex::new(Model::new()));
+        let (stop, pause) = (Arc::new(AtomicBool::new(false)), Arc::new(tokio::sync::RwLock::new(())));
+        let load = tokio::spawn(writers(sy.addr, users.clone(), model.clone(), stop.clone(), pause.clone()));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let mut last = Value::Null;
+        let mut percentage = 0u8;
+        let mut anomalies = 0;
+        for step in [10u8, 25, 50, 100, 40, 0, 100] {
+            if step == 0 {
+                // The guard's rollback: v2 fails at its HTTP layer until it trips.
+                failing.store(true, Ordering::Relaxed);
+                let started = Instant::now();
+                while rollout_status(admin).await["guard_tripped"].is_null() {
+                    assert!(started.elapsed() < Duration::from_secs(20), "the guard never tripped");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                failing.store(false, Ordering::Relaxed);
+            } else {
+                if percentage == 0 && step == 100 {
+                    let auth = format!("Bearer {TOKEN}");
+                    assert_eq!(
+                        send(admin, "POST", "/admin/guard/clear", &[("authorization", &auth)], "").await.status,
+                        200
+                    );
+                }
+                assert!(matches!(put(admin, step).await.status.as_u16(), 200 | 202));
+            }
+            if handoff {
+                let s = handoff_ended(admin, Some(&last)).await;
+                assert_eq!(s["last_handoff"]["result"], "done", "{s:#}");
+                last = s["last_handoff"].clone();
+            }
+            let started = Instant::now();
+            while rollout_status(admin).await["percentage"] != step {
+                assert!(started.elapsed() < Duration::from_secs(20), "never at {step}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            // Reads after the step show every earlier write of the users it moved.
+            let band = (percentage.min(step), percentage.max(step));
+            {
+                let _stopped = pause.write().await;
+                for u in users.iter().filter(|u| (band.0..band.1).contains(&percentile(u))) {
+                    let seen = get_as(sy.addr, &format!("/rest/v1/notes?user_id=eq.{u}"), u).await;
+                    let seen: std::collections::BTreeMap<i64, String> = seen
+                        .json()
+                        .as_array()
+                        .map(|a| {
+                            a.iter()
+                                .map(|n| (n["id"].as_i64().unwrap(), n["body"].as_str().unwrap().to_string()))
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    anomalies +=
+                        usize::from(seen != model.lock().unwrap().get(u.as_str()).cloned().unwrap_or_default());
+                }
+            }
+            percentage = step;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        stop.store(true, Ordering::Relaxed);
+        load.await.unwrap();
+        let end = rollout_status(admin).await;
+        assert_eq!((end["percentage"].as_u64(), end["guard_tripped"].is_null()), (Some(100), true), "{end:#}");
+        let model = model.lock().unwrap().clone();
+        let writes: usize = model.values().map(|m| m.len()).sum();
+        let off = stranded(&p, "v2", &users, &model).await;
+        report.push((handoff, writes, off, anomalies));
+        if handoff {
+            assert!(writes > 1000, "the load made writes: {writes}");
+            assert_eq!(off, 0, "users whose data on v2 is not what they acknowledged");
+            assert_eq!(anomalies, 0, "moved users whose reads missed earlier writes");
+        } else {
+            assert!(off > 0, "a plain flip strands writes (else this test shows nothing)");
+        }
+    }
+    for (handoff, writes, off, anomalies) in report {
+        eprintln!(
+            "handoff {}: {writes} notes acknowledged by 1000 users; {off} users' data on v2 differs from what they \
+             acknowledged; {anomalies} stale reads right after a step",
+            if handoff { "on" } else { "off" }
+        );
+    }
+}

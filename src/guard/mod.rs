@@ -80,6 +80,8 @@ pub struct Outcome {
 pub struct Guard {
     windows: Vec<PerBackend<Window>>,
     start: tokio::time::Instant,
+    /// The first second judged: outcomes before it were acted on already.
+    from: std::sync::atomic::AtomicU64,
 }
 
 impl Guard {
@@ -88,7 +90,14 @@ impl Guard {
         let secs = span.as_secs().max(1) as usize;
         let windows =
             Service::ALL.iter().map(|_| PerBackend { v1: Window::new(secs), v2: Window::new(secs) }).collect();
-        Guard { windows, start: tokio::time::Instant::now() }
+        Guard { windows, start: tokio::time::Instant::now(), from: Default::default() }
+    }
+
+    /// Judges only what happens from the next second on: after a rollback, and when
+    /// an operator clears it (else the failures it already acted on would trip it
+    /// again at once).
+    pub fn forget(&self) {
+        self.from.store(self.now() + 1, std::sync::atomic::Ordering::Relaxed);
     }
 
     fn now(&self) -> u64 {
@@ -109,10 +118,10 @@ impl Guard {
 
     /// The first service on which v2 is worse than v1, if any.
     pub fn evaluate(&self, cfg: &GuardConfig) -> Option<Trip> {
-        let now = self.now();
+        let (now, from) = (self.now(), self.from.load(std::sync::atomic::Ordering::Relaxed));
         Service::ALL.iter().find_map(|s| {
             let w = &self.windows[s.index()];
-            verdict(&w.v1.stats(now), &w.v2.stats(now), cfg).map(|(reason, detail)| Trip {
+            verdict(&w.v1.stats(now, from), &w.v2.stats(now, from), cfg).map(|(reason, detail)| Trip {
                 reason,
                 service: *s,
                 detail,

@@ -94,7 +94,7 @@ impl Stats {
         for (i, (error, latency)) in samples.iter().enumerate() {
             w.record(0, i as u64, *error, *latency);
         }
-        w.stats(0)
+        w.stats(0, 0)
     }
 }
 
@@ -150,13 +150,14 @@ impl Window {
         slot.latency[i].fetch_add(1, Relaxed);
     }
 
-    /// Sums the buckets of the last `span` seconds up to `now`.
-    pub fn stats(&self, now: u64) -> Stats {
+    /// Sums the buckets of the last `span` seconds up to `now`, none before second
+    /// `from`.
+    pub fn stats(&self, now: u64, from: u64) -> Stats {
         let span = self.buckets.len() as u64;
         let mut slots = vec![Counts::default(); SLOTS];
         for b in &self.buckets {
             let tag = b.second.load(Relaxed);
-            if tag == 0 || tag > now + 1 || now + 1 - tag >= span {
+            if tag == 0 || tag > now + 1 || now + 1 - tag >= span || tag - 1 < from {
                 continue;
             }
             for (acc, slot) in slots.iter_mut().zip(&b.slots) {
@@ -186,11 +187,13 @@ mod tests {
         w.record(0, 1, true, MS);
         w.record(1, 2, false, MS);
         w.record(2, 3, false, MS);
-        assert_eq!((w.stats(2).requests(), w.stats(2).total.errors), (3, 1));
-        assert_eq!((w.stats(3).requests(), w.stats(3).total.errors), (2, 0));
+        assert_eq!((w.stats(2, 0).requests(), w.stats(2, 0).total.errors), (3, 1));
+        assert_eq!((w.stats(3, 0).requests(), w.stats(3, 0).total.errors), (2, 0));
         w.record(3, 4, false, MS);
-        assert_eq!(w.stats(3).requests(), 3, "bucket of second 0 reused for second 3");
-        assert_eq!(w.stats(10).requests(), 0);
+        assert_eq!(w.stats(3, 0).requests(), 3, "bucket of second 0 reused for second 3");
+        assert_eq!(w.stats(10, 0).requests(), 0);
+        // Judged from second 3 on: second 2's outcomes are forgotten.
+        assert_eq!(w.stats(3, 3).requests(), 1);
     }
 
     #[test]
@@ -214,7 +217,7 @@ mod tests {
         for _ in 0..1000 {
             w.record(0, 7, true, Duration::from_secs(3));
         }
-        let s = w.stats(0);
+        let s = w.stats(0, 0);
         assert!(error_ratio(&s.total) > 0.9, "the raw numbers are dominated by it");
         let judged = s.without_heaviest();
         assert_eq!(judged.error_ratio, 0.0);
@@ -235,6 +238,6 @@ mod tests {
         for _ in 0..500 {
             w.record(0, 42, true, MS);
         }
-        assert_eq!(w.stats(0).without_heaviest().requests, 0);
+        assert_eq!(w.stats(0, 0).without_heaviest().requests, 0);
     }
 }

@@ -93,9 +93,11 @@ impl Default for Writes {
 }
 
 impl Writes {
-    /// One more write from percentile `p`.
+    /// One more write from percentile `p`. Sequentially consistent with the routing
+    /// snapshot's loads and stores: see [`Writes::in_band`].
     pub fn start(&self, p: u8) {
-        self.0[usize::from(p.min(99))].fetch_add(1, Ordering::Relaxed);
+        self.0[usize::from(p.min(99))].fetch_add(1, Ordering::SeqCst);
+        std::sync::atomic::fence(Ordering::SeqCst);
     }
 
     /// One write from percentile `p` answered (or abandoned).
@@ -103,9 +105,11 @@ impl Writes {
         self.0[usize::from(p.min(99))].fetch_sub(1, Ordering::Relaxed);
     }
 
-    /// Writes from `band` in flight.
+    /// Writes from `band` in flight. Read after the fence is in the snapshot: a write
+    /// counted before that is seen here, and one counted after sees the fence.
     pub fn in_band(&self, band: &Band) -> u32 {
-        (band.low..band.high).map(|p| self.0[usize::from(p)].load(Ordering::Relaxed)).sum()
+        std::sync::atomic::fence(Ordering::SeqCst);
+        (band.low..band.high).map(|p| self.0[usize::from(p)].load(Ordering::SeqCst)).sum()
     }
 }
 

@@ -2,8 +2,10 @@
 //! in one transaction on the new side, with triggers off as logical replication
 //! runs them (`session_replication_role = replica`), every mapped table's band rows
 //! are deleted and copied afresh from the old side (`COPY`), so inserts, updates and
-//! deletes alike arrive; sequences behind copied ids are moved past them. Or an
-//! operator's command, given the band in its environment.
+//! deletes alike arrive. Ids are copied as they are: the projects must hand out ids
+//! that never collide (UUIDs, or sequence ranges of their own; a sequence is never
+//! moved, which would push one project into the other's range). Or an operator's
+//! command, given the band in its environment.
 
 use std::time::Duration;
 
@@ -179,19 +181,6 @@ pub async fn postgres(config: &Config, h: &HandoffConfig, band: Band) -> Result<
         }
         synced.rows += sink.as_mut().finish().await.map_err(|e| pg::reason(&e))?;
         synced.tables += 1;
-        // Ids copied from the other side may be past the sequence here.
-        if cols.iter().any(|c| c == "id") {
-            let seq =
-                tx.query_one("SELECT pg_get_serial_sequence($1, 'id')", &[&p.to]).await.map_err(|e| pg::reason(&e))?;
-            if let Some(seq) = seq.get::<_, Option<String>>(0) {
-                let bump = format!(
-                    "SELECT setval($1::text::regclass, m) FROM (SELECT max(\"id\")::bigint AS m FROM {}) x \
-                     WHERE m > COALESCE(pg_sequence_last_value($1::text::regclass), 0)",
-                    p.to
-                );
-                tx.execute(&bump, &[&seq]).await.map_err(|e| pg::reason(&e))?;
-            }
-        }
     }
     tx.commit().await.map_err(|e| pg::reason(&e))?;
     Ok(synced)

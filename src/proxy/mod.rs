@@ -132,22 +132,36 @@ impl Proxy {
         fenced: bool,
     ) -> Start<impl Future<Output = Result<Response<UpstreamBody>, Error>> + Send + 'static + use<>> {
         let started = Instant::now();
-        let snap = self.state.load();
+        let mut snap = self.state.load();
         let service = Service::from_path(req.uri().path());
         let method = req.method().clone();
         // One pass over the header names, for what would otherwise be looked up by name.
         let survey = headers::Survey::of(req.headers());
 
-        let route = route::route(&snap, service, req.headers(), req.uri());
+        let (route, write) = loop {
+            let route = route::route(&snap, service, req.headers(), req.uri());
+            // A write routed by its user's percentile: counted while in flight (a
+            // handoff's drain waits for its band's), or held while its band moves.
+            let Some(p) = route.decision.percentile.filter(|_| is_write(&method)) else { break (route, None) };
+            // Counted first, then the snapshot checked again: a handoff fences, then
+            // reads the counts, so either it waits for this write or this write sees
+            // its fence. A snapshot swapped meanwhile means routing again.
+            self.writes.start(p);
+            let now = self.state.load();
+            if !Arc::ptr_eq(&now, &snap) {
+                self.writes.end(p);
+                snap = now;
+                continue;
+            }
+            if let (Some(fence), true) = (&snap.fence, fenced)
+                && fence.holds(p)
+            {
+                self.writes.end(p);
+                return Start::Held(fence.clone(), req);
+            }
+            break (route, Some(p));
+        };
         let decision = route.decision;
-        // A write routed by its user's percentile: counted while in flight (a handoff
-        // waits for its band's to finish), or held while its band moves.
-        let write = decision.percentile.filter(|_| is_write(&method));
-        if let (Some(fence), Some(p), true) = (&snap.fence, write, fenced)
-            && fence.holds(p)
-        {
-            return Start::Held(fence.clone(), req);
-        }
         let done = Done {
             proxy: InFlight::enter(self, write),
             snap,
@@ -396,12 +410,10 @@ fn clone_head(parts: &http::request::Parts) -> http::request::Parts {
 struct InFlight(Arc<Proxy>, Option<u8>);
 
 impl InFlight {
-    /// One more request in flight; `write`: a write from that percentile.
+    /// One more request in flight; `write`: a write from that percentile, already
+    /// counted in [`Proxy::writes`] (this ends it).
     fn enter(proxy: Arc<Proxy>, write: Option<u8>) -> InFlight {
         proxy.in_flight.fetch_add(1, Ordering::Relaxed);
-        if let Some(p) = write {
-            proxy.writes.start(p);
-        }
         InFlight(proxy, write)
     }
 }

@@ -206,6 +206,7 @@ async fn shutdown_signal() {
 /// Evaluates the canary guard every second and rolls back when it trips.
 async fn guard_loop(proxy: Arc<Proxy>, control: Arc<Control>, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut was_tripped = false;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -213,7 +214,12 @@ async fn guard_loop(proxy: Arc<Proxy>, control: Arc<Control>, shutdown: Cancella
         }
         let snap = proxy.state.load();
         let cfg = &snap.config.guard;
-        if !cfg.enabled || snap.config.rollout.force.is_some() || control.is_tripped() {
+        let tripped = control.is_tripped();
+        if std::mem::replace(&mut was_tripped, tripped) != tripped {
+            // Tripped or cleared: what it judged is acted on, judge afresh.
+            proxy.guard.forget();
+        }
+        if !cfg.enabled || snap.config.rollout.force.is_some() || tripped {
             continue;
         }
         if let Some(trip) = proxy.guard.evaluate(cfg) {
