@@ -464,3 +464,52 @@ async fn a_rollout_there_and_back_under_load_strands_no_write() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_side_that_is_down_aborts_and_a_client_that_leaves_leaves_nothing() {
+    use tokio::io::AsyncWriteExt;
+    let Some(p) = projects("handoff-down").await else { return };
+    // v2's database takes connections and never answers: the sync hangs until the
+    // handoff's timeout.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let text = config(&p, 0, "sync = \"postgres\"\ntimeout_seconds = 3")
+        .replace(&p.url("v2"), &format!("postgresql://postgres@127.0.0.1:{port}/v2"));
+    let sy = start_with(&text, &[("SWITCHYARD_ADMIN_TOKEN", TOKEN)], None).await;
+    let admin = sy.admin_addr.unwrap();
+    let movers: Vec<String> = users(400).into_iter().filter(|u| percentile(u) < 50).take(2).collect();
+    // A client whose write is held, then who leaves.
+    let gate = Arc::new(tokio::sync::Notify::new());
+    let (addr, leaver, held) = (sy.addr, movers[0].clone(), gate.clone());
+    let left = tokio::spawn(async move {
+        held.notified().await;
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let doc = json!({ "user_id": leaver, "body": "left" }).to_string();
+        let req = format!(
+            "POST /rest/v1/notes HTTP/1.1\r\nhost: x\r\nx-user-id: {leaver}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{doc}",
+            doc.len()
+        );
+        s.write_all(req.as_bytes()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        drop(s);
+    });
+    let change = tokio::spawn(async move { put(admin, 50).await });
+    let started = Instant::now();
+    while rollout_status(admin).await["handoff"].is_null() {
+        assert!(started.elapsed() < Duration::from_secs(5), "no handoff started");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    gate.notify_one();
+    let stayed = insert(sy.addr, &movers[1], "stayed").await;
+    left.await.unwrap();
+    assert!(matches!(change.await.unwrap().status.as_u16(), 202 | 409));
+    let s = handoff_ended(admin, None).await;
+    assert_eq!((s["last_handoff"]["result"].as_str(), s["percentage"].as_u64()), (Some("aborted"), Some(0)), "{s:#}");
+    // The write whose client stayed went to the old side once; the one whose client
+    // left was never made.
+    assert_eq!(stayed.status, 201);
+    assert_eq!(p.notes("v1", &movers[1]).await.len(), 1);
+    assert!(p.notes("v1", &movers[0]).await.is_empty() && p.notes("v2", &movers[0]).await.is_empty());
+    assert!(s["last_handoff"]["error"].as_str().unwrap().contains("timeout"), "{s:#}");
+    drop(silent);
+}
