@@ -9,11 +9,9 @@ time each replica took is one sample. Prints p50, p99 and max over all samples.
 
     benches/fleet/run.sh [changes] [replicas]
 """
-import glob
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -21,35 +19,13 @@ import threading
 import time
 import urllib.request
 
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from pg_tmp import Cluster, free_port  # noqa: E402
+
 CHANGES = int(sys.argv[1]) if len(sys.argv) > 1 else 200
 REPLICAS = int(sys.argv[2]) if len(sys.argv) > 2 else 3
 BIN = os.environ.get("SWITCHYARD_BIN", "target/release/switchyard")
 TOKEN = "bench-token"
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def as_postgres(args):
-    return (["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []) + args
-
-
-def start_postgres(dir):
-    bin = sorted(glob.glob("/usr/lib/postgresql/*/bin"))[-1]
-    if os.geteuid() == 0:
-        shutil.chown(dir, "postgres", "postgres")
-    data, port = os.path.join(dir, "data"), free_port()
-    subprocess.run(as_postgres([f"{bin}/initdb", "-A", "trust", "-U", "postgres", "--no-sync", "-D", data]),
-                   check=True, stdout=subprocess.DEVNULL)
-    opts = f"-p {port} -k {dir} -c listen_addresses=127.0.0.1"
-    subprocess.run(as_postgres([f"{bin}/pg_ctl", "-D", data, "-l", f"{dir}/log", "-w", "-o", opts, "start"]),
-                   check=True, stdout=subprocess.DEVNULL)
-    stop = lambda: subprocess.run(as_postgres([f"{bin}/pg_ctl", "-D", data, "-m", "immediate", "stop"]),
-                                  stdout=subprocess.DEVNULL)
-    return port, stop
 
 
 def start_replica(dir, i, pg_port):
@@ -108,7 +84,8 @@ def until(url, gen, started, out):
 def main():
     dir = tempfile.mkdtemp(prefix="switchyard-fleet-bench-")
     os.chmod(dir, 0o755)
-    pg_port, stop_pg = start_postgres(dir)
+    pg = Cluster(dir)
+    pg_port, stop_pg = pg.port, pg.stop
     procs = []
     try:
         urls = []
