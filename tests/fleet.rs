@@ -340,14 +340,7 @@ async fn fifty_mixed_changes_under_load_lose_no_request() {
 /// with `sslmode=require`; without that CA the connection is refused, by the key.
 #[test]
 fn the_store_is_reached_over_tls_with_the_configured_ca() {
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca_params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::DigitalSignature];
-    let ca_pem = ca_params.self_signed(&ca_key).unwrap().pem();
-    let issuer = rcgen::Issuer::new(ca_params, ca_key);
-    let key = rcgen::KeyPair::generate().unwrap();
-    let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap().signed_by(&key, &issuer).unwrap();
+    let (ca_pem, cert, key) = localhost_certificate();
     let Some(pg) = Postgres::start_with("tls", Some((&cert.pem(), &key.serialize_pem()))) else { return };
     let dir = support::process::test_dir("tls-ca");
     let ca_path = dir.join("ca.pem");

@@ -21,6 +21,21 @@ async fn stack_with(extra: &str) -> (Upstream, Upstream, switchyard::server::Run
     (v1, v2, sy)
 }
 
+/// Whether the proxy closes `s` within `limit` (what it sends before is read and
+/// dropped).
+async fn closed_within(s: &mut TcpStream, limit: Duration) -> bool {
+    let mut buf = vec![0u8; 512];
+    let closed = async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => continue,
+            }
+        }
+    };
+    tokio::time::timeout(limit, closed).await.is_ok()
+}
+
 /// Writes `raw` on a fresh connection and reads the status line (or "" when closed).
 async fn raw_status(addr: std::net::SocketAddr, raw: &[u8]) -> String {
     let mut s = TcpStream::connect(addr).await.unwrap();
@@ -117,16 +132,7 @@ async fn slow_headers_and_idle_connections_are_closed() {
     s.write_all(b"GET /rest/v1/t HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
     let n = s.read(&mut buf).await.unwrap();
     assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
-    let closed = tokio::time::timeout(Duration::from_secs(3), async {
-        loop {
-            match s.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(_) => continue,
-            }
-        }
-    })
-    .await;
-    assert!(closed.is_ok(), "idle connection kept open");
+    assert!(closed_within(&mut s, Duration::from_secs(3)).await, "idle connection kept open");
 }
 
 /// One keep-alive connection, kept under one deadline at a time: a slow answer and a
@@ -219,17 +225,7 @@ async fn http2_split_prefaces_and_idle_connections() {
     // The preface and nothing else (no SETTINGS): closed.
     let mut s = TcpStream::connect(sy.addr).await.unwrap();
     s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await.unwrap();
-    let mut buf = vec![0u8; 512];
-    let closed = tokio::time::timeout(Duration::from_secs(5), async {
-        loop {
-            match s.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(_) => continue,
-            }
-        }
-    })
-    .await;
-    assert!(closed.is_ok(), "a silent HTTP/2 connection kept open");
+    assert!(closed_within(&mut s, Duration::from_secs(5)).await, "a silent HTTP/2 connection kept open");
 }
 
 /// A socket whose first `skip` bytes the caller has written already: h2's client

@@ -373,7 +373,8 @@ fn embedded_names(select: &str) -> Vec<String> {
     out
 }
 
-fn decode(s: &str) -> String {
+/// Percent-decodes a query value (`+` is a space).
+pub fn decode(s: &str) -> String {
     let mut out = Vec::new();
     let b = s.as_bytes();
     let mut i = 0;

@@ -215,6 +215,20 @@ pub fn metric(text: &str, name: &str, labels: &str) -> f64 {
         .sum()
 }
 
+/// A private CA made for the test and a certificate it signed for `localhost`: the
+/// CA's PEM, the certificate and its key.
+pub fn localhost_certificate() -> (String, rcgen::Certificate, rcgen::KeyPair) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::DigitalSignature];
+    let pem = ca_params.self_signed(&ca_key).unwrap().pem();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap().signed_by(&key, &issuer).unwrap();
+    (pem, cert, key)
+}
+
 /// GET /admin/rollout on `admin`.
 pub async fn rollout_status(admin: SocketAddr) -> Value {
     send(admin, "GET", "/admin/rollout", &[], "").await.json()

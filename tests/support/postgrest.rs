@@ -27,30 +27,11 @@ fn filters(table: &str, query: &str, first: usize) -> (String, Vec<String>) {
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let Some((col, v)) = pair.split_once('=') else { continue };
         let Some(v) = v.strip_prefix("eq.") else { continue };
-        values.push(percent_decode(v));
+        values.push(super::fake::decode(v));
         clauses.push(format!("{table}.{}::text = ${}", ident(col), first + values.len() - 1));
     }
     let sql = if clauses.is_empty() { "true".to_string() } else { clauses.join(" AND ") };
     (sql, values)
-}
-
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%'
-            && i + 2 < bytes.len()
-            && let Ok(b) = u8::from_str_radix(&s[i + 1..i + 3], 16)
-        {
-            out.push(b);
-            i += 3;
-            continue;
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn json_response(status: StatusCode, body: String) -> Response<Body> {
