@@ -110,8 +110,11 @@ pub trait Store: Send + Sync {
 pub enum Commit {
     /// An operator's change: refused (409) when another came first.
     Once,
-    /// The guard's, the schedule's, a file's: recomputed on the winner and retried.
+    /// The schedule's, a file's: recomputed on the winner and retried.
     Retry,
+    /// The guard's trip: as `Retry`, and first in line among changes waiting for a
+    /// handoff to end.
+    Urgent,
     /// On this replica alone, not published (`?local=true`).
     Local,
 }
@@ -149,6 +152,8 @@ pub struct Control {
     handoffs: OnceLock<Arc<Handoffs>>,
     /// Local changes one at a time: a change waits for a handoff in progress.
     serial: tokio::sync::Mutex<()>,
+    /// Urgent changes (the guard's) waiting for their turn.
+    urgent: std::sync::atomic::AtomicUsize,
 }
 
 fn epoch(t: SystemTime) -> u64 {
@@ -192,6 +197,7 @@ impl Control {
             store: OnceLock::new(),
             handoffs: OnceLock::new(),
             serial: tokio::sync::Mutex::new(()),
+            urgent: Default::default(),
         }
     }
 
@@ -284,7 +290,7 @@ impl Control {
     ) -> Result<Option<Rollout>, ChangeError> {
         let store = self.store.get().filter(|_| commit != Commit::Local);
         let Some(store) = store else {
-            let _turn = self.serial.lock().await;
+            let _turn = self.turn(commit == Commit::Urgent).await;
             let (current, next) = {
                 let ledger = self.lock();
                 (ledger.rollout.clone(), change(&ledger.rollout)?)
@@ -332,6 +338,27 @@ impl Control {
                 }
                 Err(Cas::Unavailable(why)) => return Err(ChangeError::Unavailable(why)),
             }
+        }
+    }
+
+    /// This change's turn among local changes (one at a time: a handoff can take a
+    /// while). An urgent one goes first: the others that get the turn while one waits
+    /// step back behind it.
+    async fn turn(&self, urgent: bool) -> tokio::sync::MutexGuard<'_, ()> {
+        use std::sync::atomic::Ordering::SeqCst;
+        if urgent {
+            self.urgent.fetch_add(1, SeqCst);
+            let turn = self.serial.lock().await;
+            self.urgent.fetch_sub(1, SeqCst);
+            return turn;
+        }
+        loop {
+            let turn = self.serial.lock().await;
+            if self.urgent.load(SeqCst) == 0 {
+                return turn;
+            }
+            drop(turn);
+            tokio::task::yield_now().await;
         }
     }
 
@@ -427,7 +454,7 @@ impl Control {
         let steps = self.steps();
         let reason = trip.reason;
         let change = |r: &Rollout| Ok(r.trip(trip.clone(), rollback_to, &steps, now_ms()));
-        let tripped = match self.change(Commit::Retry, change).await {
+        let tripped = match self.change(Commit::Urgent, change).await {
             Ok(t) => t,
             Err(e) => {
                 tracing::error!(error = %e, "canary guard: the trip could not be published; rolling back here now");
@@ -459,7 +486,7 @@ impl Control {
         };
         let steps = self.steps();
         let published =
-            self.change(Commit::Retry, |r| Ok(r.trip(pending.0.clone(), pending.1, &steps, now_ms()))).await;
+            self.change(Commit::Urgent, |r| Ok(r.trip(pending.0.clone(), pending.1, &steps, now_ms()))).await;
         if published.is_ok() {
             let mut ledger = self.lock();
             ledger.local = None;

@@ -182,3 +182,28 @@ async fn an_invalid_fleet_state_is_refused() {
     assert!(!a.adopt(bad, 9));
     assert_eq!((a.status().percentage, a.status().generation), (10, 1));
 }
+
+#[tokio::test]
+async fn a_trip_waiting_for_its_turn_goes_before_an_operators_raise() {
+    let (_, control) = setup("urgent", BASE);
+    let control = Arc::new(control);
+    // A handoff holds the turn; a raise queues, then the guard's trip.
+    let turn = control.serial.lock().await;
+    let raise = tokio::spawn({
+        let c = control.clone();
+        async move { c.set_percentage(60, Commit::Once).await }
+    });
+    tokio::task::yield_now().await;
+    let tripped = tokio::spawn({
+        let c = control.clone();
+        async move { c.trip(trip(), RollbackTo::Zero).await }
+    });
+    while control.urgent.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+        tokio::task::yield_now().await;
+    }
+    drop(turn);
+    tripped.await.unwrap();
+    let raised = raise.await.unwrap();
+    assert!(matches!(raised, Err(ChangeError::Refused(Refused::GuardTripped(0)))), "{raised:?}");
+    assert_eq!(control.status().percentage, 0);
+}
