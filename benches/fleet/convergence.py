@@ -12,7 +12,6 @@ time each replica took is one sample. Prints p50, p99 and max over all samples.
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import threading
@@ -20,22 +19,15 @@ import time
 import urllib.request
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from pg_tmp import Cluster, free_port  # noqa: E402
+from tmp_stack import Cluster, serve  # noqa: E402
 
 CHANGES = int(sys.argv[1]) if len(sys.argv) > 1 else 200
 REPLICAS = int(sys.argv[2]) if len(sys.argv) > 2 else 3
-BIN = os.environ.get("SWITCHYARD_BIN", "target/release/switchyard")
 TOKEN = "bench-token"
 
 
 def start_replica(dir, i, pg_port):
-    admin = free_port()
-    path = os.path.join(dir, f"replica-{i}.toml")
-    with open(path, "w") as f:
-        f.write(f"""[server]
-listen = "127.0.0.1:0"
-admin_listen = "127.0.0.1:{admin}"
-[backends.v1]
+    return serve(dir, f"replica-{i}", f"""[backends.v1]
 url = "http://127.0.0.1:1"
 [backends.v2]
 url = "http://127.0.0.1:2"
@@ -44,17 +36,7 @@ enabled = false
 [cluster]
 database_url = "postgresql://postgres@127.0.0.1:{pg_port}/postgres"
 replica_id = "bench-{i}"
-""")
-    env = dict(os.environ, SWITCHYARD_ADMIN_TOKEN=TOKEN, RUST_LOG="warn")
-    proc = subprocess.Popen([BIN, "serve", "--config", path], env=env, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{admin}"
-    for _ in range(200):
-        try:
-            urllib.request.urlopen(url + "/healthz", timeout=1)
-            return proc, url
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit(f"replica {i} did not start")
+""", TOKEN)
 
 
 def generation(url):

@@ -12,16 +12,14 @@ band's writes were held (fence, drain, sync, flip).
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from pg_tmp import Cluster, free_port  # noqa: E402
+from tmp_stack import Cluster, serve  # noqa: E402
 
-BIN = os.environ.get("SWITCHYARD_BIN", "target/release/switchyard")
 TOKEN = "bench-token"
 SIZES = [int(a) for a in sys.argv[1:]] or [10_000, 100_000, 1_000_000]
 
@@ -46,13 +44,7 @@ def one(pg, dir, rows):
             f"FROM generate_series(1, {2 * rows}) g; ANALYZE", "v1")
     pg.psql(f"CREATE SCHEMA content; CREATE TABLE content.notes {table}; CREATE INDEX ON content.notes (user_id);"
             "ALTER SEQUENCE content.notes_id_seq RESTART 1000000000", "v2")
-    admin = free_port()
-    path = os.path.join(dir, f"bench-{rows}.toml")
-    with open(path, "w") as f:
-        f.write(f"""[server]
-listen = "127.0.0.1:0"
-admin_listen = "127.0.0.1:{admin}"
-[rollout]
+    proc, base = serve(dir, f"bench-{rows}", f"""[rollout]
 percentage = 0
 [guard]
 enabled = false
@@ -68,17 +60,8 @@ database_url = "{pg.url('v1')}"
 [backends.v2]
 url = "http://127.0.0.1:2"
 database_url = "{pg.url('v2')}"
-""")
-    env = dict(os.environ, SWITCHYARD_ADMIN_TOKEN=TOKEN, RUST_LOG="warn")
-    proc = subprocess.Popen([BIN, "serve", "--config", path], env=env, stderr=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{admin}"
+""", TOKEN)
     try:
-        for _ in range(200):
-            try:
-                urllib.request.urlopen(base + "/healthz", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.05)
         request(base + "/admin/rollout", "PUT", {"percentage": 50})
         while True:
             s = request(base + "/admin/rollout")

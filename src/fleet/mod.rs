@@ -28,7 +28,7 @@ pub struct View {
     pub replica_id: String,
     /// Whether this replica has a session with the store now.
     pub connected: bool,
-    /// Serving without the fleet's state (not connected since start, or now).
+    /// Serving without the fleet's store: `!connected`, said outright for readers.
     pub degraded: bool,
     pub last_error: Option<String>,
     pub replicas: Vec<Replica>,
@@ -57,7 +57,7 @@ impl Fleet {
         metrics.cluster_enabled.set(1);
         let store = Arc::new(Store { sql: Sql::new(&config.schema), client: Default::default() });
         control.attach(store.clone());
-        let view = View { replica_id: config.replica_id.clone(), degraded: true, ..View::default() };
+        let view = View { replica_id: config.replica_id.clone(), ..View::default() };
         let fleet = Arc::new(Fleet { store, config, control, metrics, view: Mutex::new(view) });
         let (synced, mut first) = watch::channel(false);
         tokio::spawn(fleet.clone().run(synced, shutdown));
@@ -73,7 +73,8 @@ impl Fleet {
 
     /// The fleet as this replica sees it.
     pub fn view(&self) -> View {
-        self.view.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+        let view = self.view.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        View { degraded: !view.connected, ..view }
     }
 
     fn update(&self, f: impl FnOnce(&mut View)) {
@@ -95,7 +96,6 @@ impl Fleet {
             self.store.client.store(None);
             self.update(|v| {
                 v.connected = false;
-                v.degraded = true;
                 v.last_error = Some(ended.clone());
             });
             tracing::warn!(
@@ -159,7 +159,6 @@ impl Fleet {
         synced.send_replace(true);
         self.update(|v| {
             v.connected = true;
-            v.degraded = false;
             v.last_error = None;
         });
         tracing::info!(replica = %self.config.replica_id, generation = self.control.generation(), "fleet store connected");

@@ -150,9 +150,4 @@ impl Handoffs {
         *self.current.lock().unwrap_or_else(PoisonError::into_inner) = None;
         if force { Ok(result.unwrap_or_default()) } else { result }
     }
-
-    /// Writes held at the fence now (for the gauge).
-    pub fn held(&self) -> usize {
-        self.progress().map_or(0, |p| p.held)
-    }
 }

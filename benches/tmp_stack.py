@@ -1,10 +1,15 @@
-"""A throwaway PostgreSQL cluster on a free loopback port, for the benchmarks
-(initdb refuses root: as root the cluster is made and run as the postgres user)."""
+"""Throwaway stacks for the benchmarks: a PostgreSQL cluster on a free loopback port
+(initdb refuses root: as root it is made and run as the postgres user), and release
+switchyard processes."""
 import glob
 import os
 import shutil
 import socket
 import subprocess
+import time
+import urllib.request
+
+BIN = os.environ.get("SWITCHYARD_BIN", "target/release/switchyard")
 
 
 def free_port():
@@ -40,3 +45,23 @@ class Cluster:
     def stop(self):
         subprocess.run(as_postgres([f"{self.bin}/pg_ctl", "-D", self.data, "-m", "immediate", "stop"]),
                        stdout=subprocess.DEVNULL)
+
+
+def serve(dir, name, body, token):
+    """Starts `switchyard serve` with `body` (TOML after [server]) and admin token
+    `token`; waits until its admin listener answers. Returns (process, admin URL)."""
+    admin = free_port()
+    path = os.path.join(dir, f"{name}.toml")
+    with open(path, "w") as f:
+        f.write(f'[server]\nlisten = "127.0.0.1:0"\nadmin_listen = "127.0.0.1:{admin}"\n{body}')
+    env = dict(os.environ, SWITCHYARD_ADMIN_TOKEN=token, RUST_LOG="warn")
+    proc = subprocess.Popen([BIN, "serve", "--config", path], env=env, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{admin}"
+    for _ in range(200):
+        try:
+            urllib.request.urlopen(url + "/healthz", timeout=1)
+            return proc, url
+        except OSError:
+            time.sleep(0.05)
+    proc.kill()
+    raise SystemExit(f"{name} did not start")
