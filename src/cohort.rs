@@ -11,7 +11,7 @@ use crate::routing::band::{Band, identifier};
 
 /// `cohort sql`: the predicate, or with `json` the band and the predicate.
 pub fn sql(band: Option<Band>, column: &str, seed: &[u8], json: bool) -> String {
-    let predicate = band.map_or_else(|| "false".to_string(), |b| b.predicate(column, seed));
+    let predicate = band.as_ref().map_or_else(|| "false".to_string(), |b| b.predicate(column, seed));
     if !json {
         return predicate;
     }
@@ -91,7 +91,7 @@ mod tests {
     #[test]
     fn sql_prints_the_predicate_or_the_band_as_json() {
         let band = Band::between(10, 25);
-        assert!(sql(band, "user_id", b"", false).ends_with("BETWEEN 10 AND 24"));
+        assert!(sql(band.clone(), "user_id", b"", false).ends_with("BETWEEN 10 AND 24"));
         let v: serde_json::Value = serde_json::from_str(&sql(band, "owner", b"", true)).unwrap();
         assert_eq!(v["band"]["low"], 10);
         assert_eq!(v["band"]["to"], "v2");

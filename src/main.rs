@@ -324,7 +324,7 @@ fn cohort(action: CohortAction) -> Result<(), ExitCode> {
                     ExitCode::from(2)
                 })?,
             };
-            let counted = runtime().block_on(switchyard::cohort::count(&cfg, &url, side, band, &step.column));
+            let counted = runtime().block_on(switchyard::cohort::count(&cfg, &url, side, band.clone(), &step.column));
             let rows = counted.map_err(|why| {
                 eprintln!("switchyard cohort: {key}: {why}");
                 ExitCode::FAILURE

@@ -63,6 +63,7 @@ pub struct Metrics {
     handoff_phases: HistogramVec,
     /// Writes held at a handoff's fence; set at scrape.
     pub handoff_held: IntGauge,
+    handoff_stranded: IntCounter,
 }
 
 /// The `kind` labels of `switchyard_client_errors_total`.
@@ -250,6 +251,12 @@ impl Metrics {
         reg(Box::new(handoffs.clone()));
         reg(Box::new(handoff_phases.clone()));
         reg(Box::new(handoff_held.clone()));
+        let handoff_stranded = IntCounter::new(
+            "switchyard_handoff_stranded_users_total",
+            "Users whose v2 writes a forced rollback did not carry back to v1.",
+        )
+        .expect("valid");
+        reg(Box::new(handoff_stranded.clone()));
         let client_errors = IntCounterVec::new(
             Opts::new(
                 "switchyard_client_errors_total",
@@ -312,12 +319,18 @@ impl Metrics {
             handoffs,
             handoff_phases,
             handoff_held,
+            handoff_stranded,
         }
     }
 
     /// Counts one handoff by how it ended.
     pub fn handoff(&self, result: &str) {
         self.handoffs.with_label_values(&[result]).inc();
+    }
+
+    /// Counts users a forced rollback left behind on v2.
+    pub fn handoff_stranded(&self, users: usize) {
+        self.handoff_stranded.inc_by(users as u64);
     }
 
     /// Records how long a handoff phase took.

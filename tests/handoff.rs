@@ -513,3 +513,103 @@ async fn a_new_side_that_is_down_aborts_and_a_client_that_leaves_leaves_nothing(
     assert!(s["last_handoff"]["error"].as_str().unwrap().contains("timeout"), "{s:#}");
     drop(silent);
 }
+
+/// Reads as `readers` until the guard has tripped (at most 20 s).
+async fn tripped(admin: std::net::SocketAddr, sy: std::net::SocketAddr, readers: &[&String]) {
+    let started = Instant::now();
+    while rollout_status(admin).await["guard_tripped"].is_null() {
+        assert!(started.elapsed() < Duration::from_secs(20), "the guard never tripped");
+        for r in readers {
+            get_as(sy, "/rest/v1/notes", r).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changed_pins_move_with_their_data_and_pinned_users_stay_out_of_bands() {
+    let Some(p) = projects("handoff-pins").await else { return };
+    let all = users(400);
+    let low: Vec<&String> = all.iter().filter(|u| percentile(u) < 50).collect();
+    let (pinned, mover) = (low[0].clone(), all.iter().find(|u| percentile(u) >= 50).unwrap().clone());
+    let text = |pins: &str| {
+        config(&p, 0, "sync = \"postgres\"")
+            .replace("[server]\n", "[server]\nwatch_config = false\n")
+            .replace("[handoff]\n", &format!("[overrides]\n{pins}\n[handoff]\n"))
+    };
+    let pins = format!("v1 = [\"{pinned}\"]");
+    let path = support::process::write_config("handoff-pins", &text(&pins));
+    let sy = start_with(&text(&pins), &[("SWITCHYARD_ADMIN_TOKEN", TOKEN)], Some(path.clone())).await;
+    let admin = sy.admin_addr.unwrap();
+    for u in [&pinned, &mover] {
+        assert_eq!(insert(sy.addr, u, "before").await.status, 201);
+    }
+
+    // Pinning `mover` to v2 moves their rows with them.
+    std::fs::write(&path, text(&format!("{pins}\nv2 = [\"{mover}\"]"))).unwrap();
+    sy.control.reload("test").await.unwrap();
+    let s = handoff_ended(admin, None).await;
+    assert_eq!(s["last_handoff"]["result"], "done", "{s:#}");
+    assert_eq!(s["last_handoff"]["band"]["users"], json!([mover]), "{s:#}");
+    assert_eq!(p.notes("v2", &mover).await.len(), 1, "the pinned user's rows came along");
+    assert_eq!(insert(sy.addr, &mover, "on v2").await.status, 201);
+    assert_eq!(p.notes("v2", &mover).await.len(), 2, "and their writes go to v2");
+
+    // A band never carries a user pinned where they are: at 50 and back to 0, the
+    // user pinned to v1 keeps what they wrote on v1 meanwhile.
+    // (Through Control: the reloads read the admin token from the real environment.)
+    sy.control.set_percentage(50, switchyard::control::Commit::Once).await.unwrap();
+    let s = handoff_ended(admin, Some(&s["last_handoff"])).await;
+    assert_eq!(s["last_handoff"]["result"], "done", "{s:#}");
+    assert!(p.notes("v2", &pinned).await.is_empty(), "not copied to v2");
+    assert_eq!(insert(sy.addr, &pinned, "while others are on v2").await.status, 201);
+    sy.control.set_percentage(0, switchyard::control::Commit::Once).await.unwrap();
+    let s = handoff_ended(admin, Some(&s["last_handoff"])).await;
+    assert_eq!(s["last_handoff"]["result"], "done", "{s:#}");
+    assert_eq!(p.notes("v1", &pinned).await.len(), 2, "not overwritten from v2");
+
+    // Unpinning moves the user back, with what they wrote on v2.
+    std::fs::write(&path, text(&pins)).unwrap();
+    sy.control.reload("test").await.unwrap();
+    let s = handoff_ended(admin, Some(&s["last_handoff"])).await;
+    assert_eq!((s["last_handoff"]["result"].as_str(), &s["last_handoff"]["band"]["to"]), (Some("done"), &json!("v1")));
+    assert_eq!(p.notes("v1", &mover).await.len(), 2, "back with their v2 write");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forced_rollback_names_the_users_it_left_behind() {
+    let Some(p) = projects("handoff-forced").await else { return };
+    let failing = Arc::new(AtomicBool::new(false));
+    let v2 = postgrest(&p.url("v2"), failing.clone()).await;
+    // The sync carries users to v2 and cannot carry them back.
+    let sync = "sync = \"command\"\ncommand = [\"sh\", \"-c\", \"test \\\"$SWITCHYARD_TO\\\" = v2\"]";
+    let text = config(&p, 0, sync)
+        .replace(&p.v2.url(), &v2.url())
+        .replace("[guard]\nenabled = false\n", "[guard]\nwindow_seconds = 10\nmin_requests = 20\n");
+    let sy = start_with(&text, &[("SWITCHYARD_ADMIN_TOKEN", TOKEN)], None).await;
+    let admin = sy.admin_addr.unwrap();
+    assert!(matches!(put(admin, 50).await.status.as_u16(), 200 | 202));
+    let s = handoff_ended(admin, None).await;
+    assert_eq!(s["last_handoff"]["result"], "done", "{s:#}");
+    let all = users(400);
+    let (moved, stayed): (Vec<&String>, Vec<&String>) = all.iter().partition(|u| percentile(u) < 50);
+    let wrote: Vec<String> = moved.iter().take(5).map(|u| u.to_string()).collect();
+    for u in wrote.iter().map(String::as_str).chain([stayed[0].as_str()]) {
+        assert_eq!(insert(sy.addr, u, "written on v2 or v1").await.status, 201);
+    }
+    failing.store(true, Ordering::Relaxed);
+    let readers: Vec<&String> = moved[10..30].iter().chain(&stayed[..20]).copied().collect();
+    tripped(admin, sy.addr, &readers).await;
+    let s = handoff_ended(admin, Some(&s["last_handoff"])).await;
+    let forced = &s["last_handoff"];
+    assert_eq!(forced["result"], "forced", "{s:#}");
+    let mut want = wrote.clone();
+    want.sort();
+    assert_eq!(forced["stranded"]["users"], json!(want), "exactly the users who wrote on v2: {s:#}");
+    assert_eq!(forced["stranded"]["count"], 5);
+    assert_eq!(s["stranded"]["users"], json!(want), "kept until the guard is cleared");
+    let text = metrics_text(admin).await;
+    assert_eq!(metric(&text, "switchyard_handoff_stranded_users_total", ""), 5.0);
+    let auth = format!("Bearer {TOKEN}");
+    assert_eq!(send(admin, "POST", "/admin/guard/clear", &[("authorization", &auth)], "").await.status, 200);
+    assert!(rollout_status(admin).await["stranded"].is_null());
+}

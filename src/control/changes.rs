@@ -3,13 +3,24 @@
 //! new rollout with a [`super::rollout`] function and commits it through
 //! [`Control::change`].
 
+use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
 
 use super::{Advance, ChangeError, Commit, Control, Local, Rollout, RolloutStatus, file_digest, now_ms};
+use crate::backend::BackendId;
 use crate::config::safety::RollbackTo;
 use crate::config::{Config, ConfigError};
 use crate::guard::Trip;
+use crate::routing::band::{self, Band};
 use crate::state::Snapshot;
+
+/// Gives `user` the pin `from` has for them (or none).
+fn repin(pins: &mut HashMap<String, BackendId>, from: &HashMap<String, BackendId>, user: &str) {
+    match from.get(user) {
+        Some(b) => pins.insert(user.to_string(), *b),
+        None => pins.remove(user),
+    };
+}
 
 impl Control {
     /// Re-reads the config file. `trigger` says why, for the log.
@@ -43,6 +54,15 @@ impl Control {
             );
         }
         let (file_percentage, source) = (config.rollout.percentage, config.rollout.percentage_source);
+        // Users whose pins change move with a handoff of their own: until it is done
+        // their old pins stay.
+        let repinned = self.repinned(&current.config, &config);
+        let new_pins = config.overrides.users.clone();
+        for band in &repinned {
+            for u in band.users.iter() {
+                repin(&mut config.overrides.users, &current.config.overrides.users, u);
+            }
+        }
         let file_changed = {
             let mut ledger = self.lock();
             // The rest of the file applies at once; the percentage as the rollout says.
@@ -59,6 +79,22 @@ impl Control {
             }
             std::mem::replace(&mut ledger.file_percentage, file_percentage) != file_percentage
         };
+        for band in repinned {
+            let _turn = self.turn(false).await;
+            let users = band.users.clone();
+            let flip = || {
+                let mut config = self.state.load().config.clone();
+                for u in users.iter() {
+                    repin(&mut config.overrides.users, &new_pins, u);
+                }
+                self.state.store(Snapshot::new(config));
+            };
+            if let Some(h) = self.handoffs.get()
+                && let Err(e) = h.run(&self.state, band, false, flip).await
+            {
+                tracing::error!(trigger, error = %e, "changed pins not handed off: those users stay where they were");
+            }
+        }
         if file_changed {
             let published = self
                 .change(Commit::Retry, |r| {
@@ -76,6 +112,16 @@ impl Control {
         self.metrics.config_reloads.with_label_values(&["success"]).inc();
         self.metrics.config_last_reload_success.set(1);
         Ok(())
+    }
+
+    /// The single users a reload from `old` to `new` moves by changing their pins,
+    /// when `[handoff]` is on.
+    fn repinned(&self, old: &Config, new: &Config) -> Vec<Band> {
+        if new.handoff.is_none() || new.rollout.force.is_some() || self.handoffs.get().is_none() {
+            return Vec::new();
+        }
+        let percentage = self.lock().rollout.percentage;
+        band::repinned(&old.overrides.users, &new.overrides.users, &new.rollout.hash_seed, percentage)
     }
 
     /// Sets the rollout percentage (admin API; callers validate `percentage <= 100`).
@@ -144,6 +190,9 @@ impl Control {
             let mut ledger = self.lock();
             if matches!(ledger.local, Some(Local::Trip(..))) {
                 ledger.local = None;
+            }
+            if let Some(h) = self.handoffs.get() {
+                h.clear_stranded();
             }
             tracing::info!("canary guard cleared by an operator");
         }

@@ -281,7 +281,8 @@ impl Control {
         if snap.config.handoff.is_none() || snap.config.rollout.force.is_some() {
             return None;
         }
-        Some((self.handoffs.get()?, Band::between(old, new)?))
+        let pinned = snap.config.overrides.users.keys().cloned();
+        Some((self.handoffs.get()?, Band::between(old, new)?.without(pinned)))
     }
 }
 

@@ -6,6 +6,7 @@ use serde::Serialize;
 
 use super::{Control, Tripped, epoch, now_ms};
 use crate::config::PercentageSource;
+use crate::handoff::stranded::Stranded;
 use crate::handoff::{Ended, Progress};
 
 /// The schedule, as `GET /admin/rollout` shows it.
@@ -48,6 +49,10 @@ pub struct RolloutStatus {
     /// How the last handoff ended.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_handoff: Option<Ended>,
+    /// Users whose v2 writes forced rollbacks did not carry back, until the guard is
+    /// cleared.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stranded: Option<Stranded>,
 }
 
 impl Control {
@@ -80,6 +85,7 @@ impl Control {
             local_only: ledger.local.is_some(),
             handoff: self.handoffs.get().and_then(|h| h.progress()),
             last_handoff: self.handoffs.get().and_then(|h| h.last()),
+            stranded: self.handoffs.get().and_then(|h| h.stranded()),
         }
     }
 }

@@ -1,9 +1,10 @@
 //! The fence of a handoff: while a band of users moves, their writes are held here
 //! (not forwarded), then released in arrival order — to the new side once the band's
 //! rows are there, or to the old side when the handoff is aborted. Also the count of
-//! writes in flight per percentile, which tells when the old side has drained.
+//! writes in flight per percentile (and per user, for single users moving), which
+//! tells when the old side has drained.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -11,6 +12,15 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 
 use crate::routing::band::Band;
+use crate::routing::who;
+
+/// A write in flight, as the fence and the drain know it: its user's percentile (when
+/// routed by one) and its user (a hash, when it has one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Write {
+    pub percentile: Option<u8>,
+    pub who: Option<u64>,
+}
 
 /// Where held writes go when the fence opens.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,6 +35,8 @@ pub enum Release {
 pub struct Fence {
     pub band: Band,
     pub max_hold: Duration,
+    /// The band's single users, hashed as the request path knows them.
+    users: HashSet<u64>,
     /// Held writes, in arrival order.
     waiting: Mutex<VecDeque<oneshot::Sender<Release>>>,
     held: AtomicUsize,
@@ -38,12 +50,13 @@ pub struct Held<'a> {
 
 impl Fence {
     pub fn new(band: Band, max_hold: Duration) -> Fence {
-        Fence { band, max_hold, waiting: Mutex::default(), held: AtomicUsize::new(0) }
+        let users = band.users.iter().map(|u| who(u.as_bytes())).collect();
+        Fence { band, max_hold, users, waiting: Mutex::default(), held: AtomicUsize::new(0) }
     }
 
-    /// Whether a write from percentile `p` is held.
-    pub fn holds(&self, p: u8) -> bool {
-        self.band.contains(p)
+    /// Whether `write` is held: its user is in the band (by percentile, or by name).
+    pub fn holds(&self, write: Write) -> bool {
+        write.percentile.is_some_and(|p| self.band.contains(p)) || write.who.is_some_and(|w| self.users.contains(&w))
     }
 
     /// Takes a place in the queue.
@@ -83,33 +96,56 @@ impl Drop for Held<'_> {
     }
 }
 
-/// Writes in flight to a backend, per user percentile.
-pub struct Writes([AtomicU32; 100]);
+/// Slots of users' writes in flight: a user's writes count in the slot of their hash.
+const USER_SLOTS: usize = 64;
+
+/// Writes in flight to a backend, per user percentile and per slot of users.
+pub struct Writes {
+    percentiles: [AtomicU32; 100],
+    users: [AtomicU32; USER_SLOTS],
+}
 
 impl Default for Writes {
     fn default() -> Self {
-        Writes(std::array::from_fn(|_| AtomicU32::new(0)))
+        Writes {
+            percentiles: std::array::from_fn(|_| AtomicU32::new(0)),
+            users: std::array::from_fn(|_| AtomicU32::new(0)),
+        }
     }
 }
 
 impl Writes {
-    /// One more write from percentile `p`. Sequentially consistent with the routing
-    /// snapshot's loads and stores: see [`Writes::in_band`].
-    pub fn start(&self, p: u8) {
-        self.0[usize::from(p.min(99))].fetch_add(1, Ordering::SeqCst);
+    fn counters(&self, w: Write) -> impl Iterator<Item = &AtomicU32> {
+        let p = w.percentile.map(|p| &self.percentiles[usize::from(p.min(99))]);
+        let u = w.who.map(|h| &self.users[(h % USER_SLOTS as u64) as usize]);
+        p.into_iter().chain(u)
+    }
+
+    /// One more write. Sequentially consistent with the routing snapshot's loads and
+    /// stores: see [`Writes::in_band`].
+    pub fn start(&self, w: Write) {
+        for c in self.counters(w) {
+            c.fetch_add(1, Ordering::SeqCst);
+        }
         std::sync::atomic::fence(Ordering::SeqCst);
     }
 
-    /// One write from percentile `p` answered (or abandoned).
-    pub fn end(&self, p: u8) {
-        self.0[usize::from(p.min(99))].fetch_sub(1, Ordering::Relaxed);
+    /// One write answered (or abandoned).
+    pub fn end(&self, w: Write) {
+        for c in self.counters(w) {
+            c.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 
-    /// Writes from `band` in flight. Read after the fence is in the snapshot: a write
-    /// counted before that is seen here, and one counted after sees the fence.
+    /// Writes from `band` in flight (for its single users: from any user of their
+    /// slots). Read after the fence is in the snapshot: a write counted before that is
+    /// seen here, and one counted after sees the fence.
     pub fn in_band(&self, band: &Band) -> u32 {
         std::sync::atomic::fence(Ordering::SeqCst);
-        (band.low..band.high).map(|p| self.0[usize::from(p)].load(Ordering::SeqCst)).sum()
+        let range = (band.low..band.high).map(|p| self.percentiles[usize::from(p)].load(Ordering::SeqCst));
+        let slots: HashSet<usize> =
+            band.users.iter().map(|u| (who(u.as_bytes()) % USER_SLOTS as u64) as usize).collect();
+        range.chain(slots.into_iter().map(|s| self.users[s].load(Ordering::SeqCst))).sum()
     }
 }
 
@@ -119,13 +155,14 @@ mod tests {
     use crate::backend::BackendId;
 
     fn band() -> Band {
-        Band { low: 10, high: 20, from: BackendId::V1, to: BackendId::V2 }
+        Band::between(10, 20).unwrap()
     }
 
     #[tokio::test]
     async fn held_writes_are_released_in_arrival_order_and_late_ones_give_up() {
         let fence = Fence::new(band(), Duration::from_secs(5));
-        assert!(fence.holds(10) && fence.holds(19) && !fence.holds(20));
+        let at = |p| Write { percentile: Some(p), who: None };
+        assert!(fence.holds(at(10)) && fence.holds(at(19)) && !fence.holds(at(20)));
         let order = std::sync::Arc::new(Mutex::new(Vec::new()));
         let mut tasks = Vec::new();
         for i in 0..3 {
@@ -155,13 +192,22 @@ mod tests {
     }
 
     #[test]
-    fn writes_are_counted_per_band() {
+    fn writes_are_counted_per_band_and_per_user() {
         let w = Writes::default();
-        w.start(12);
-        w.start(12);
-        w.start(25);
+        let at = |p| Write { percentile: Some(p), who: Some(who(b"someone")) };
+        w.start(at(12));
+        w.start(at(12));
+        w.start(at(25));
         assert_eq!(w.in_band(&band()), 2);
-        w.end(12);
+        w.end(at(12));
         assert_eq!(w.in_band(&band()), 1);
+        let pinned = Write { percentile: None, who: Some(who(b"u1")) };
+        let single = Band::users(vec!["u1".into()], BackendId::V1, BackendId::V2).unwrap();
+        let fence = Fence::new(single.clone(), Duration::from_secs(1));
+        assert!(fence.holds(pinned) && !fence.holds(Write { percentile: Some(12), who: None }));
+        assert_eq!(w.in_band(&single), 0);
+        w.start(pinned);
+        assert_eq!(w.in_band(&single), 1);
+        assert_eq!(w.in_band(&band()), 1, "a pinned write is not in any percentile");
     }
 }

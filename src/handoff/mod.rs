@@ -6,6 +6,7 @@
 //! stays and held writes go to the old side. Nothing is forwarded twice or lost.
 
 pub mod fence;
+pub mod stranded;
 pub mod sync;
 
 use std::sync::{Arc, Mutex, PoisonError};
@@ -19,6 +20,7 @@ use crate::metrics::Metrics;
 use crate::routing::band::Band;
 use crate::state::{Snapshot, State};
 use fence::{Fence, Release, Writes};
+use stranded::{Stranded, Writers};
 pub use sync::Synced;
 
 /// A handoff in progress, as `GET /admin/rollout` shows it.
@@ -45,15 +47,22 @@ pub struct Ended {
     pub fenced_ms: u64,
     pub error: Option<String>,
     pub synced: Option<Synced>,
+    /// A forced rollback: the users whose v2 writes were not carried back.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stranded: Option<Stranded>,
 }
 
 /// The proxy's handoffs: the one in progress and the last one's end.
 pub struct Handoffs {
     /// Writes in flight per percentile (the request path counts them).
     pub writes: Arc<Writes>,
+    /// Users that wrote on v2 (the request path records them).
+    wrote_v2: Arc<Writers>,
     metrics: Arc<Metrics>,
     current: Mutex<Option<(Arc<Fence>, Progress)>>,
     last: Mutex<Option<Ended>>,
+    /// Every user a forced rollback left behind, until the guard is cleared.
+    stranded: Mutex<Stranded>,
 }
 
 fn epoch() -> u64 {
@@ -61,8 +70,43 @@ fn epoch() -> u64 {
 }
 
 impl Handoffs {
-    pub fn new(writes: Arc<Writes>, metrics: Arc<Metrics>) -> Handoffs {
-        Handoffs { writes, metrics, current: Mutex::default(), last: Mutex::default() }
+    pub fn new(writes: Arc<Writes>, wrote_v2: Arc<Writers>, metrics: Arc<Metrics>) -> Handoffs {
+        let (current, last, stranded) = Default::default();
+        Handoffs { writes, wrote_v2, metrics, current, last, stranded }
+    }
+
+    /// The users forced rollbacks left behind since the guard was last cleared.
+    pub fn stranded(&self) -> Option<Stranded> {
+        let s = self.stranded.lock().unwrap_or_else(PoisonError::into_inner);
+        (s.count > 0).then(|| s.clone())
+    }
+
+    /// Forgets the stranded users (the operator has dealt with them: the guard is cleared).
+    pub fn clear_stranded(&self) {
+        *self.stranded.lock().unwrap_or_else(PoisonError::into_inner) = Stranded::default();
+    }
+
+    /// What the users of `band` wrote on v2, once the band has left it: forgotten when
+    /// carried, reported when not.
+    fn left_v2(&self, band: &Band, carried: bool) -> Option<Stranded> {
+        if band.from != crate::backend::BackendId::V2 {
+            return None;
+        }
+        let taken = self.wrote_v2.take(band);
+        if carried {
+            return None;
+        }
+        self.metrics.handoff_stranded(taken.count);
+        tracing::error!(
+            users = taken.count, listed = ?taken.users, unrecorded_writes = taken.unrecorded,
+            "forced rollback: these users' writes on v2 were not carried back to v1"
+        );
+        let mut all = self.stranded.lock().unwrap_or_else(PoisonError::into_inner);
+        all.count += taken.count;
+        let room = stranded::MAX_LISTED.saturating_sub(all.users.len());
+        all.users.extend(taken.users.iter().take(room).cloned());
+        all.unrecorded = taken.unrecorded;
+        Some(taken)
     }
 
     /// The handoff in progress.
@@ -91,10 +135,10 @@ impl Handoffs {
             flip();
             return Ok(Synced::default());
         };
-        let fence = Arc::new(Fence::new(band, cfg.max_hold));
+        let fence = Arc::new(Fence::new(band.clone(), cfg.max_hold));
         let started = Instant::now();
         *self.current.lock().unwrap_or_else(PoisonError::into_inner) =
-            Some((fence.clone(), Progress { phase: "drain", band, started_at: epoch(), held: 0 }));
+            Some((fence.clone(), Progress { phase: "drain", band: band.clone(), started_at: epoch(), held: 0 }));
         state.store(Snapshot::fenced(snap.config.clone(), fence.clone()));
         tracing::info!(low = band.low, high = band.high, from = %band.from, to = %band.to, "handoff: band fenced");
         let deadline = started + cfg.timeout;
@@ -106,10 +150,10 @@ impl Handoffs {
             self.phase("sync");
             let syncing = Instant::now();
             let synced = match &cfg.sync {
-                Sync::Postgres => sync::postgres(&snap.config, &cfg, band).await,
+                Sync::Postgres => sync::postgres(&snap.config, &cfg, &band).await,
                 Sync::Command(program) => {
                     let left = deadline.saturating_duration_since(Instant::now());
-                    sync::command(program, &snap.config, &cfg, band, left).await
+                    sync::command(program, &snap.config, &cfg, &band, left).await
                 }
             };
             self.metrics.handoff_phase("sync", syncing.elapsed());
@@ -138,8 +182,10 @@ impl Handoffs {
             }
             Err(e) => tracing::error!(error = %e, result = outcome, "handoff failed"),
         }
+        let stranded = if outcome == "aborted" { None } else { self.left_v2(&band, outcome == "done") };
         let ended = Ended {
             result: outcome,
+            stranded,
             band,
             at: epoch(),
             fenced_ms: fenced.as_millis() as u64,

@@ -149,12 +149,12 @@ pub async fn coverage(config: &Config, h: &HandoffConfig) -> Result<(Vec<String>
 }
 
 /// Makes the band's rows on the new side equal to the old side's.
-pub async fn postgres(config: &Config, h: &HandoffConfig, band: Band) -> Result<Synced, String> {
+pub async fn postgres(config: &Config, h: &HandoffConfig, band: &Band) -> Result<Synced, String> {
     let url = |side| config.backends.get(side).database_url.as_ref().ok_or("no database_url");
     let roots = &config.upstream.extra_roots;
     let source = pg::connect(url(band.from)?, "switchyard handoff", roots).await?;
     let mut target = pg::connect(url(band.to)?, "switchyard handoff", roots).await?;
-    let (plan, not_covered) = plan(config, h, &band, &source, &target).await;
+    let (plan, not_covered) = plan(config, h, band, &source, &target).await;
     let mut synced = Synced { not_covered, ..Synced::default() };
     let tx = target.transaction().await.map_err(|e| pg::reason(&e))?;
     tx.batch_execute("SET LOCAL session_replication_role = replica").await.map_err(|e| pg::reason(&e))?;
@@ -191,7 +191,7 @@ pub async fn command(
     program: &[String],
     config: &Config,
     h: &HandoffConfig,
-    band: Band,
+    band: &Band,
     timeout: Duration,
 ) -> Result<Synced, String> {
     let (first, args) = program.split_first().ok_or("no command")?;
@@ -203,6 +203,7 @@ pub async fn command(
         .env("SWITCHYARD_FROM", band.from.as_str())
         .env("SWITCHYARD_TO", band.to.as_str())
         .env("SWITCHYARD_USER_COLUMN", &h.user_column)
+        .env("SWITCHYARD_USERS", band.users.join("\n"))
         .env("SWITCHYARD_PREDICATE", band.predicate(&h.user_column, &config.rollout.hash_seed));
     let status = tokio::time::timeout(timeout, cmd.status())
         .await

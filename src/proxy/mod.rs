@@ -24,7 +24,8 @@ use crate::error::{Error, Kind as ErrorKind};
 pub use crate::forward::ClientAddr;
 use crate::forward::{self, headers};
 use crate::guard::{Guard, Outcome};
-use crate::handoff::fence::{Fence, Writes};
+use crate::handoff::fence::{Fence, Write, Writes};
+use crate::handoff::stranded::Writers;
 use crate::metrics::Metrics;
 use crate::routing::{self, service::Service};
 use crate::shadow::{self, Shadow, tap::Tapped};
@@ -59,6 +60,8 @@ pub struct Proxy {
     in_flight: AtomicUsize,
     /// Writes in flight per user percentile (what a handoff's drain waits on).
     pub writes: Arc<Writes>,
+    /// Users that wrote on v2 (what a forced rollback leaves behind).
+    pub wrote_v2: Arc<Writers>,
 }
 
 impl Proxy {
@@ -86,6 +89,7 @@ impl Proxy {
             read_ahead,
             in_flight: AtomicUsize::new(0),
             writes: Arc::default(),
+            wrote_v2: Arc::default(),
         }
     }
 
@@ -140,28 +144,34 @@ impl Proxy {
 
         let (route, write) = loop {
             let route = route::route(&snap, service, req.headers(), req.uri());
-            // A write routed by its user's percentile: counted while in flight (a
-            // handoff's drain waits for its band's), or held while its band moves.
-            let Some(p) = route.decision.percentile.filter(|_| is_write(&method)) else { break (route, None) };
+            // A write of a user (or routed by a percentile): counted while in flight
+            // (a handoff's drain waits for its band's), or held while its band moves.
+            let w = Write { percentile: route.decision.percentile, who: route.who };
+            if !is_write(&method) || w == (Write { percentile: None, who: None }) {
+                break (route, None);
+            }
             // Counted first, then the snapshot checked again: a handoff fences, then
             // reads the counts, so either it waits for this write or this write sees
             // its fence. A snapshot swapped meanwhile means routing again.
-            self.writes.start(p);
+            self.writes.start(w);
             let now = self.state.load();
             if !Arc::ptr_eq(&now, &snap) {
-                self.writes.end(p);
+                self.writes.end(w);
                 snap = now;
                 continue;
             }
             if let (Some(fence), true) = (&snap.fence, fenced)
-                && fence.holds(p)
+                && fence.holds(w)
             {
-                self.writes.end(p);
+                self.writes.end(w);
                 return Start::Held(fence.clone(), req);
             }
-            break (route, Some(p));
+            break (route, Some(w));
         };
         let decision = route.decision;
+        if let (Some(_), Some(user), BackendId::V2) = (write, &route.user, decision.backend) {
+            self.wrote_v2.record(user.clone(), decision.percentile);
+        }
         let done = Done {
             proxy: InFlight::enter(self, write),
             snap,
@@ -407,12 +417,12 @@ fn clone_head(parts: &http::request::Parts) -> http::request::Parts {
 
 /// The proxy, held by a request in flight: keeps the in-flight gauge right even when
 /// the client goes away mid-request and the request future is dropped.
-struct InFlight(Arc<Proxy>, Option<u8>);
+struct InFlight(Arc<Proxy>, Option<Write>);
 
 impl InFlight {
-    /// One more request in flight; `write`: a write from that percentile, already
-    /// counted in [`Proxy::writes`] (this ends it).
-    fn enter(proxy: Arc<Proxy>, write: Option<u8>) -> InFlight {
+    /// One more request in flight; `write`: a write, already counted in
+    /// [`Proxy::writes`] (this ends it).
+    fn enter(proxy: Arc<Proxy>, write: Option<Write>) -> InFlight {
         proxy.in_flight.fetch_add(1, Ordering::Relaxed);
         InFlight(proxy, write)
     }
@@ -421,8 +431,8 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
-        if let Some(p) = self.1 {
-            self.0.writes.end(p);
+        if let Some(w) = self.1 {
+            self.0.writes.end(w);
         }
     }
 }

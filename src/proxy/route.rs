@@ -1,6 +1,8 @@
 //! Gathers a request's routing inputs (identity, cohort cookie, signed-URL token) from
 //! its head and the snapshot, and asks [`crate::routing::decide`] where it goes.
 
+use std::sync::Arc;
+
 use http::{HeaderMap, Uri};
 
 use crate::backend::BackendId;
@@ -22,13 +24,11 @@ pub struct Route {
     pub refused: Option<AuthReason>,
     /// A hash of the user id, when the request has one (the guard weighs users).
     pub who: Option<u64>,
+    /// The user id, when `[handoff]` is on (who wrote on v2 is remembered).
+    pub user: Option<Arc<str>>,
 }
 
-/// A hash of `key`, stable for the process: the guard's identity slots.
-pub fn who(key: &[u8]) -> u64 {
-    use std::hash::BuildHasher;
-    foldhash::fast::FixedState::with_seed(0x5eed).hash_one(key)
-}
+pub use crate::routing::who;
 
 /// The `token` query parameter of a Storage signed URL.
 fn signed_url_token<'a>(path: &str, query: Option<&'a str>) -> Option<&'a str> {
@@ -61,7 +61,7 @@ pub fn route(snap: &Snapshot, service: Service, headers: &HeaderMap, uri: &Uri) 
     // A signed URL only verifies on the project that signed it, whatever the policy.
     if let Some(backend) = signed_url_token(path, uri.query()).and_then(|t| snap.verifier.signed_by(t)) {
         let decision = Decision::fixed(backend, Reason::SignedUrl);
-        return Route { decision, token: identity.token, refused, who: None };
+        return Route { decision, token: identity.token, refused, who: None, user: None };
     }
     let overrides = &snap.config.overrides;
     let user = identity.user().map(|(u, _)| u);
@@ -74,7 +74,8 @@ pub fn route(snap: &Snapshot, service: Service, headers: &HeaderMap, uri: &Uri) 
     let policy = snap.config.services.get(service);
     let decision = routing::decide(&rollout(&snap.config), policy, subject, || fastrand::u8(0..100));
     let who = user.map(|u| who(u.as_bytes()));
-    Route { decision, token: identity.token, refused, who }
+    let user = user.filter(|_| snap.config.handoff.is_some()).map(Arc::from);
+    Route { decision, token: identity.token, refused, who, user }
 }
 
 /// The backend a user id goes to under `snap`, as the `route` command reports it.

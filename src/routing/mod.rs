@@ -81,6 +81,13 @@ impl Decision {
     }
 }
 
+/// A hash of `key` (a user id, or a client's address), stable for the process: the
+/// guard's identity slots, a handoff's single users.
+pub fn who(key: &[u8]) -> u64 {
+    use std::hash::BuildHasher;
+    foldhash::fast::FixedState::with_seed(0x5eed).hash_one(key)
+}
+
 /// Decides where a request goes. `draw` yields a random percentile (0–99) and is only
 /// called for anonymous requests that need one.
 pub fn decide(rollout: &Rollout<'_>, policy: Policy, subject: Subject<'_>, draw: impl FnOnce() -> u8) -> Decision {

@@ -94,7 +94,9 @@ pub async fn start(config: Config, path: Option<PathBuf>) -> io::Result<Running>
         None => None,
     };
     let proxy = Arc::new(Proxy::new(state, upstream, metrics));
-    control.attach_handoffs(Arc::new(Handoffs::new(proxy.writes.clone(), proxy.metrics.clone())));
+    let handoffs = Handoffs::new(proxy.writes.clone(), proxy.wrote_v2.clone(), proxy.metrics.clone());
+    control.attach_handoffs(Arc::new(handoffs));
+    tokio::spawn(gather_writers(proxy.clone(), shutdown.clone()));
     tokio::spawn(guard_loop(proxy.clone(), control.clone(), shutdown.clone()));
     if control.start_schedule().await {
         tokio::spawn(schedule_loop(control.clone(), shutdown.clone()));
@@ -110,6 +112,14 @@ pub async fn start(config: Config, path: Option<PathBuf>) -> io::Result<Running>
         tasks.push(tokio::spawn(admin::serve(l, Arc::new(admin), shutdown.clone())));
     }
     Ok(Running { addr, admin_addr, proxy, control, shutdown, tasks })
+}
+
+/// Gathers who wrote on v2 every second, so its bounded record does not fill.
+async fn gather_writers(proxy: Arc<Proxy>, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    while shutdown.run_until_cancelled(tick.tick()).await.is_some() {
+        proxy.wrote_v2.gather();
+    }
 }
 
 /// Starts `config` and serves until SIGTERM or SIGINT, then drains. SIGHUP reloads.
