@@ -466,42 +466,60 @@ async fn a_rollout_there_and_back_under_load_strands_no_write() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_new_side_that_is_down_aborts_and_a_client_that_leaves_leaves_nothing() {
-    use tokio::io::AsyncWriteExt;
+async fn a_new_side_that_is_down_aborts_before_anything_is_held() {
     let Some(p) = projects("handoff-down").await else { return };
-    // v2's database takes connections and never answers: the sync hangs until the
-    // handoff's timeout.
+    // v2's database takes connections and never answers: the pre-copy hangs until
+    // the handoff's timeout.
     let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = silent.local_addr().unwrap().port();
     let text = config(&p, 0, "sync = \"postgres\"\ntimeout_seconds = 3")
         .replace(&p.url("v2"), &format!("postgresql://postgres@127.0.0.1:{port}/v2"));
     let sy = start_with(&text, &[("SWITCHYARD_ADMIN_TOKEN", TOKEN)], None).await;
     let admin = sy.admin_addr.unwrap();
+    let mover = users(400).into_iter().find(|u| percentile(u) < 50).unwrap();
+    let change = tokio::spawn(async move { put(admin, 50).await });
+    let started = Instant::now();
+    while rollout_status(admin).await["handoff"]["phase"] != "precopy" {
+        assert!(started.elapsed() < Duration::from_secs(5), "no handoff started");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let asked = Instant::now();
+    assert_eq!(insert(sy.addr, &mover, "during the pre-copy").await.status, 201);
+    assert!(asked.elapsed() < Duration::from_secs(1), "not held before the fence");
+    assert!(matches!(change.await.unwrap().status.as_u16(), 202 | 409));
+    let s = handoff_ended(admin, None).await;
+    assert_eq!((s["last_handoff"]["result"].as_str(), s["percentage"].as_u64()), (Some("aborted"), Some(0)), "{s:#}");
+    assert!(s["last_handoff"]["error"].as_str().unwrap().contains("timeout"), "{s:#}");
+    assert_eq!(p.notes("v1", &mover).await.len(), 1);
+    drop(silent);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_leaves_while_held_leaves_nothing() {
+    use tokio::io::AsyncWriteExt;
+    let Some(p) = projects("handoff-leave").await else { return };
+    let text = config(&p, 0, "sync = \"command\"\ncommand = [\"sh\", \"-c\", \"sleep 1; exit 1\"]");
+    let sy = start_with(&text, &[("SWITCHYARD_ADMIN_TOKEN", TOKEN)], None).await;
+    let admin = sy.admin_addr.unwrap();
     let movers: Vec<String> = users(400).into_iter().filter(|u| percentile(u) < 50).take(2).collect();
-    // A client whose write is held, then who leaves.
-    let gate = Arc::new(tokio::sync::Notify::new());
-    let (addr, leaver, held) = (sy.addr, movers[0].clone(), gate.clone());
-    let left = tokio::spawn(async move {
-        held.notified().await;
-        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let doc = json!({ "user_id": leaver, "body": "left" }).to_string();
-        let req = format!(
-            "POST /rest/v1/notes HTTP/1.1\r\nhost: x\r\nx-user-id: {leaver}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{doc}",
-            doc.len()
-        );
-        s.write_all(req.as_bytes()).await.unwrap();
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        drop(s);
-    });
     let change = tokio::spawn(async move { put(admin, 50).await });
     let started = Instant::now();
     while rollout_status(admin).await["handoff"].is_null() {
         assert!(started.elapsed() < Duration::from_secs(5), "no handoff started");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    gate.notify_one();
+    // A client whose write is held, then who leaves.
+    let mut s = tokio::net::TcpStream::connect(sy.addr).await.unwrap();
+    let doc = json!({ "user_id": movers[0], "body": "left" }).to_string();
+    let req = format!(
+        "POST /rest/v1/notes HTTP/1.1\r\nhost: x\r\nx-user-id: {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{doc}",
+        movers[0],
+        doc.len()
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    drop(s);
     let stayed = insert(sy.addr, &movers[1], "stayed").await;
-    left.await.unwrap();
     assert!(matches!(change.await.unwrap().status.as_u16(), 202 | 409));
     let s = handoff_ended(admin, None).await;
     assert_eq!((s["last_handoff"]["result"].as_str(), s["percentage"].as_u64()), (Some("aborted"), Some(0)), "{s:#}");
@@ -510,8 +528,6 @@ async fn a_new_side_that_is_down_aborts_and_a_client_that_leaves_leaves_nothing(
     assert_eq!(stayed.status, 201);
     assert_eq!(p.notes("v1", &movers[1]).await.len(), 1);
     assert!(p.notes("v1", &movers[0]).await.is_empty() && p.notes("v2", &movers[0]).await.is_empty());
-    assert!(s["last_handoff"]["error"].as_str().unwrap().contains("timeout"), "{s:#}");
-    drop(silent);
 }
 
 /// Reads as `readers` until the guard has tripped (at most 20 s).
@@ -612,4 +628,44 @@ async fn a_forced_rollback_names_the_users_it_left_behind() {
     let auth = format!("Bearer {TOKEN}");
     assert_eq!(send(admin, "POST", "/admin/guard/clear", &[("authorization", &auth)], "").await.status, 200);
     assert!(rollout_status(admin).await["stranded"].is_null());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fenced_pass_carries_only_what_changed_since_the_precopy() {
+    let Some(p) = projects("handoff-delta").await else { return };
+    let text = config(&p, 0, "sync = \"postgres\"");
+    let cfg = switchyard::config::Config::parse(&text, &|_| None).unwrap();
+    let h = cfg.handoff.clone().unwrap();
+    let band = switchyard::routing::band::Band::between(0, 100).unwrap();
+    let v1 = p.client("v1").await;
+    v1.batch_execute(
+        "INSERT INTO notes (user_id, body) SELECT 'u' || (g % 50), 'n' || g FROM generate_series(1, 500) g;
+         INSERT INTO note_tags (note_id, tag) SELECT id, 't' FROM notes WHERE id % 10 = 0;",
+    )
+    .await
+    .unwrap();
+    let pre = switchyard::handoff::sync::postgres(&cfg, &h, &band).await.unwrap();
+    assert_eq!(pre.precopied, 550);
+    // The band writes on: an insert, an update, a delete, a new child, a deleted child.
+    v1.batch_execute(
+        "INSERT INTO notes (user_id, body) VALUES ('u1', 'late');
+         UPDATE notes SET body = 'edited' WHERE id = 7;
+         DELETE FROM note_tags WHERE note_id = 20; DELETE FROM notes WHERE id = 20;
+         INSERT INTO note_tags (note_id, tag) VALUES (30, 'second');",
+    )
+    .await
+    .unwrap();
+    let fenced = switchyard::handoff::delta::carry(&cfg, &h, &band).await.unwrap();
+    assert_eq!((fenced.rows, fenced.deleted), (3, 3), "{fenced:?}");
+    let dump = |c: tokio_postgres::Client, schema: &'static str| async move {
+        let q = format!(
+            "SELECT (SELECT string_agg(n::text, ',' ORDER BY id) FROM {schema}.notes n), \
+             (SELECT string_agg(t::text, ',' ORDER BY id) FROM {schema}.note_tags t)"
+        );
+        let row = c.query_one(&q, &[]).await.unwrap();
+        (row.get::<_, String>(0), row.get::<_, String>(1))
+    };
+    assert_eq!(dump(v1, "public").await, dump(p.client("v2").await, "content").await);
+    let again = switchyard::handoff::delta::carry(&cfg, &h, &band).await.unwrap();
+    assert_eq!((again.rows, again.deleted), (0, 0), "nothing left to carry");
 }

@@ -5,6 +5,7 @@
 //! A sync that fails or outlasts `handoff.timeout_seconds` aborts: the percentage
 //! stays and held writes go to the old side. Nothing is forwarded twice or lost.
 
+pub mod delta;
 pub mod fence;
 pub mod stranded;
 pub mod sync;
@@ -26,7 +27,7 @@ pub use sync::Synced;
 /// A handoff in progress, as `GET /admin/rollout` shows it.
 #[derive(Debug, Clone, Serialize)]
 pub struct Progress {
-    /// `drain` or `sync`.
+    /// `precopy` (before the fence), `drain` or `sync`.
     pub phase: &'static str,
     pub band: Band,
     /// Seconds since the epoch.
@@ -136,9 +137,30 @@ impl Handoffs {
             return Ok(Synced::default());
         };
         let fence = Arc::new(Fence::new(band.clone(), cfg.max_hold));
-        let started = Instant::now();
         *self.current.lock().unwrap_or_else(PoisonError::into_inner) =
-            Some((fence.clone(), Progress { phase: "drain", band: band.clone(), started_at: epoch(), held: 0 }));
+            Some((fence.clone(), Progress { phase: "precopy", band: band.clone(), started_at: epoch(), held: 0 }));
+        // The built-in sync copies the band before the fence; the fenced pass then
+        // carries only what changed meanwhile.
+        let precopied = match &cfg.sync {
+            Sync::Postgres => {
+                let copying = Instant::now();
+                let copied = tokio::time::timeout(cfg.timeout, sync::postgres(&snap.config, &cfg, &band)).await;
+                self.metrics.handoff_phase("precopy", copying.elapsed());
+                match copied.unwrap_or_else(|_| Err(timed_out(cfg.timeout))) {
+                    Ok(s) => s.precopied,
+                    // Nothing held yet: an abort costs nobody a write.
+                    Err(e) if !force => return self.end(&band, "aborted", Err(e), Duration::ZERO),
+                    // The guard's rollback does not wait for a second failure.
+                    Err(e) => {
+                        flip();
+                        return Ok(self.end(&band, "forced", Err(e), Duration::ZERO).unwrap_or_default());
+                    }
+                }
+            }
+            Sync::Command(_) => 0,
+        };
+        self.phase("drain");
+        let started = Instant::now();
         state.store(Snapshot::fenced(snap.config.clone(), fence.clone()));
         tracing::info!(low = band.low, high = band.high, from = %band.from, to = %band.to, "handoff: band fenced");
         let deadline = started + cfg.timeout;
@@ -150,7 +172,7 @@ impl Handoffs {
             self.phase("sync");
             let syncing = Instant::now();
             let synced = match &cfg.sync {
-                Sync::Postgres => sync::postgres(&snap.config, &cfg, &band).await,
+                Sync::Postgres => delta::carry(&snap.config, &cfg, &band).await.map(|s| Synced { precopied, ..s }),
                 Sync::Command(program) => {
                     let left = deadline.saturating_duration_since(Instant::now());
                     sync::command(program, &snap.config, &cfg, &band, left).await
@@ -159,9 +181,7 @@ impl Handoffs {
             self.metrics.handoff_phase("sync", syncing.elapsed());
             synced
         };
-        let result = tokio::time::timeout_at(deadline, work).await.unwrap_or_else(|_| {
-            Err(format!("not done within handoff.timeout_seconds ({} s)", cfg.timeout.as_secs_f64()))
-        });
+        let result = tokio::time::timeout_at(deadline, work).await.unwrap_or_else(|_| Err(timed_out(cfg.timeout)));
         let (outcome, release) = match (&result, force) {
             (Ok(_), _) => ("done", Release::New),
             (Err(_), true) => ("forced", Release::New),
@@ -175,18 +195,35 @@ impl Handoffs {
         fence.open(release);
         let fenced = started.elapsed();
         self.metrics.handoff_phase("fenced", fenced);
+        let result = self.end(&band, outcome, result, fenced);
+        if force { Ok(result.unwrap_or_default()) } else { result }
+    }
+
+    /// Records how a handoff ended (counted, logged, shown), and that none runs.
+    fn end(
+        &self,
+        band: &Band,
+        outcome: &'static str,
+        result: Result<Synced, String>,
+        fenced: Duration,
+    ) -> Result<Synced, String> {
         self.metrics.handoff(outcome);
         match &result {
-            Ok(s) => {
-                tracing::info!(rows = s.rows, tables = s.tables, fenced_ms = fenced.as_millis() as u64, "handoff done")
-            }
+            Ok(s) => tracing::info!(
+                precopied = s.precopied,
+                rows = s.rows,
+                deleted = s.deleted,
+                tables = s.tables,
+                fenced_ms = fenced.as_millis() as u64,
+                "handoff done"
+            ),
             Err(e) => tracing::error!(error = %e, result = outcome, "handoff failed"),
         }
-        let stranded = if outcome == "aborted" { None } else { self.left_v2(&band, outcome == "done") };
+        let stranded = if outcome == "aborted" { None } else { self.left_v2(band, outcome == "done") };
         let ended = Ended {
             result: outcome,
             stranded,
-            band,
+            band: band.clone(),
             at: epoch(),
             fenced_ms: fenced.as_millis() as u64,
             error: result.as_ref().err().cloned(),
@@ -194,6 +231,10 @@ impl Handoffs {
         };
         *self.last.lock().unwrap_or_else(PoisonError::into_inner) = Some(ended);
         *self.current.lock().unwrap_or_else(PoisonError::into_inner) = None;
-        if force { Ok(result.unwrap_or_default()) } else { result }
+        result
     }
+}
+
+fn timed_out(limit: Duration) -> String {
+    format!("not done within handoff.timeout_seconds ({} s)", limit.as_secs_f64())
 }

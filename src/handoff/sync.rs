@@ -1,11 +1,12 @@
-//! Carrying a band's rows to the side its users move to. Built in for PostgreSQL:
-//! in one transaction on the new side, with triggers off as logical replication
-//! runs them (`session_replication_role = replica`), every mapped table's band rows
-//! are deleted and copied afresh from the old side (`COPY`), so inserts, updates and
-//! deletes alike arrive. Ids are copied as they are: the projects must hand out ids
-//! that never collide (UUIDs, or sequence ranges of their own; a sequence is never
-//! moved, which would push one project into the other's range). Or an operator's
-//! command, given the band in its environment.
+//! Carrying a band's rows to the side its users move to. Built in for PostgreSQL, in
+//! two passes. The pre-copy, before the fence: in one transaction on the new side,
+//! with triggers off as logical replication runs them (`session_replication_role =
+//! replica`), every mapped table's band rows are deleted and copied afresh from the
+//! old side (`COPY`). Then the fenced pass ([`super::delta`]) carries what the band
+//! wrote meanwhile. Ids are copied as they are: the projects must hand out ids that
+//! never collide (UUIDs, or sequence ranges of their own; a sequence is never moved,
+//! which would push one project into the other's range). Or an operator's command,
+//! given the band in its environment.
 
 use std::time::Duration;
 
@@ -21,8 +22,12 @@ use crate::routing::band::{Band, identifier};
 /// What a sync did.
 #[derive(Debug, Default, Clone, serde::Serialize)]
 pub struct Synced {
-    /// Rows copied to the new side.
+    /// Rows copied to the new side before the fence (the pre-copy).
+    pub precopied: u64,
+    /// Rows copied to the new side inside the fence.
     pub rows: u64,
+    /// Rows deleted on the new side inside the fence (changed or gone on the old).
+    pub deleted: u64,
     /// Tables synced.
     pub tables: usize,
     /// Mapped tables whose rows are not carried (no user column, no parent), by name.
@@ -30,10 +35,10 @@ pub struct Synced {
 }
 
 /// A mapped table on both sides.
-struct Pair {
-    name: String,
-    from: String,
-    to: String,
+pub(super) struct Pair {
+    pub name: String,
+    pub from: String,
+    pub to: String,
 }
 
 fn pairs(config: &Config, band: &Band) -> Vec<Pair> {
@@ -91,18 +96,25 @@ fn predicate(
 }
 
 /// One table's part in a sync.
-struct Planned {
-    pair: Pair,
+pub(super) struct Planned {
+    pub pair: Pair,
     /// Columns both sides have, in the new side's order.
-    columns: Vec<String>,
+    pub columns: Vec<String>,
     /// Its band rows, on the old side and on the new.
-    on_from: String,
-    on_to: String,
+    pub on_from: String,
+    pub on_to: String,
+}
+
+impl Planned {
+    /// The copied columns, quoted, as a list.
+    pub fn list(&self) -> String {
+        self.columns.iter().map(|c| identifier(c)).collect::<Vec<_>>().join(", ")
+    }
 }
 
 /// Which mapped tables a sync of `band` carries, and how; the names of those it
 /// cannot (missing on a side, no user column, no parent).
-async fn plan(
+pub(super) async fn plan(
     config: &Config,
     h: &HandoffConfig,
     band: &Band,
@@ -148,16 +160,49 @@ pub async fn coverage(config: &Config, h: &HandoffConfig) -> Result<(Vec<String>
     Ok((planned.into_iter().map(|t| t.pair.name).collect(), not_covered))
 }
 
-/// Makes the band's rows on the new side equal to the old side's.
-pub async fn postgres(config: &Config, h: &HandoffConfig, band: &Band) -> Result<Synced, String> {
+/// Connects to the side `band` leaves and the side it goes to.
+pub(super) async fn connect(config: &Config, band: &Band) -> Result<(Client, Client), String> {
     let url = |side| config.backends.get(side).database_url.as_ref().ok_or("no database_url");
     let roots = &config.upstream.extra_roots;
     let source = pg::connect(url(band.from)?, "switchyard handoff", roots).await?;
-    let mut target = pg::connect(url(band.to)?, "switchyard handoff", roots).await?;
-    let (plan, not_covered) = plan(config, h, band, &source, &target).await;
-    let mut synced = Synced { not_covered, ..Synced::default() };
+    let target = pg::connect(url(band.to)?, "switchyard handoff", roots).await?;
+    Ok((source, target))
+}
+
+/// A transaction on the new side with triggers off, as logical replication runs.
+pub(super) async fn replica_tx(target: &mut Client) -> Result<tokio_postgres::Transaction<'_>, String> {
     let tx = target.transaction().await.map_err(|e| pg::reason(&e))?;
     tx.batch_execute("SET LOCAL session_replication_role = replica").await.map_err(|e| pg::reason(&e))?;
+    Ok(tx)
+}
+
+/// Copies the rows `select` (a query on the old side) gives into `table` on the new.
+pub(super) async fn copy(
+    source: &Client,
+    tx: &tokio_postgres::Transaction<'_>,
+    select: &str,
+    table: &str,
+    list: &str,
+) -> Result<u64, String> {
+    let out = source.copy_out(&format!("COPY ({select}) TO STDOUT")).await.map_err(|e| pg::reason(&e))?;
+    let sink = tx.copy_in(&format!("COPY {table} ({list}) FROM STDIN")).await.map_err(|e| pg::reason(&e))?;
+    let mut out = std::pin::pin!(out);
+    let mut sink = std::pin::pin!(sink);
+    while let Some(chunk) = out.next().await {
+        let chunk: Bytes = chunk.map_err(|e| pg::reason(&e))?;
+        sink.send(chunk).await.map_err(|e| pg::reason(&e))?;
+    }
+    sink.as_mut().finish().await.map_err(|e| pg::reason(&e))
+}
+
+/// The pre-copy: makes the band's rows on the new side equal to the old side's, all
+/// of them. Outside the fence the band may write on meanwhile; the fenced pass
+/// ([`super::delta::carry`]) carries that.
+pub async fn postgres(config: &Config, h: &HandoffConfig, band: &Band) -> Result<Synced, String> {
+    let (source, mut target) = connect(config, band).await?;
+    let (plan, not_covered) = plan(config, h, band, &source, &target).await;
+    let mut synced = Synced { not_covered, ..Synced::default() };
+    let tx = replica_tx(&mut target).await?;
     // Children (rows found through a parent) go first, while their parents are there.
     let mut ordered: Vec<&Planned> = plan.iter().collect();
     ordered.sort_by_key(|t| matches!(h.owner(&t.pair.name), Owner::Column(_)));
@@ -166,20 +211,9 @@ pub async fn postgres(config: &Config, h: &HandoffConfig, band: &Band) -> Result
     }
     // Parents first for the copy.
     for t in ordered.iter().rev() {
-        let (p, cols, on_from) = (&t.pair, &t.columns, &t.on_from);
-        let list = cols.iter().map(|c| identifier(c)).collect::<Vec<_>>().join(", ");
-        let out = source
-            .copy_out(&format!("COPY (SELECT {list} FROM {} WHERE {on_from}) TO STDOUT", p.from))
-            .await
-            .map_err(|e| pg::reason(&e))?;
-        let sink = tx.copy_in(&format!("COPY {} ({list}) FROM STDIN", p.to)).await.map_err(|e| pg::reason(&e))?;
-        let mut out = std::pin::pin!(out);
-        let mut sink = std::pin::pin!(sink);
-        while let Some(chunk) = out.next().await {
-            let chunk: Bytes = chunk.map_err(|e| pg::reason(&e))?;
-            sink.send(chunk).await.map_err(|e| pg::reason(&e))?;
-        }
-        synced.rows += sink.as_mut().finish().await.map_err(|e| pg::reason(&e))?;
+        let list = t.list();
+        let select = format!("SELECT {list} FROM {} WHERE {}", t.pair.from, t.on_from);
+        synced.precopied += copy(&source, &tx, &select, &t.pair.to, &list).await?;
         synced.tables += 1;
     }
     tx.commit().await.map_err(|e| pg::reason(&e))?;
