@@ -646,6 +646,7 @@ async fn the_fenced_pass_carries_only_what_changed_since_the_precopy() {
     .unwrap();
     let pre = switchyard::handoff::sync::postgres(&cfg, &h, &band).await.unwrap();
     assert_eq!(pre.precopied, 550);
+    let prepared = switchyard::handoff::delta::prepare(&cfg, &h, &band).await.unwrap();
     // The band writes on: an insert, an update, a delete, a new child, a deleted child.
     v1.batch_execute(
         "INSERT INTO notes (user_id, body) VALUES ('u1', 'late');
@@ -655,7 +656,7 @@ async fn the_fenced_pass_carries_only_what_changed_since_the_precopy() {
     )
     .await
     .unwrap();
-    let fenced = switchyard::handoff::delta::carry(&cfg, &h, &band).await.unwrap();
+    let fenced = switchyard::handoff::delta::carry(prepared).await.unwrap();
     assert_eq!((fenced.rows, fenced.deleted), (3, 3), "{fenced:?}");
     let dump = |c: tokio_postgres::Client, schema: &'static str| async move {
         let q = format!(
@@ -666,6 +667,7 @@ async fn the_fenced_pass_carries_only_what_changed_since_the_precopy() {
         (row.get::<_, String>(0), row.get::<_, String>(1))
     };
     assert_eq!(dump(v1, "public").await, dump(p.client("v2").await, "content").await);
-    let again = switchyard::handoff::delta::carry(&cfg, &h, &band).await.unwrap();
+    let prepared = switchyard::handoff::delta::prepare(&cfg, &h, &band).await.unwrap();
+    let again = switchyard::handoff::delta::carry(prepared).await.unwrap();
     assert_eq!((again.rows, again.deleted), (0, 0), "nothing left to carry");
 }

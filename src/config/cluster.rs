@@ -17,6 +17,9 @@ pub struct ClusterFile {
     pub schema: String,
     pub replica_id: Option<String>,
     pub heartbeat_seconds: f64,
+    /// With `[handoff]`: how long a heartbeat holds the replica's lease (default three
+    /// heartbeats).
+    pub lease_seconds: Option<f64>,
     pub startup_wait_seconds: f64,
     /// PEM CA certificates trusted for the database's TLS besides the webpki roots
     /// (Supabase's database CA, say).
@@ -30,6 +33,7 @@ impl Default for ClusterFile {
             schema: "switchyard".into(),
             replica_id: None,
             heartbeat_seconds: 5.0,
+            lease_seconds: None,
             startup_wait_seconds: 10.0,
             ca_file: None,
         }
@@ -48,6 +52,9 @@ pub struct ClusterConfig {
     /// How often this replica reports itself and re-reads the state (the fallback
     /// for a missed notification).
     pub heartbeat: Duration,
+    /// How long a heartbeat holds this replica's lease: past it, with `[handoff]`,
+    /// the replica holds every write until it reads the store again.
+    pub lease: Duration,
     /// How long a start waits for the store before serving from the file.
     pub startup_wait: Duration,
     /// Trusted for the database's TLS besides the webpki roots.
@@ -74,11 +81,19 @@ pub fn cluster(raw: ClusterFile) -> Result<Option<ClusterConfig>, ConfigError> {
     if heartbeat.is_zero() {
         return Err(ConfigError::new("cluster.heartbeat_seconds", "must be over 0"));
     }
+    let lease = match raw.lease_seconds {
+        None => heartbeat * 3,
+        Some(s) => seconds("cluster.lease_seconds", s)?,
+    };
+    if lease <= heartbeat {
+        return Err(ConfigError::new("cluster.lease_seconds", "must be longer than cluster.heartbeat_seconds"));
+    }
     Ok(Some(ClusterConfig {
         database_url,
         schema: raw.schema,
         replica_id,
         heartbeat,
+        lease,
         startup_wait: seconds("cluster.startup_wait_seconds", raw.startup_wait_seconds)?,
         extra_roots: match &raw.ca_file {
             Some(path) => super::ca_certificates("cluster.ca_file", path)?,

@@ -137,12 +137,6 @@ pub fn handoff(raw: HandoffFile) -> Result<Option<HandoffConfig>, ConfigError> {
 /// What `[handoff]` needs of the rest of the config.
 pub fn requires(config: &super::Config) -> Result<(), ConfigError> {
     let Some(h) = &config.handoff else { return Ok(()) };
-    if config.cluster.is_some() {
-        return Err(ConfigError::new(
-            "handoff.enabled",
-            "handoffs are not yet coordinated across a fleet: use [handoff] with one replica, without [cluster]",
-        ));
-    }
     if h.sync == Sync::Postgres {
         for (id, b) in config.backends.iter() {
             if b.database_url.is_none() {

@@ -4,6 +4,7 @@
 use std::pin::Pin;
 
 use super::{Refused, Rollout};
+use crate::handoff::coordinate::Coordinator;
 
 /// Why a change did not happen.
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +39,11 @@ pub type StoreFuture<'a> = Pin<Box<dyn Future<Output = Result<u64, Cas>> + Send 
 pub trait Store: Send + Sync {
     /// Writes `next` if the store is still at `generation`: the new generation.
     fn cas<'a>(&'a self, generation: u64, next: &'a Rollout) -> StoreFuture<'a>;
+    /// As [`Store::cas`], and only while handoff `id` is in the store, which it ends
+    /// in the same statement.
+    fn finish<'a>(&'a self, generation: u64, next: &'a Rollout, id: &'a str) -> StoreFuture<'a>;
+    /// What a handoff's leader needs of the store.
+    fn coordinator(&self) -> &dyn Coordinator;
 }
 
 /// How a change meets a concurrent one.

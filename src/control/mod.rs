@@ -23,6 +23,8 @@ use std::time::SystemTime;
 use crate::config::safety::RollbackTo;
 use crate::config::{Config, PercentageSource};
 use crate::guard::Trip;
+use crate::handoff::coordinate::Pending;
+use crate::handoff::fence::{Fence, Release};
 use crate::handoff::{Handoffs, Progress};
 use crate::metrics::Metrics;
 use crate::routing::band::Band;
@@ -153,6 +155,11 @@ impl Control {
             config.rollout.percentage_source = next.source;
             self.metrics.rollout_percentage.set(next.percentage.into());
             self.state.store(Snapshot::new(config));
+            // A handoff's fence falls with the percentage it held for: its writes go on
+            // to the new side.
+            if let Some(f) = &current.fence {
+                f.open(Release::New);
+            }
         }
         ledger.rollout = next;
         ledger.changed_at = SystemTime::now();
@@ -229,12 +236,22 @@ impl Control {
             }
             return Ok(Some(next));
         };
+        // With handoffs, changes here go one at a time (the store orders the fleet's).
+        let _turn = match self.handoffs.get() {
+            Some(_) if self.state.load().config.handoff.is_some() => Some(self.turn(commit == Commit::Urgent).await),
+            _ => None,
+        };
         loop {
             let (base, generation) = match &self.lock().fleet {
                 Some((r, g)) => (r.clone(), *g),
                 None => return Err(ChangeError::Unavailable("not connected yet".into())),
             };
             let Some(next) = change(&base)? else { return Ok(None) };
+            if let Some((handoffs, band)) = self.handoff_band(base.percentage, next.percentage) {
+                let committed = self.lead(store.as_ref(), handoffs, band, generation, &next).await?;
+                self.adopt(next.clone(), committed);
+                return Ok(Some(next));
+            }
             match store.cas(generation, &next).await {
                 Ok(committed) => {
                     self.adopt(next.clone(), committed);
@@ -250,6 +267,66 @@ impl Control {
                 }
                 Err(Cas::Unavailable(why)) => return Err(ChangeError::Unavailable(why)),
             }
+        }
+    }
+
+    /// Leads the fleet's handoff of `band` for the change from the store's state at
+    /// `generation` to `next`: the generation it committed.
+    async fn lead(
+        &self,
+        store: &dyn Store,
+        handoffs: &Handoffs,
+        band: Band,
+        generation: u64,
+        next: &Rollout,
+    ) -> Result<u64, ChangeError> {
+        let committed = std::sync::atomic::AtomicU64::new(0);
+        let finish = |id: String| {
+            let committed = &committed;
+            async move {
+                match store.finish(generation, next, &id).await {
+                    Ok(g) => {
+                        committed.store(g, std::sync::atomic::Ordering::SeqCst);
+                        Ok(())
+                    }
+                    Err(Cas::Conflict(_, at)) => Err(format!(
+                        "the fleet's state changed during the handoff (now generation {at}), or the handoff was abandoned"
+                    )),
+                    Err(Cas::Unavailable(why)) => Err(format!("the fleet's store: {why}")),
+                }
+            }
+        };
+        let force = next.source == PercentageSource::Guard;
+        let leader = self.state.load().config.cluster.as_ref().map(|c| c.replica_id.clone()).unwrap_or_default();
+        handoffs.lead(store.coordinator(), &leader, band, force, finish).await.map_err(ChangeError::Handoff)?;
+        Ok(committed.load(std::sync::atomic::Ordering::SeqCst))
+    }
+
+    /// Fences for the fleet's handoff in progress (`pending`), or lifts the fence of
+    /// one that ended without a change (aborted, or abandoned): its held writes go to
+    /// the old side. A fence replaced by a change of percentage was opened to the new
+    /// side already ([`Control::apply`]). The fence now standing for `pending`.
+    pub fn follow(&self, pending: Option<&Pending>) -> Option<Arc<Fence>> {
+        let snap = self.state.load();
+        let standing = snap.fence.clone().filter(|f| f.id.is_some());
+        match (pending, standing) {
+            (Some(p), Some(f)) if f.id.as_deref() == Some(p.id.as_str()) => Some(f),
+            (Some(p), other) => {
+                let max_hold = std::time::Duration::from_millis(p.max_hold_ms);
+                let fence = Arc::new(Fence::fleet(p.id.clone(), p.band.clone(), max_hold));
+                self.state.store(Snapshot::fenced(snap.config.clone(), fence.clone()));
+                tracing::info!(id = %p.id, leader = %p.leader, low = p.band.low, high = p.band.high, "fleet handoff: band fenced");
+                if let Some(o) = other {
+                    o.open(Release::Old);
+                }
+                Some(fence)
+            }
+            (None, Some(f)) => {
+                self.state.store(Snapshot::new(snap.config.clone()));
+                f.open(Release::Old);
+                None
+            }
+            (None, None) => None,
         }
     }
 

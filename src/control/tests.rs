@@ -2,6 +2,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::*;
 use crate::guard::TripReason;
+use crate::handoff::coordinate::{Call, Coordinator, Pending};
 use crate::routing::service::Service;
 
 const BASE: &str = "[rollout]\npercentage = 10\n[backends.v1]\nurl = \"http://127.0.0.1:1\"\n[backends.v2]\nurl = \"http://127.0.0.1:2\"\n";
@@ -84,6 +85,33 @@ impl Store for Memory {
             *row = Some((next.clone(), at + 1));
             Ok(at + 1)
         })
+    }
+
+    fn finish<'a>(&'a self, generation: u64, next: &'a Rollout, _: &'a str) -> StoreFuture<'a> {
+        self.cas(generation, next)
+    }
+
+    fn coordinator(&self) -> &dyn Coordinator {
+        self
+    }
+}
+
+/// Every replica of the in-memory fleet acknowledges at once.
+impl Coordinator for Memory {
+    fn begin<'a>(&'a self, _: &'a Pending) -> Call<'a, bool> {
+        Box::pin(async { Ok(true) })
+    }
+    fn waiting<'a>(&'a self, _: &'a str) -> Call<'a, Vec<String>> {
+        Box::pin(async { Ok(Vec::new()) })
+    }
+    fn renew<'a>(&'a self, _: &'a str) -> Call<'a, bool> {
+        Box::pin(async { Ok(true) })
+    }
+    fn abort<'a>(&'a self, _: &'a str) -> Call<'a, ()> {
+        Box::pin(async { Ok(()) })
+    }
+    fn lease(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(3)
     }
 }
 

@@ -5,6 +5,11 @@
 //! themselves are made by [`crate::control`] through [`Store`]'s compare-and-set.
 //! When the database is unreachable the replica keeps routing with what it applied
 //! last, says so (degraded), and reconnects with backoff.
+//!
+//! With `[handoff]`, each read also brings the fleet's handoff in progress: the
+//! replica fences its band and, once its own writes from the band have drained,
+//! acknowledges in its heartbeat. Each heartbeat renews the replica's lease
+//! ([`crate::handoff::lease`]).
 
 pub mod store;
 
@@ -18,9 +23,20 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::cluster::ClusterConfig;
 use crate::control::Control;
+use crate::handoff::coordinate::Pending;
+use crate::handoff::fence::{Fence, Writes};
+use crate::handoff::lease::Lease;
 use crate::metrics::Metrics;
 use crate::pg::{self, reason};
 pub use store::{Read, Replica, Sql, Store};
+
+/// The handoff in progress as the store keeps it, if it reads as one.
+fn pending(text: Option<String>) -> Option<Pending> {
+    let text = text?;
+    serde_json::from_str(&text)
+        .map_err(|e| tracing::error!(error = %e, "the fleet's handoff row is not a handoff: ignored"))
+        .ok()
+}
 
 /// What `GET /admin/rollout` shows of the fleet.
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -41,6 +57,18 @@ pub struct Fleet {
     control: Arc<Control>,
     metrics: Arc<Metrics>,
     view: Mutex<View>,
+    /// What a handoff needs of this replica: its writes in flight, its lease.
+    local: Local,
+    /// The handoff whose drain is being watched here.
+    watching: Mutex<Option<String>>,
+}
+
+/// This replica's writes in flight and its lease.
+pub struct Local {
+    pub writes: Arc<Writes>,
+    pub lease: Arc<Lease>,
+    /// How long a write may take upstream (a gone replica's last one ends by then).
+    pub upstream_timeout: Duration,
 }
 
 impl Fleet {
@@ -52,13 +80,16 @@ impl Fleet {
         config: ClusterConfig,
         control: Arc<Control>,
         metrics: Arc<Metrics>,
+        local: Local,
         shutdown: CancellationToken,
     ) -> Arc<Fleet> {
         metrics.cluster_enabled.set(1);
-        let store = Arc::new(Store { sql: Sql::new(&config.schema), client: Default::default() });
+        let sql = Sql::new(&config.schema);
+        let (lease, gone_after) = (config.lease, config.lease + local.upstream_timeout + Duration::from_secs(1));
+        let store = Arc::new(Store { sql, client: Default::default(), lease, gone_after });
         control.attach(store.clone());
-        let view = View { replica_id: config.replica_id.clone(), ..View::default() };
-        let fleet = Arc::new(Fleet { store, config, control, metrics, view: Mutex::new(view) });
+        let view = Mutex::new(View { replica_id: config.replica_id.clone(), ..View::default() });
+        let fleet = Arc::new(Fleet { store, config, control, metrics, view, local, watching: Mutex::default() });
         let (synced, mut first) = watch::channel(false);
         tokio::spawn(fleet.clone().run(synced, shutdown));
         let wait = fleet.config.startup_wait;
@@ -90,7 +121,7 @@ impl Fleet {
         let mut backoff = Duration::from_millis(100);
         loop {
             let ended = tokio::select! {
-                _ = shutdown.cancelled() => return,
+                _ = shutdown.cancelled() => return self.leave().await,
                 ended = self.session(&synced, &mut backoff) => ended,
             };
             self.store.client.store(None);
@@ -110,6 +141,14 @@ impl Fleet {
         }
     }
 
+    /// Leaves the fleet at shutdown: no handoff waits for this replica's heartbeat.
+    async fn leave(&self) {
+        if let Some(client) = self.store.client.load_full() {
+            let id = &self.config.replica_id;
+            let _ = tokio::time::timeout(Duration::from_secs(1), client.execute(&self.store.sql.leave, &[id])).await;
+        }
+    }
+
     /// One session: connect, make sure the schema is there, LISTEN, then apply every
     /// committed change until the connection fails (the reason is returned).
     async fn session(&self, synced: &watch::Sender<bool>, backoff: &mut Duration) -> String {
@@ -123,6 +162,7 @@ impl Fleet {
             Err(e) => return failed(e),
         };
         let (notified, mut notifications) = mpsc::unbounded_channel();
+        let poke = notified.clone();
         let driver = tokio::spawn(async move {
             let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
             while let Some(message) = messages.next().await {
@@ -151,7 +191,7 @@ impl Fleet {
         }
         let client = Arc::new(client);
         self.store.client.store(Some(client.clone()));
-        if let Err(e) = self.sync(&client).await {
+        if let Err(e) = self.sync(&client, &poke).await {
             return failed(e);
         }
         self.control.publish_pending().await;
@@ -176,29 +216,36 @@ impl Fleet {
                 }
                 _ = tick.tick() => {}
             }
-            if let Err(e) = self.sync(&client).await {
+            if let Err(e) = self.sync(&client, &poke).await {
                 return failed(e);
             }
         }
     }
 
-    /// Reads and adopts the fleet's state, reports this replica, and reads the others.
-    async fn sync(&self, client: &Client) -> Result<(), tokio_postgres::Error> {
+    /// Reads and adopts the fleet's state and handoff, reports this replica (with its
+    /// acknowledgement of the handoff, once drained), and reads the others. `poke`
+    /// asks for another round (when the band has drained).
+    async fn sync(&self, client: &Client, poke: &mpsc::UnboundedSender<()>) -> Result<(), tokio_postgres::Error> {
         let sql = &self.store.sql;
-        let refused = match Store::read(client, sql).await? {
-            Some(Read::State(rollout, generation)) => {
-                (!self.control.adopt(rollout, generation)).then(|| ("out of range".to_string(), generation))
+        let sent = tokio::time::Instant::now();
+        let (refused, pending) = match Store::read_all(client, sql, self.store.lease).await? {
+            Some((Read::State(rollout, generation), pending)) => {
+                let refused = !self.control.adopt(rollout, generation);
+                (refused.then(|| ("out of range".to_string(), generation)), self::pending(pending))
             }
-            Some(Read::Invalid(why, generation)) => Some((why, generation)),
-            None => None,
+            Some((Read::Invalid(why, generation), _)) => (Some((why, generation)), None),
+            None => (None, None),
         };
         if let Some((why, generation)) = refused {
             self.invalid(generation, &why);
         }
+        let fence = self.control.follow(pending.as_ref());
+        let acked = fence.and_then(|f| self.drained(f, poke));
         let applied = self.control.generation();
         self.metrics.cluster_generation.set(i64::try_from(applied).unwrap_or(i64::MAX));
         let id = &self.config.replica_id;
-        client.execute(&sql.heartbeat, &[id, &i64::try_from(applied).unwrap_or(i64::MAX)]).await?;
+        client.execute(&sql.heartbeat, &[id, &i64::try_from(applied).unwrap_or(i64::MAX), &acked]).await?;
+        self.local.lease.renew(sent, self.config.lease);
         let replicas = client.query(&sql.replicas, &[]).await?;
         let replicas = replicas
             .iter()
@@ -210,6 +257,28 @@ impl Fleet {
             .collect();
         self.update(|v| v.replicas = replicas);
         Ok(())
+    }
+
+    /// The handoff `fence` stands for, once this replica's writes from its band have
+    /// drained; until then a watcher asks for another round when they have.
+    fn drained(&self, fence: Arc<Fence>, poke: &mpsc::UnboundedSender<()>) -> Option<String> {
+        let id = fence.id.clone()?;
+        if self.local.writes.in_band(&fence.band) == 0 {
+            return Some(id);
+        }
+        let mut watching = self.watching.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if watching.as_deref() != Some(id.as_str()) {
+            *watching = Some(id);
+            let (writes, poke) = (self.local.writes.clone(), poke.clone());
+            tokio::spawn(async move {
+                // Bounded by the fence: a write in flight ends by the upstream timeout.
+                while writes.in_band(&fence.band) > 0 && !poke.is_closed() {
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                let _ = poke.send(());
+            });
+        }
+        None
     }
 
     fn invalid(&self, generation: u64, why: &str) {

@@ -35,10 +35,15 @@ pub enum Release {
 pub struct Fence {
     pub band: Band,
     pub max_hold: Duration,
+    /// A fleet's handoff: its id (every replica fences for it).
+    pub id: Option<String>,
+    /// Holds every write of a user, whatever the band: a replica without a valid
+    /// lease on the fleet's store does not know which band may be moving.
+    all: bool,
     /// The band's single users, hashed as the request path knows them.
     users: HashSet<u64>,
-    /// Held writes, in arrival order.
-    waiting: Mutex<VecDeque<oneshot::Sender<Release>>>,
+    /// Held writes, in arrival order; once open, where it opened to.
+    waiting: Mutex<(VecDeque<oneshot::Sender<Release>>, Option<Release>)>,
     held: AtomicUsize,
 }
 
@@ -51,18 +56,37 @@ pub struct Held<'a> {
 impl Fence {
     pub fn new(band: Band, max_hold: Duration) -> Fence {
         let users = band.users.iter().map(|u| who(u.as_bytes())).collect();
-        Fence { band, max_hold, users, waiting: Mutex::default(), held: AtomicUsize::new(0) }
+        let (id, all, waiting, held) = (None, false, Mutex::default(), AtomicUsize::new(0));
+        Fence { band, max_hold, id, all, users, waiting, held }
+    }
+
+    /// The fence of the fleet's handoff `id`.
+    pub fn fleet(id: String, band: Band, max_hold: Duration) -> Fence {
+        Fence { id: Some(id), ..Fence::new(band, max_hold) }
+    }
+
+    /// A fence around every user's writes.
+    pub fn everything(max_hold: Duration) -> Fence {
+        Fence { all: true, ..Fence::new(Band::between(0, 100).expect("a band"), max_hold) }
     }
 
     /// Whether `write` is held: its user is in the band (by percentile, or by name).
     pub fn holds(&self, write: Write) -> bool {
-        write.percentile.is_some_and(|p| self.band.contains(p)) || write.who.is_some_and(|w| self.users.contains(&w))
+        self.all
+            || write.percentile.is_some_and(|p| self.band.contains(p))
+            || write.who.is_some_and(|w| self.users.contains(&w))
     }
 
-    /// Takes a place in the queue.
+    /// Takes a place in the queue (released at once if the fence is open already).
     pub fn hold(&self) -> Held<'_> {
         let (tx, opened) = oneshot::channel();
-        self.waiting.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push_back(tx);
+        let mut waiting = self.waiting.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        match waiting.1 {
+            Some(to) => {
+                let _ = tx.send(to);
+            }
+            None => waiting.0.push_back(tx),
+        }
         self.held.fetch_add(1, Ordering::Relaxed);
         Held { fence: self, opened }
     }
@@ -72,9 +96,17 @@ impl Fence {
         self.held.load(Ordering::Relaxed)
     }
 
-    /// Opens the fence: every held write is released, in arrival order, to `to`.
+    /// Opens the fence: every held write is released, in arrival order, to `to`. Only
+    /// the first opening counts.
     pub fn open(&self, to: Release) {
-        let waiting = std::mem::take(&mut *self.waiting.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+        let waiting = {
+            let mut waiting = self.waiting.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if waiting.1.is_some() {
+                return;
+            }
+            waiting.1 = Some(to);
+            std::mem::take(&mut waiting.0)
+        };
         for w in waiting {
             // A write that gave up (held too long, or its client left) is skipped.
             let _ = w.send(to);
@@ -83,10 +115,10 @@ impl Fence {
 }
 
 impl Held<'_> {
-    /// Waits for the fence to open, at most `max_hold`. `None`: held too long (the
+    /// Waits for the fence to open, until `deadline`. `None`: held too long (the
     /// write is then never forwarded).
-    pub async fn released(mut self) -> Option<Release> {
-        tokio::time::timeout(self.fence.max_hold, &mut self.opened).await.ok()?.ok()
+    pub async fn released(mut self, deadline: tokio::time::Instant) -> Option<Release> {
+        tokio::time::timeout_at(deadline, &mut self.opened).await.ok()?.ok()
     }
 }
 
@@ -168,8 +200,9 @@ mod tests {
         for i in 0..3 {
             let held = fence.hold();
             let order = order.clone();
+            let deadline = tokio::time::Instant::now() + fence.max_hold;
             tasks.push(async move {
-                let r = held.released().await;
+                let r = held.released(deadline).await;
                 order.lock().unwrap().push(i);
                 r
             });
@@ -186,9 +219,19 @@ mod tests {
     async fn a_write_held_past_max_hold_is_never_released() {
         let fence = Fence::new(band(), Duration::from_secs(10));
         let held = fence.hold();
-        assert_eq!(held.released().await, None);
+        assert_eq!(held.released(tokio::time::Instant::now() + fence.max_hold).await, None);
         fence.open(Release::Old);
         assert_eq!(fence.held(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_write_that_comes_to_an_open_fence_goes_on() {
+        let fence = Fence::everything(Duration::from_secs(10));
+        assert!(fence.holds(Write { percentile: None, who: Some(1) }));
+        fence.open(Release::New);
+        fence.open(Release::Old);
+        let soon = tokio::time::Instant::now() + Duration::from_secs(1);
+        assert_eq!(fence.hold().released(soon).await, Some(Release::New), "the first opening counts");
     }
 
     #[test]

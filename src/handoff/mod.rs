@@ -5,8 +5,11 @@
 //! A sync that fails or outlasts `handoff.timeout_seconds` aborts: the percentage
 //! stays and held writes go to the old side. Nothing is forwarded twice or lost.
 
+pub mod coordinate;
 pub mod delta;
 pub mod fence;
+mod lead;
+pub mod lease;
 pub mod stranded;
 pub mod sync;
 
@@ -16,7 +19,8 @@ use std::time::{Duration, SystemTime};
 use serde::Serialize;
 use tokio::time::Instant;
 
-use crate::config::handoff::Sync;
+use crate::config::Config;
+use crate::config::handoff::{HandoffConfig, Sync};
 use crate::metrics::Metrics;
 use crate::routing::band::Band;
 use crate::state::{Snapshot, State};
@@ -53,6 +57,12 @@ pub struct Ended {
     pub stranded: Option<Stranded>,
 }
 
+/// What the pre-copy did, for the fenced pass.
+struct Precopied {
+    rows: u64,
+    prepared: Option<delta::Prepared>,
+}
+
 /// The proxy's handoffs: the one in progress and the last one's end.
 pub struct Handoffs {
     /// Writes in flight per percentile (the request path counts them).
@@ -60,7 +70,9 @@ pub struct Handoffs {
     /// Users that wrote on v2 (the request path records them).
     wrote_v2: Arc<Writers>,
     metrics: Arc<Metrics>,
-    current: Mutex<Option<(Arc<Fence>, Progress)>>,
+    /// The routing state (its fence holds the writes shown as held).
+    state: Arc<State>,
+    current: Mutex<Option<Progress>>,
     last: Mutex<Option<Ended>>,
     /// Every user a forced rollback left behind, until the guard is cleared.
     stranded: Mutex<Stranded>,
@@ -71,9 +83,9 @@ fn epoch() -> u64 {
 }
 
 impl Handoffs {
-    pub fn new(writes: Arc<Writes>, wrote_v2: Arc<Writers>, metrics: Arc<Metrics>) -> Handoffs {
+    pub fn new(state: Arc<State>, writes: Arc<Writes>, wrote_v2: Arc<Writers>, metrics: Arc<Metrics>) -> Handoffs {
         let (current, last, stranded) = Default::default();
-        Handoffs { writes, wrote_v2, metrics, current, last, stranded }
+        Handoffs { writes, wrote_v2, metrics, state, current, last, stranded }
     }
 
     /// The users forced rollbacks left behind since the guard was last cleared.
@@ -113,7 +125,8 @@ impl Handoffs {
     /// The handoff in progress.
     pub fn progress(&self) -> Option<Progress> {
         let current = self.current.lock().unwrap_or_else(PoisonError::into_inner);
-        current.as_ref().map(|(fence, p)| Progress { held: fence.held(), ..p.clone() })
+        let held = self.state.load().fence.as_ref().map_or(0, |f| f.held());
+        current.as_ref().map(|p| Progress { held, ..p.clone() })
     }
 
     /// How the last handoff ended.
@@ -122,7 +135,7 @@ impl Handoffs {
     }
 
     fn phase(&self, phase: &'static str) {
-        if let Some((_, p)) = self.current.lock().unwrap_or_else(PoisonError::into_inner).as_mut() {
+        if let Some(p) = self.current.lock().unwrap_or_else(PoisonError::into_inner).as_mut() {
             p.phase = phase;
         }
     }
@@ -136,30 +149,11 @@ impl Handoffs {
             flip();
             return Ok(Synced::default());
         };
-        let fence = Arc::new(Fence::new(band.clone(), cfg.max_hold));
-        *self.current.lock().unwrap_or_else(PoisonError::into_inner) =
-            Some((fence.clone(), Progress { phase: "precopy", band: band.clone(), started_at: epoch(), held: 0 }));
-        // The built-in sync copies the band before the fence; the fenced pass then
-        // carries only what changed meanwhile.
-        let precopied = match &cfg.sync {
-            Sync::Postgres => {
-                let copying = Instant::now();
-                let copied = tokio::time::timeout(cfg.timeout, sync::postgres(&snap.config, &cfg, &band)).await;
-                self.metrics.handoff_phase("precopy", copying.elapsed());
-                match copied.unwrap_or_else(|_| Err(timed_out(cfg.timeout))) {
-                    Ok(s) => s.precopied,
-                    // Nothing held yet: an abort costs nobody a write.
-                    Err(e) if !force => return self.end(&band, "aborted", Err(e), Duration::ZERO),
-                    // The guard's rollback does not wait for a second failure.
-                    Err(e) => {
-                        flip();
-                        return Ok(self.end(&band, "forced", Err(e), Duration::ZERO).unwrap_or_default());
-                    }
-                }
-            }
-            Sync::Command(_) => 0,
+        let precopied = match self.precopy(&snap.config, &cfg, &band).await {
+            Ok(rows) => rows,
+            Err(e) => return self.failed_early(&band, force, e, flip),
         };
-        self.phase("drain");
+        let fence = Arc::new(Fence::new(band.clone(), cfg.max_hold));
         let started = Instant::now();
         state.store(Snapshot::fenced(snap.config.clone(), fence.clone()));
         tracing::info!(low = band.low, high = band.high, from = %band.from, to = %band.to, "handoff: band fenced");
@@ -169,17 +163,7 @@ impl Handoffs {
                 tokio::time::sleep(Duration::from_millis(2)).await;
             }
             self.metrics.handoff_phase("drain", started.elapsed());
-            self.phase("sync");
-            let syncing = Instant::now();
-            let synced = match &cfg.sync {
-                Sync::Postgres => delta::carry(&snap.config, &cfg, &band).await.map(|s| Synced { precopied, ..s }),
-                Sync::Command(program) => {
-                    let left = deadline.saturating_duration_since(Instant::now());
-                    sync::command(program, &snap.config, &cfg, &band, left).await
-                }
-            };
-            self.metrics.handoff_phase("sync", syncing.elapsed());
-            synced
+            self.fenced_sync(&snap.config, &cfg, &band, precopied, deadline).await
         };
         let result = tokio::time::timeout_at(deadline, work).await.unwrap_or_else(|_| Err(timed_out(cfg.timeout)));
         let (outcome, release) = match (&result, force) {
@@ -193,10 +177,59 @@ impl Handoffs {
             Release::Old => state.store(Snapshot::new(state.load().config.clone())),
         }
         fence.open(release);
-        let fenced = started.elapsed();
-        self.metrics.handoff_phase("fenced", fenced);
-        let result = self.end(&band, outcome, result, fenced);
+        let result = self.end(&band, outcome, result, started.elapsed());
         if force { Ok(result.unwrap_or_default()) } else { result }
+    }
+
+    /// The pre-copy, before the fence (the built-in sync), and what the fenced pass
+    /// reads of the new side. Shown as the handoff's first phase.
+    async fn precopy(&self, config: &Config, cfg: &HandoffConfig, band: &Band) -> Result<Precopied, String> {
+        *self.current.lock().unwrap_or_else(PoisonError::into_inner) =
+            Some(Progress { phase: "precopy", band: band.clone(), started_at: epoch(), held: 0 });
+        if cfg.sync != Sync::Postgres {
+            return Ok(Precopied { rows: 0, prepared: None });
+        }
+        let copying = Instant::now();
+        let copy = async {
+            let rows = sync::postgres(config, cfg, band).await?.precopied;
+            Ok(Precopied { rows, prepared: Some(delta::prepare(config, cfg, band).await?) })
+        };
+        let copied = tokio::time::timeout(cfg.timeout, copy).await;
+        self.metrics.handoff_phase("precopy", copying.elapsed());
+        copied.unwrap_or_else(|_| Err(timed_out(cfg.timeout)))
+    }
+
+    /// A handoff that failed before anything was held: aborted, or for the guard's
+    /// rollback (which does not wait for a second failure) flipped at once.
+    fn failed_early(&self, band: &Band, force: bool, e: String, flip: impl FnOnce()) -> Result<Synced, String> {
+        if !force {
+            return self.end(band, "aborted", Err(e), Duration::ZERO);
+        }
+        flip();
+        Ok(self.end(band, "forced", Err(e), Duration::ZERO).unwrap_or_default())
+    }
+
+    /// The sync inside the fence, once drained.
+    async fn fenced_sync(
+        &self,
+        config: &Config,
+        cfg: &HandoffConfig,
+        band: &Band,
+        precopied: Precopied,
+        deadline: Instant,
+    ) -> Result<Synced, String> {
+        self.phase("sync");
+        let syncing = Instant::now();
+        let synced = match (&cfg.sync, precopied.prepared) {
+            (Sync::Postgres, Some(p)) => delta::carry(p).await.map(|s| Synced { precopied: precopied.rows, ..s }),
+            (Sync::Postgres, None) => Err("no pre-copy".into()),
+            (Sync::Command(program), _) => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                sync::command(program, config, cfg, band, left).await
+            }
+        };
+        self.metrics.handoff_phase("sync", syncing.elapsed());
+        synced
     }
 
     /// Records how a handoff ended (counted, logged, shown), and that none runs.
@@ -218,6 +251,9 @@ impl Handoffs {
                 "handoff done"
             ),
             Err(e) => tracing::error!(error = %e, result = outcome, "handoff failed"),
+        }
+        if !fenced.is_zero() {
+            self.metrics.handoff_phase("fenced", fenced);
         }
         let stranded = if outcome == "aborted" { None } else { self.left_v2(band, outcome == "done") };
         let ended = Ended {

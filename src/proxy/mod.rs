@@ -25,6 +25,7 @@ pub use crate::forward::ClientAddr;
 use crate::forward::{self, headers};
 use crate::guard::{Guard, Outcome};
 use crate::handoff::fence::{Fence, Write, Writes};
+use crate::handoff::lease::Lease;
 use crate::handoff::stranded::Writers;
 use crate::metrics::Metrics;
 use crate::routing::{self, service::Service};
@@ -62,6 +63,8 @@ pub struct Proxy {
     pub writes: Arc<Writes>,
     /// Users that wrote on v2 (what a forced rollback leaves behind).
     pub wrote_v2: Arc<Writers>,
+    /// This replica's lease on the fleet's store (holds writes when it runs out).
+    pub lease: Arc<Lease>,
 }
 
 impl Proxy {
@@ -90,6 +93,7 @@ impl Proxy {
             in_flight: AtomicUsize::new(0),
             writes: Arc::default(),
             wrote_v2: Arc::default(),
+            lease: Arc::new(Lease::new(config.cluster.is_some() && config.handoff.is_some(), max_hold(config))),
         }
     }
 
@@ -160,11 +164,13 @@ impl Proxy {
                 snap = now;
                 continue;
             }
-            if let (Some(fence), true) = (&snap.fence, fenced)
-                && fence.holds(w)
-            {
-                self.writes.end(w);
-                return Start::Held(fence.clone(), req);
+            if fenced {
+                // A handoff's fence; or, in a fleet, this replica's lease run out.
+                let fence = snap.fence.clone().filter(|f| f.holds(w)).or_else(|| self.lease.holding());
+                if let Some(fence) = fence {
+                    self.writes.end(w);
+                    return Start::Held(fence, req);
+                }
             }
             break (route, Some(w));
         };
@@ -190,20 +196,23 @@ impl Proxy {
     }
 
     /// A write held at a handoff's fence: sent on when the fence opens (to whichever
-    /// side the routing then says), or answered 503 once held for `max_hold`.
+    /// side the routing then says, unless another fence holds it), or answered 503
+    /// once held for the first fence's `max_hold` in all.
     async fn held(
         self: Arc<Self>,
-        fence: Arc<Fence>,
-        req: Request<ClientBody>,
+        mut fence: Arc<Fence>,
+        mut req: Request<ClientBody>,
         addr: ClientAddr,
     ) -> Result<Response<Body>, Infallible> {
         let started = Instant::now();
+        let deadline = started + fence.max_hold;
         let (service, method) = (Service::from_path(req.uri().path()), req.method().clone());
         let versioned = headers::Survey::of(req.headers()).versioned();
-        if fence.hold().released().await.is_some() {
-            // Not fenced again: the fence it waited at is down.
-            if let Start::Now(handling) = self.clone().start_handling(req, &Client { addr }, false) {
-                return handling.await;
+        let client = Client { addr };
+        while fence.hold().released(deadline).await.is_some() {
+            match self.clone().start_handling(req, &client, true) {
+                Start::Now(handling) => return handling.await,
+                Start::Held(again, r) => (fence, req) = (again, r),
             }
         }
         let backend = fence.band.from;
@@ -443,6 +452,11 @@ enum Start<F> {
     Now(Handling<F>),
     /// Held at a handoff's fence.
     Held(Arc<Fence>, Request<ClientBody>),
+}
+
+/// How long a write may be held at a fence.
+fn max_hold(config: &crate::config::Config) -> Duration {
+    config.handoff.as_ref().map_or(Duration::from_secs(10), |h| h.max_hold)
 }
 
 /// Whether `method` may change data (what a handoff fences).

@@ -8,14 +8,14 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::percentile::{in_v2_cohort, percentile};
 use crate::backend::BackendId;
 
 /// The users a change moves, and which way: a range of percentiles (without the
 /// pinned users), and single users named by id.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Band {
     /// First percentile that moves.
     pub low: u8,
@@ -26,11 +26,16 @@ pub struct Band {
     /// The side they go to.
     pub to: BackendId,
     /// Single users that move (a change of `[overrides]`).
-    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    #[serde(default = "none", skip_serializing_if = "<[String]>::is_empty")]
     pub users: Arc<[String]>,
-    /// Users pinned by `[overrides]`: in the range by percentile, but staying.
-    #[serde(skip)]
+    /// Users pinned by `[overrides]`: in the range by percentile, but staying (they
+    /// are not routed by it, so only the sync needs them).
+    #[serde(skip, default = "none")]
     pub pinned: Arc<[String]>,
+}
+
+fn none() -> Arc<[String]> {
+    Arc::new([])
 }
 
 impl Band {
@@ -45,7 +50,7 @@ impl Band {
     }
 
     fn range(low: u8, high: u8, from: BackendId, to: BackendId) -> Band {
-        Band { low, high, from, to, users: Arc::new([]), pinned: Arc::new([]) }
+        Band { low, high, from, to, users: none(), pinned: none() }
     }
 
     /// The single users `users` moving from `from` to `to`; `None` when there are none.

@@ -31,7 +31,7 @@ use crate::admin;
 use crate::config::limits::LimitsConfig;
 use crate::config::{Config, ServerConfig};
 use crate::control::Control;
-use crate::fleet::Fleet;
+use crate::fleet::{self, Fleet};
 use crate::handoff::Handoffs;
 use crate::metrics::Metrics;
 use crate::proxy::{Body, Client, ClientAddr, Proxy};
@@ -88,13 +88,18 @@ pub async fn start(config: Config, path: Option<PathBuf>) -> io::Result<Running>
     let state = Arc::new(State::new(config));
     let control = Arc::new(Control::new(state.clone(), metrics.clone(), path.clone()));
     let shutdown = CancellationToken::new();
+    let proxy = Arc::new(Proxy::new(state.clone(), upstream, metrics.clone()));
     // In fleet mode the fleet's state is read before the first request is served.
     let fleet = match state.load().config.cluster.clone() {
-        Some(cluster) => Some(Fleet::join(cluster, control.clone(), metrics.clone(), shutdown.clone()).await),
+        Some(cluster) => {
+            let upstream_timeout = state.load().config.upstream.timeout;
+            let local = fleet::Local { writes: proxy.writes.clone(), lease: proxy.lease.clone(), upstream_timeout };
+            Some(Fleet::join(cluster, control.clone(), metrics, local, shutdown.clone()).await)
+        }
         None => None,
     };
-    let proxy = Arc::new(Proxy::new(state, upstream, metrics));
-    let handoffs = Handoffs::new(proxy.writes.clone(), proxy.wrote_v2.clone(), proxy.metrics.clone());
+    let handoffs =
+        Handoffs::new(proxy.state.clone(), proxy.writes.clone(), proxy.wrote_v2.clone(), proxy.metrics.clone());
     control.attach_handoffs(Arc::new(handoffs));
     tokio::spawn(gather_writers(proxy.clone(), shutdown.clone()));
     tokio::spawn(guard_loop(proxy.clone(), control.clone(), shutdown.clone()));
