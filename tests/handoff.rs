@@ -10,62 +10,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use support::postgres::Postgres;
 use support::postgrest::postgrest;
+use support::projects::{Projects, insert, projects};
 use support::*;
 
 const TOKEN: &str = "handoff-admin-token";
-
-struct Projects {
-    pg: Postgres,
-    v1: Upstream,
-    v2: Upstream,
-}
-
-impl Projects {
-    fn url(&self, db: &str) -> String {
-        format!("postgresql://postgres@127.0.0.1:{}/{db}", self.pg.port)
-    }
-
-    async fn client(&self, db: &str) -> tokio_postgres::Client {
-        let (c, conn) = tokio_postgres::connect(&self.url(db), tokio_postgres::NoTls).await.unwrap();
-        tokio::spawn(conn);
-        c
-    }
-
-    /// `user`'s notes in `db` (the schema that side keeps them in).
-    async fn notes(&self, db: &str, user: &str) -> Vec<(i64, String)> {
-        let schema = if db == "v1" { "public" } else { "content" };
-        let c = self.client(db).await;
-        let q = format!("SELECT id, body FROM {schema}.notes WHERE user_id = $1 ORDER BY id");
-        c.query(&q, &[&user]).await.unwrap().iter().map(|r| (r.get(0), r.get(1))).collect()
-    }
-}
-
-async fn projects(name: &str) -> Option<Projects> {
-    let pg = Postgres::start(name)?;
-    pg.execute("CREATE DATABASE v1").await;
-    pg.execute("CREATE DATABASE v2").await;
-    let tables = |schema: &str| {
-        format!(
-            "CREATE TABLE {schema}.notes (id bigserial PRIMARY KEY, user_id text NOT NULL, body text);
-             CREATE TABLE {schema}.note_tags (id bigserial PRIMARY KEY, note_id bigint REFERENCES {schema}.notes (id), tag text);"
-        )
-    };
-    let p = Projects { v1: echo("unused").await, v2: echo("unused").await, pg };
-    p.client("v1").await.batch_execute(&tables("public")).await.unwrap();
-    // v2 hands out ids of its own range: the two projects never make the same id.
-    let v2 = format!(
-        "CREATE SCHEMA content; {} ALTER SEQUENCE content.notes_id_seq RESTART 1000000; \
-         ALTER SEQUENCE content.note_tags_id_seq RESTART 1000000;",
-        tables("content")
-    );
-    p.client("v2").await.batch_execute(&v2).await.unwrap();
-    let failing = Arc::new(AtomicBool::new(false));
-    let v1 = postgrest(&p.url("v1"), failing.clone()).await;
-    let v2 = postgrest(&p.url("v2"), failing).await;
-    Some(Projects { v1, v2, ..p })
-}
 
 fn config(p: &Projects, percentage: u8, handoff: &str) -> String {
     format!(
@@ -79,11 +28,6 @@ fn config(p: &Projects, percentage: u8, handoff: &str) -> String {
         p.v2.url(),
         p.url("v2")
     )
-}
-
-async fn insert(sy: std::net::SocketAddr, user: &str, body: &str) -> Got {
-    let doc = json!({ "user_id": user, "body": body }).to_string();
-    send(sy, "POST", "/rest/v1/notes", &[("x-user-id", user), ("content-type", "application/json")], &doc).await
 }
 
 async fn put(admin: std::net::SocketAddr, percentage: u8) -> Got {

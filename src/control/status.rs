@@ -83,7 +83,11 @@ impl Control {
             guard_tripped: r.tripped.clone(),
             schedule,
             local_only: ledger.local.is_some(),
-            handoff: self.handoffs.get().and_then(|h| h.progress()),
+            handoff: self.handoffs.get().and_then(|h| h.progress()).or_else(|| {
+                // Fenced for another replica's handoff.
+                let f = snap.fence.as_ref().filter(|f| f.id.is_some())?;
+                Some(Progress { phase: "fenced", band: f.band.clone(), started_at: f.since, held: f.held() })
+            }),
             last_handoff: self.handoffs.get().and_then(|h| h.last()),
             stranded: self.handoffs.get().and_then(|h| h.stranded()),
         }

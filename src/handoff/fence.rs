@@ -37,6 +37,8 @@ pub struct Fence {
     pub max_hold: Duration,
     /// A fleet's handoff: its id (every replica fences for it).
     pub id: Option<String>,
+    /// When it was put up (seconds since the epoch).
+    pub since: u64,
     /// Holds every write of a user, whatever the band: a replica without a valid
     /// lease on the fleet's store does not know which band may be moving.
     all: bool,
@@ -57,7 +59,8 @@ impl Fence {
     pub fn new(band: Band, max_hold: Duration) -> Fence {
         let users = band.users.iter().map(|u| who(u.as_bytes())).collect();
         let (id, all, waiting, held) = (None, false, Mutex::default(), AtomicUsize::new(0));
-        Fence { band, max_hold, id, all, users, waiting, held }
+        let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        Fence { band, max_hold, id, since, all, users, waiting, held }
     }
 
     /// The fence of the fleet's handoff `id`.

@@ -31,7 +31,8 @@ pub use sync::Synced;
 /// A handoff in progress, as `GET /admin/rollout` shows it.
 #[derive(Debug, Clone, Serialize)]
 pub struct Progress {
-    /// `precopy` (before the fence), `drain` or `sync`.
+    /// `precopy` (before the fence), `drain` or `sync`; on a replica fenced for
+    /// another's handoff, `fenced`.
     pub phase: &'static str,
     pub band: Band,
     /// Seconds since the epoch.

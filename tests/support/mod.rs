@@ -7,6 +7,7 @@ pub mod load;
 pub mod postgres;
 pub mod postgrest;
 pub mod process;
+pub mod projects;
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -255,6 +256,7 @@ pub fn client() -> Client<HttpConnector, Body> {
 }
 
 /// A response read whole.
+#[derive(Debug)]
 pub struct Got {
     pub status: StatusCode,
     pub headers: HeaderMap,
