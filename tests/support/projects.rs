@@ -67,3 +67,39 @@ pub async fn insert(sy: std::net::SocketAddr, user: &str, body: &str) -> Got {
     let doc = json!({ "user_id": user, "body": body }).to_string();
     send(sy, "POST", "/rest/v1/notes", &[("x-user-id", user), ("content-type", "application/json")], &doc).await
 }
+
+/// The migration guide's schema map, as the repository ships it.
+pub fn schema_map() -> String {
+    format!("{}/config/schema-map.toml", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Two projects with every table of the schema map: on v1 in `public`, on v2 where
+/// the map says (merged tables once), each `(id, user_id, body)`, except
+/// `memory_chunks`, a child of `memory_entries` without the user column.
+/// `tables` is the map's list as switchyard reads it, per side.
+pub async fn mapped_projects(name: &str, tables: [Vec<switchyard::cohort::Table>; 2]) -> Option<Projects> {
+    let pg = Postgres::start(name)?;
+    pg.execute("CREATE DATABASE v1").await;
+    pg.execute("CREATE DATABASE v2").await;
+    let p = Projects { v1: echo("unused").await, v2: echo("unused").await, pg };
+    for (db, tables) in ["v1", "v2"].into_iter().zip(tables) {
+        let mut sql = String::new();
+        for t in tables {
+            let columns = if t.name == "memory_chunks" { "entry_id bigint" } else { "user_id text" };
+            let table = format!("\"{}\".\"{}\"", t.schema, t.table);
+            sql += &format!(
+                "CREATE SCHEMA IF NOT EXISTS \"{}\"; CREATE TABLE IF NOT EXISTS {table} \
+                 (id bigserial PRIMARY KEY, {columns}, body text);",
+                t.schema
+            );
+            if db == "v2" {
+                sql += &format!("SELECT setval(pg_get_serial_sequence('{table}', 'id'), 1000000000);");
+            }
+        }
+        p.client(db).await.batch_execute(&sql).await.unwrap();
+    }
+    let failing = Arc::new(AtomicBool::new(false));
+    let v1 = postgrest(&p.url("v1"), failing.clone()).await;
+    let v2 = postgrest(&p.url("v2"), failing).await;
+    Some(Projects { v1, v2, ..p })
+}
