@@ -116,6 +116,12 @@ async fn every_replica_fences_before_the_sync_and_all_flip_at_one_generation() {
     assert!(states.iter().all(|s| s["generation"] == *g), "one generation: {states:#?}");
     // One more flip: the states the fleet saw are exactly the start and the flip.
     assert_eq!(g.as_u64(), Some(2), "{states:#?}");
+    // A change on one replica alone would leave the others unfenced.
+    let auth = format!("Bearer {TOKEN}");
+    let local =
+        send(admin(&b), "PUT", "/admin/rollout?local=true", &[("authorization", &auth)], r#"{"percentage": 70}"#).await;
+    assert_eq!(local.status, 409, "{local:?}");
+    assert!(String::from_utf8_lossy(&local.body).contains("handoff"), "{local:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,8 +4,9 @@
 For each size, two databases on a throwaway PostgreSQL (v1's `notes` in `public`, v2's
 in `content` with its own id range), 2 x ROWS notes of 20,000 users on v1, and a
 release switchyard with `[handoff]` (built-in sync) at 0 %. A change to 50 % moves
-about half the users, so about ROWS rows; `last_handoff.fenced_ms` is the time the
-band's writes were held (fence, drain, sync, flip).
+about half the users, so about ROWS rows (`precopied`, before the fence);
+`last_handoff.fenced_ms` is the time the band's writes were held (fence, drain, the
+fenced pass, flip). Nothing writes meanwhile: the fenced pass finds no change.
 
     benches/handoff/run.sh [rows ...]      (default 10000 100000 1000000)
 """
@@ -80,7 +81,7 @@ def main():
         print(f"{'rows on v1':>12} {'rows moved':>12} {'fenced':>10}  result")
         for rows in SIZES:
             end = one(pg, dir, rows)
-            moved = (end.get("synced") or {}).get("rows", 0)
+            moved = (end.get("synced") or {}).get("precopied", 0)
             print(f"{2 * rows:>12} {moved:>12} {end['fenced_ms']:>8} ms  {end['result']} {end.get('error') or ''}")
     finally:
         pg.stop()

@@ -207,6 +207,10 @@ impl Control {
         commit: Commit,
         change: impl Fn(&Rollout) -> Result<Option<Rollout>, Refused>,
     ) -> Result<Option<Rollout>, ChangeError> {
+        if commit == Commit::Local && self.store.get().is_some() && self.state.load().config.handoff.is_some() {
+            // The other replicas would not fence: the band's writes there would be left behind.
+            return Err(Refused::LocalWithHandoff.into());
+        }
         let store = self.store.get().filter(|_| commit != Commit::Local);
         let Some(store) = store else {
             let _turn = self.turn(commit == Commit::Urgent).await;

@@ -56,6 +56,9 @@ pub enum Refused {
     /// There is no schedule to pause or resume.
     #[error("no [rollout.schedule] is configured")]
     NoSchedule,
+    /// A change on one replica alone, with handoffs on: the others would not fence.
+    #[error("with [handoff], every change is handed off across the fleet: a change on this replica alone is refused")]
+    LocalWithHandoff,
 }
 
 /// What the schedule does next.
