@@ -4,6 +4,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 use http::{Request, Response, header};
@@ -46,10 +47,43 @@ pub async fn spawn_upstream(label: BackendId) -> std::io::Result<SocketAddr> {
     Ok(addr)
 }
 
+/// A throwaway self-signed certificate for `localhost` and 127.0.0.1, written with
+/// its key into `dir`: the two files.
+pub fn self_signed(dir: &Path) -> std::io::Result<(PathBuf, PathBuf)> {
+    let names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
+    let made = rcgen::generate_simple_self_signed(names).map_err(std::io::Error::other)?;
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert, made.cert.pem())?;
+    std::fs::write(&key, made.signing_key.serialize_pem())?;
+    Ok((cert, key))
+}
+
+/// Where the demo serves HTTPS, and its certificate and key.
+pub struct DemoTls {
+    pub listen: SocketAddr,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
 /// The demo's configuration, in the same TOML an operator would write.
-pub fn config(listen: SocketAddr, admin: SocketAddr, percentage: u8, v1: SocketAddr, v2: SocketAddr) -> Config {
+pub fn config(
+    listen: SocketAddr,
+    admin: SocketAddr,
+    percentage: u8,
+    v1: SocketAddr,
+    v2: SocketAddr,
+    tls: Option<&DemoTls>,
+) -> Config {
+    let tls = tls.map_or_else(String::new, |t| {
+        format!(
+            "[server.tls]\nlisten = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+            t.listen,
+            t.cert.display(),
+            t.key.display()
+        )
+    });
     let text = format!(
-        "[server]\nlisten = \"{listen}\"\nadmin_listen = \"{admin}\"\n[rollout]\npercentage = {percentage}\n\
+        "[server]\nlisten = \"{listen}\"\nadmin_listen = \"{admin}\"\n{tls}[rollout]\npercentage = {percentage}\n\
          [backends.v1]\nurl = \"http://{v1}\"\n[backends.v2]\nurl = \"http://{v2}\"\n"
     );
     // Only the fleet's store comes from the environment: the compose stack runs two
@@ -58,8 +92,9 @@ pub fn config(listen: SocketAddr, admin: SocketAddr, percentage: u8, v1: SocketA
     Config::parse(&text, &env).expect("the demo config is valid")
 }
 
-/// Prints curl commands that show sticky routing for a few users.
-pub fn print_walkthrough(cfg: &Config, addr: SocketAddr, admin: Option<SocketAddr>) {
+/// Prints curl commands that show sticky routing for a few users (and, with `tls`,
+/// the same over HTTPS and HTTP/2).
+pub fn print_walkthrough(cfg: &Config, addr: SocketAddr, admin: Option<SocketAddr>, tls: Option<&DemoTls>) {
     let snap = crate::state::Snapshot::new(cfg.clone());
     println!("switchyard demo: proxy on http://{addr}, rollout {}% to v2", cfg.rollout.percentage);
     println!("Each user always lands on the same project (see x-switchyard-backend):\n");
@@ -72,6 +107,12 @@ pub fn print_walkthrough(cfg: &Config, addr: SocketAddr, admin: Option<SocketAdd
         );
     }
     println!("\nAuth stays on v1 whatever the cohort:\n  curl -si -H 'x-user-id: alice' http://{addr}/auth/v1/user");
+    if let Some(t) = tls {
+        let (cert, port) = (t.cert.display(), t.listen.port());
+        println!("\nOver HTTPS (a throwaway self-signed certificate), HTTP/2 or HTTP/1.1:");
+        println!("  curl -si --cacert {cert} --http2 -H 'x-user-id: alice' https://localhost:{port}/rest/v1/profiles");
+        println!("  curl -si --cacert {cert} --http1.1 -H 'x-user-id: bob' https://localhost:{port}/rest/v1/profiles");
+    }
     if let Some(admin) = admin {
         println!("Metrics:\n  curl -s http://{admin}/metrics | grep switchyard_requests_total");
     }

@@ -86,6 +86,11 @@ enum Command {
         admin_listen: SocketAddr,
         #[arg(long, default_value_t = 37, value_parser = clap::value_parser!(u8).range(0..=100))]
         percentage: u8,
+        /// Serve HTTPS too, with a throwaway self-signed certificate.
+        #[arg(long)]
+        tls: bool,
+        #[arg(long, default_value = "127.0.0.1:8443")]
+        tls_listen: SocketAddr,
     },
 }
 
@@ -277,15 +282,24 @@ fn run(command: Command) -> Result<(), ExitCode> {
                 }
             }
         }
-        Command::Demo { listen, admin_listen, percentage } => runtime().block_on(async move {
+        Command::Demo { listen, admin_listen, percentage, tls, tls_listen } => runtime().block_on(async move {
             let fail = |e: std::io::Error| {
                 eprintln!("switchyard demo: {e}");
                 ExitCode::FAILURE
             };
+            // Kept until the demo stops: the certificate lives only as long.
+            let dir = tempfile::tempdir().map_err(fail)?;
+            let tls = match tls {
+                true => {
+                    let (cert, key) = demo::self_signed(dir.path()).map_err(fail)?;
+                    Some(demo::DemoTls { listen: tls_listen, cert, key })
+                }
+                false => None,
+            };
             let v1 = demo::spawn_upstream(BackendId::V1).await.map_err(fail)?;
             let v2 = demo::spawn_upstream(BackendId::V2).await.map_err(fail)?;
-            let cfg = demo::config(listen, admin_listen, percentage, v1, v2);
-            demo::print_walkthrough(&cfg, listen, Some(admin_listen));
+            let cfg = demo::config(listen, admin_listen, percentage, v1, v2, tls.as_ref());
+            demo::print_walkthrough(&cfg, listen, Some(admin_listen), tls.as_ref());
             server::run(cfg, None).await.map_err(fail)
         }),
     }

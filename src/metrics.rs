@@ -64,11 +64,15 @@ pub struct Metrics {
     /// Writes held at a handoff's fence; set at scrape.
     pub handoff_held: IntGauge,
     handoff_stranded: IntCounter,
+    tls_not_after: IntGauge,
+    tls_warning: IntGauge,
+    tls_reloads: IntCounterVec,
+    tls_handshake_failures: IntCounterVec,
 }
 
 /// The `kind` labels of `switchyard_client_errors_total`.
-pub const CLIENT_ERROR_KINDS: [&str; 5] =
-    ["malformed_body", "aborted_body", "slow_upload", "body_too_large", "slow_reader"];
+pub const CLIENT_ERROR_KINDS: [&str; 6] =
+    ["malformed_body", "aborted_body", "slow_upload", "body_too_large", "slow_reader", "rapid_reset"];
 
 /// Method labels; arbitrary methods share `OTHER` (bounded cardinality).
 const METHODS: [&str; 8] = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "OTHER"];
@@ -257,6 +261,39 @@ impl Metrics {
         )
         .expect("valid");
         reg(Box::new(handoff_stranded.clone()));
+        let tls_not_after = IntGauge::new(
+            "switchyard_tls_certificate_not_after_seconds",
+            "When the TLS certificate in force expires (seconds since the epoch).",
+        )
+        .expect("valid");
+        let tls_warning = IntGauge::new(
+            "switchyard_tls_certificate_warning_seconds",
+            "How long before the certificate's expiry it is to be renewed (server.tls.expiry_warning_days).",
+        )
+        .expect("valid");
+        let tls_reloads = IntCounterVec::new(
+            Opts::new("switchyard_tls_reloads_total", "TLS certificate reloads, by result: success, failure."),
+            &["result"],
+        )
+        .expect("valid");
+        let tls_handshake_failures = IntCounterVec::new(
+            Opts::new(
+                "switchyard_tls_handshake_failures_total",
+                "TLS handshakes that failed, by reason: error, timeout.",
+            ),
+            &["reason"],
+        )
+        .expect("valid");
+        for result in ["success", "failure"] {
+            tls_reloads.with_label_values(&[result]);
+        }
+        for reason in ["error", "timeout"] {
+            tls_handshake_failures.with_label_values(&[reason]);
+        }
+        reg(Box::new(tls_not_after.clone()));
+        reg(Box::new(tls_warning.clone()));
+        reg(Box::new(tls_reloads.clone()));
+        reg(Box::new(tls_handshake_failures.clone()));
         let client_errors = IntCounterVec::new(
             Opts::new(
                 "switchyard_client_errors_total",
@@ -320,12 +357,32 @@ impl Metrics {
             handoff_phases,
             handoff_held,
             handoff_stranded,
+            tls_not_after,
+            tls_warning,
+            tls_reloads,
+            tls_handshake_failures,
         }
     }
 
     /// Counts one handoff by how it ended.
     pub fn handoff(&self, result: &str) {
         self.handoffs.with_label_values(&[result]).inc();
+    }
+
+    /// The TLS certificate in force: its expiry, and how long before it to renew.
+    pub fn tls_certificate(&self, not_after: i64, warning: std::time::Duration) {
+        self.tls_not_after.set(not_after);
+        self.tls_warning.set(i64::try_from(warning.as_secs()).unwrap_or(i64::MAX));
+    }
+
+    /// Counts a certificate reload by result.
+    pub fn tls_reload(&self, result: &str) {
+        self.tls_reloads.with_label_values(&[result]).inc();
+    }
+
+    /// Counts a failed TLS handshake by reason.
+    pub fn tls_handshake_failed(&self, reason: &str) {
+        self.tls_handshake_failures.with_label_values(&[reason]).inc();
     }
 
     /// Counts users a forced rollback left behind on v2.

@@ -58,6 +58,23 @@ async fn supabase_js_headers_and_query_arrive_unchanged() {
 }
 
 #[tokio::test]
+async fn only_a_trusted_proxy_says_what_the_original_scheme_and_host_were() {
+    let claims = [("host", "api.example.com"), ("x-forwarded-proto", "https"), ("x-forwarded-host", "evil.example")];
+    // From anyone: replaced by what the connection is.
+    let (_v1, _v2, sy) = stack(0, "").await;
+    let h = send(sy.addr, "GET", "/rest/v1/items", &claims, "").await.json()["headers"].clone();
+    assert_eq!(h["x-forwarded-proto"], serde_json::json!(["http"]), "{h}");
+    assert_eq!(h["x-forwarded-host"], serde_json::json!(["api.example.com"]), "{h}");
+    // From a proxy in server.trusted_proxies: kept, once.
+    let trusted = "[server]\ntrusted_proxies = [\"10.0.0.0/8\", \"127.0.0.1/32\"]\n";
+    let v1 = echo("v1").await;
+    let sy = start(&config_text(&v1.url(), &v1.url(), 0, "").replace("[server]\n", trusted)).await;
+    let h = send(sy.addr, "GET", "/rest/v1/items", &claims, "").await.json()["headers"].clone();
+    assert_eq!(h["x-forwarded-proto"], serde_json::json!(["https"]), "{h}");
+    assert_eq!(h["x-forwarded-host"], serde_json::json!(["evil.example"]), "{h}");
+}
+
+#[tokio::test]
 async fn every_method_is_forwarded() {
     let (_v1, _v2, sy) = stack(0, "").await;
     for method in ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "PURGE"] {

@@ -59,7 +59,8 @@ pub struct SchemaMapFile {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerFile {
-    pub listen: String,
+    /// The plain listener; left out with `[server.tls]`, there is none.
+    pub listen: Option<String>,
     /// Empty string disables the admin listener.
     pub admin_listen: String,
     pub shutdown_grace_seconds: f64,
@@ -72,18 +73,23 @@ pub struct ServerFile {
     /// Only from `SWITCHYARD_ADMIN_TOKEN`: a token does not belong in a file.
     #[serde(skip)]
     pub admin_token: Option<String>,
+    /// Peers (CIDRs) whose `X-Forwarded-Proto` and `-Host` are kept.
+    pub trusted_proxies: Vec<String>,
+    pub tls: Option<super::tls::TlsFile>,
 }
 
 impl Default for ServerFile {
     fn default() -> Self {
         ServerFile {
-            listen: "127.0.0.1:8080".into(),
+            listen: None,
             admin_listen: "127.0.0.1:9090".into(),
             shutdown_grace_seconds: 30.0,
             header_read_timeout_seconds: 10.0,
             listen_backlog: 4096,
             watch_config: true,
             admin_token: None,
+            trusted_proxies: Vec::new(),
+            tls: None,
         }
     }
 }

@@ -11,6 +11,7 @@ pub mod safety;
 pub mod schema_map;
 pub mod secret;
 mod source;
+pub mod tls;
 pub mod url;
 
 use std::collections::BTreeMap;
@@ -96,7 +97,8 @@ pub struct TranslationConfig {
 /// ignored until the next restart (sockets are not rebound live).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ServerConfig {
-    pub listen: SocketAddr,
+    /// The plain HTTP listener (none when only `[server.tls]` is wanted).
+    pub listen: Option<SocketAddr>,
     pub admin_listen: Option<SocketAddr>,
     pub shutdown_grace: Duration,
     pub header_read_timeout: Duration,
@@ -105,6 +107,10 @@ pub struct ServerConfig {
     pub watch_config: bool,
     /// Bearer token for admin writes (`SWITCHYARD_ADMIN_TOKEN`); none = writes refused.
     pub admin_token: Option<Secret>,
+    /// Peers whose `X-Forwarded-Proto`/`-Host` are kept; everyone else's are replaced.
+    pub trusted_proxies: Vec<tls::Cidr>,
+    /// HTTPS for clients.
+    pub tls: Option<tls::TlsConfig>,
 }
 
 #[derive(Debug, Clone)]
@@ -205,8 +211,13 @@ impl Config {
         let mut raw: file::FileConfig = from_toml(text, "")?;
         let seen = env::apply(&mut raw, env)?;
         let translation = translation(&mut raw.translation, dir)?;
+        let tls = tls::tls(raw.server.tls.take(), dir)?;
         let mut config = validate(raw, seen)?;
         config.translation = translation;
+        if tls.is_none() && config.server.listen.is_none() {
+            config.server.listen = Some(SocketAddr::from(([127, 0, 0, 1], 8080)));
+        }
+        config.server.tls = tls;
         handoff::requires(&config)?;
         Ok(config)
     }
@@ -373,7 +384,7 @@ fn validate(raw: file::FileConfig, seen: env::Overridden) -> Result<Config, Conf
 
     Ok(Config {
         server: ServerConfig {
-            listen: socket_addr("server.listen", &raw.server.listen)?,
+            listen: raw.server.listen.as_deref().map(|l| socket_addr("server.listen", l)).transpose()?,
             admin_listen,
             shutdown_grace: seconds("server.shutdown_grace_seconds", raw.server.shutdown_grace_seconds)?,
             header_read_timeout: seconds("server.header_read_timeout_seconds", raw.server.header_read_timeout_seconds)?,
@@ -381,6 +392,8 @@ fn validate(raw: file::FileConfig, seen: env::Overridden) -> Result<Config, Conf
                 .unwrap_or(u32::MAX),
             watch_config: raw.server.watch_config,
             admin_token: raw.server.admin_token.map(Secret::new),
+            trusted_proxies: tls::trusted_proxies(&raw.server.trusted_proxies)?,
+            tls: None,
         },
         rollout: RolloutConfig {
             percentage,
@@ -458,7 +471,7 @@ mod tests {
         let c = Config::parse(MINIMAL, &no_env).unwrap();
         assert_eq!(c.rollout.percentage, 37);
         assert_eq!(c.rollout.percentage_source, PercentageSource::File);
-        assert_eq!(c.server.listen.port(), 8080);
+        assert_eq!(c.server.listen.unwrap().port(), 8080);
         assert_eq!(c.server.admin_listen.unwrap().port(), 9090);
         assert_eq!(c.backends.v2.url.to_string(), "http://127.0.0.1:18002");
         assert_eq!(c.backends.v1.issuer, "http://127.0.0.1:18001/auth/v1");

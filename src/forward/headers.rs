@@ -12,6 +12,8 @@ use crate::backend::BackendId;
 use crate::config::BaseUrl;
 pub use crate::upstream::wire::Forwarded;
 use crate::upstream::wire::{HOP_BY_HOP, X_FORWARDED_FOR, hop_by_hop_index};
+#[cfg(test)]
+use crate::upstream::wire::{X_FORWARDED_HOST, X_FORWARDED_PROTO};
 
 /// The response header naming the backend that answered.
 pub static BACKEND_HEADER: HeaderName = HeaderName::from_static("x-switchyard-backend");
@@ -71,20 +73,32 @@ impl Survey {
     }
 }
 
-/// A client's address as `X-Forwarded-For` carries it: formatted once per
-/// connection, not per request.
+/// A client connection as the forwarding headers describe it: its address as
+/// `X-Forwarded-For` carries it (formatted once per connection, not per request),
+/// whether it came over TLS, and whether it is a trusted proxy (`server.trusted_proxies`),
+/// whose own `X-Forwarded-Proto`/`-Host` are kept.
 #[derive(Debug, Clone)]
-pub struct ClientAddr(HeaderValue);
+pub struct ClientAddr {
+    addr: HeaderValue,
+    https: bool,
+    trusted: bool,
+}
 
 impl ClientAddr {
-    /// The address of a client connected from `ip`.
+    /// A plain-HTTP client, not trusted, connected from `ip`.
     pub fn new(ip: IpAddr) -> ClientAddr {
-        ClientAddr(HeaderValue::try_from(ip.to_string()).expect("an IP address is digits, dots and colons"))
+        ClientAddr::connection(ip, false, false)
+    }
+
+    /// A client connected from `ip`, over TLS when `https`, trusted or not.
+    pub fn connection(ip: IpAddr, https: bool, trusted: bool) -> ClientAddr {
+        let addr = HeaderValue::try_from(ip.to_string()).expect("an IP address is digits, dots and colons");
+        ClientAddr { addr, https, trusted }
     }
 
     /// The address as text.
     pub fn as_bytes(&self) -> &[u8] {
-        self.0.as_bytes()
+        self.addr.as_bytes()
     }
 }
 
@@ -166,19 +180,22 @@ pub fn prepare_request(
         // line rather than joined the list), then this client.
         let mut chain: Vec<&str> =
             parts.headers.get_all(&X_FORWARDED_FOR).iter().filter_map(|v| v.to_str().ok()).collect();
-        chain.push(peer.0.to_str().unwrap_or_default());
+        chain.push(peer.addr.to_str().unwrap_or_default());
         HeaderValue::try_from(chain.join(", "))?
     } else {
-        peer.0.clone()
+        peer.addr.clone()
     };
+    // A trusted proxy in front may have terminated TLS: what it said is kept. Anyone
+    // else's say is replaced by what this connection is.
+    let proto = HeaderValue::from_static(if peer.https { "https" } else { "http" });
     Ok(Forwarded {
         // The upstream's own host: Supabase (and Realtime's tenant lookup) key on it.
         host: upstream.host.clone(),
         chain,
         replaces_chain: seen.chain,
-        // A load balancer in front may have terminated TLS: keep what it said.
-        proto: (!seen.proto).then(|| HeaderValue::from_static("http")),
-        original_host: original_host.filter(|_| !seen.forwarded_host),
+        proto: (!(peer.trusted && seen.proto)).then_some(proto),
+        original_host: original_host.filter(|_| !(peer.trusted && seen.forwarded_host)),
+        replaces_claims: !peer.trusted,
     })
 }
 
@@ -267,18 +284,32 @@ mod tests {
     }
 
     #[test]
-    fn what_a_proxy_in_front_said_is_kept() {
-        let mut p = parts(
-            "/rest/v1/t",
-            &[("host", "a.example"), ("x-forwarded-proto", "https"), ("x-forwarded-host", "lb.example")],
-        );
+    fn what_a_trusted_proxy_in_front_said_is_kept_and_anyone_else_s_replaced() {
+        let claims = [("host", "a.example"), ("x-forwarded-proto", "https"), ("x-forwarded-host", "lb.example")];
         let up = BaseUrl::parse("https://abc.supabase.co").unwrap();
+        let ip = "10.1.2.3".parse().unwrap();
+        let mut p = parts("/rest/v1/t", &claims);
         let seen = Survey::of(&p.headers);
-        let fwd = prepare_request(&mut p, &up, &ClientAddr::new("10.1.2.3".parse().unwrap()), seen).unwrap();
-        assert_eq!(lines(&fwd), [("x-forwarded-for", "10.1.2.3")], "the client's proto and host stay, unchanged");
+        let fwd = prepare_request(&mut p, &up, &ClientAddr::connection(ip, false, true), seen).unwrap();
+        assert_eq!(lines(&fwd), [("x-forwarded-for", "10.1.2.3")], "the proxy's proto and host stay, unchanged");
         assert!(!fwd.leaves_out(&X_FORWARDED_FOR), "no chain of the client's to replace");
+        assert!(!fwd.leaves_out(&X_FORWARDED_PROTO) && !fwd.leaves_out(&X_FORWARDED_HOST));
         assert_eq!(p.headers["x-forwarded-proto"], "https");
-        assert_eq!(p.headers["x-forwarded-host"], "lb.example");
+
+        let mut p = parts("/rest/v1/t", &claims);
+        let seen = Survey::of(&p.headers);
+        let fwd = prepare_request(&mut p, &up, &ClientAddr::new(ip), seen).unwrap();
+        assert_eq!(
+            lines(&fwd),
+            [("x-forwarded-for", "10.1.2.3"), ("x-forwarded-proto", "http"), ("x-forwarded-host", "a.example")],
+            "an untrusted client's claims are replaced by what the connection is"
+        );
+        assert!(fwd.leaves_out(&X_FORWARDED_PROTO) && fwd.leaves_out(&X_FORWARDED_HOST));
+
+        let mut p = parts("/rest/v1/t", &claims[..1]);
+        let seen = Survey::of(&p.headers);
+        let fwd = prepare_request(&mut p, &up, &ClientAddr::connection(ip, true, false), seen).unwrap();
+        assert_eq!(lines(&fwd)[1], ("x-forwarded-proto", "https"), "set from the TLS connection");
     }
 
     #[test]

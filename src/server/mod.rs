@@ -8,6 +8,7 @@ mod http2;
 mod signal;
 mod sniff;
 pub mod stall;
+pub mod tls;
 
 use std::convert::Infallible;
 use std::io;
@@ -45,8 +46,11 @@ use stall::SendTimeout;
 
 /// A running proxy.
 pub struct Running {
-    /// Where the proxy listens.
+    /// Where the proxy listens: the plain listener, or the HTTPS one when there is no
+    /// plain one.
     pub addr: SocketAddr,
+    /// Where the HTTPS listener listens, if enabled.
+    pub tls_addr: Option<SocketAddr>,
     /// Where the admin listener listens, if enabled.
     pub admin_addr: Option<SocketAddr>,
     /// The proxy itself (state, metrics).
@@ -74,12 +78,17 @@ impl Running {
 /// Binds the listeners and starts serving `config`, read from `path` if given (which
 /// reloads then re-read, and which is watched when `server.watch_config` is on).
 pub async fn start(config: Config, path: Option<PathBuf>) -> io::Result<Running> {
-    let listener = bind(config.server.listen, config.server.listen_backlog)?;
+    let listener = config.server.listen.map(|a| bind(a, config.server.listen_backlog)).transpose()?;
+    let tls_listener = config.server.tls.as_ref().map(|t| bind(t.listen, config.server.listen_backlog)).transpose()?;
     let admin_listener = match config.server.admin_listen {
         Some(a) => Some(TcpListener::bind(a).await?),
         None => None,
     };
-    let addr = listener.local_addr()?;
+    let tls_addr = tls_listener.as_ref().map(TcpListener::local_addr).transpose()?;
+    let addr = match &listener {
+        Some(l) => l.local_addr()?,
+        None => tls_addr.expect("a plain or an HTTPS listener"),
+    };
     let admin_addr = admin_listener.as_ref().map(TcpListener::local_addr).transpose()?;
 
     let metrics = Arc::new(Metrics::new());
@@ -111,12 +120,22 @@ pub async fn start(config: Config, path: Option<PathBuf>) -> io::Result<Running>
     }
 
     let limits = proxy.state.load().config.limits.clone();
-    let mut tasks = vec![tokio::spawn(serve(listener, proxy.clone(), shutdown.clone(), server, limits))];
+    let mut tasks = Vec::new();
+    if let Some(l) = listener {
+        let serving = serve(l, None, proxy.clone(), shutdown.clone(), server.clone(), limits.clone());
+        tasks.push(tokio::spawn(serving));
+    }
+    if let (Some(l), Some(cfg)) = (tls_listener, &server.tls) {
+        let tls =
+            tls::Tls::new(cfg, proxy.metrics.clone()).map_err(|e| io::Error::other(format!("server.tls: {e}")))?;
+        tls.watch(shutdown.clone())?;
+        tasks.push(tokio::spawn(serve(l, Some(tls), proxy.clone(), shutdown.clone(), server, limits)));
+    }
     if let Some(l) = admin_listener {
         let admin = admin::Admin { proxy: proxy.clone(), control: control.clone(), fleet };
         tasks.push(tokio::spawn(admin::serve(l, Arc::new(admin), shutdown.clone())));
     }
-    Ok(Running { addr, admin_addr, proxy, control, shutdown, tasks })
+    Ok(Running { addr, tls_addr, admin_addr, proxy, control, shutdown, tasks })
 }
 
 /// Gathers who wrote on v2 every second, so its bounded record does not fill.
@@ -132,7 +151,8 @@ pub async fn run(config: Config, path: Option<PathBuf>) -> io::Result<()> {
     let running = start(config, path).await?;
     watch::on_sighup(running.control.clone(), running.shutdown.clone())?;
     let admin = running.admin_addr.map_or_else(|| "off".to_string(), |a| a.to_string());
-    tracing::info!(listen = %running.addr, admin = %admin, "switchyard serving");
+    let https = running.tls_addr.map_or_else(|| "off".to_string(), |a| a.to_string());
+    tracing::info!(listen = %running.addr, https = %https, admin = %admin, "switchyard serving");
     shutdown_signal().await;
     tracing::info!("shutting down: draining in-flight requests");
     running.shutdown();
@@ -141,11 +161,14 @@ pub async fn run(config: Config, path: Option<PathBuf>) -> io::Result<()> {
     Ok(())
 }
 
-/// Serves one client connection until it closes (or shutdown closes it). `_slot` is
-/// its place under `limits.max_connections`.
+/// Serves one client connection until it closes (or shutdown closes it): over TLS
+/// when `tls` (the protocol then as ALPN chose), else plain (HTTP/1, or h2c prior
+/// knowledge). `_slot` is its place under `limits.max_connections`.
+#[allow(clippy::too_many_arguments)]
 async fn connection(
     stream: TcpStream,
     peer: SocketAddr,
+    tls: Option<Arc<tls::Tls>>,
     proxy: Arc<Proxy>,
     builders: Arc<Builders>,
     watcher: Watcher,
@@ -153,40 +176,65 @@ async fn connection(
     _slot: OwnedSemaphorePermit,
 ) {
     let mut shutdown = std::pin::pin!(Shutdown::new(&shutdown));
-    // A client that connects and sends nothing is closed after the header read timeout
-    // (hyper's own timer starts only once it reads a request).
-    let opening = tokio::select! {
+    let trusted = proxy.state.load().config.server.trusted_proxies.iter().any(|c| c.contains(peer.ip()));
+    let client = Arc::new(Client { addr: ClientAddr::connection(peer.ip(), tls.is_some(), trusted) });
+    let Some(tls) = tls else {
+        // A client that connects and sends nothing is closed after the header read
+        // timeout (hyper's own timer starts only once it reads a request).
+        let opening = tokio::select! {
+            _ = shutdown.as_mut() => return,
+            opening = tokio::time::timeout(builders.header_read, sniff::opening(&stream)) => opening,
+        };
+        let opening = match opening {
+            Ok(Ok(Some(opening))) => opening,
+            // Closed, failed, or silent for the whole header read timeout.
+            _ => return,
+        };
+        let h2 = opening == Opening::Http2;
+        return speak(stream, h2, peer, client, proxy, &builders, watcher, shutdown).await;
+    };
+    let accepted = tokio::select! {
         _ = shutdown.as_mut() => return,
-        opening = tokio::time::timeout(builders.header_read, sniff::opening(&stream)) => opening,
+        accepted = tls.accept(stream) => accepted,
     };
-    let opening = match opening {
-        Ok(Ok(Some(opening))) => opening,
-        // Closed, failed, or silent for the whole header read timeout.
-        _ => return,
-    };
-    let io = SendTimeout::new(stream, builders.send_timeout);
+    match accepted {
+        Ok(a) => speak(a.stream, a.h2, peer, client, proxy, &builders, watcher, shutdown).await,
+        Err(e) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+    }
+}
+
+/// Serves HTTP/2 or HTTP/1 on a connection's `io` until it ends.
+#[allow(clippy::too_many_arguments)]
+async fn speak<T>(
+    io: T,
+    h2: bool,
+    peer: SocketAddr,
+    client: Arc<Client>,
+    proxy: Arc<Proxy>,
+    builders: &Builders,
+    watcher: Watcher,
+    mut shutdown: std::pin::Pin<&mut Shutdown>,
+) where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let io = SendTimeout::new(io, builders.send_timeout);
     let metrics = proxy.metrics.clone();
-    let client = Arc::new(Client { addr: ClientAddr::new(peer.ip()) });
-    let ended = match opening {
-        Opening::Http1 | Opening::MaybeHttp2 => {
-            let (io, service) = (TokioIo::new(io), service(proxy, client));
-            // hyper-util's graceful watch has no hook for this connection type: shutdown
-            // is driven from the token, and holding the watcher keeps the drain waiting.
-            let _watcher = watcher;
-            let mut conn = std::pin::pin!(builders.http1.serve_connection(io, service).with_upgrades());
-            tokio::select! {
-                biased;
-                ended = conn.as_mut() => ended.map_err(Into::into),
-                _ = shutdown.as_mut() => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await.map_err(Into::into)
-                }
-            }
-        }
+    // hyper-util's graceful watch has no hook for these connection types: shutdown is
+    // driven from the token, and holding the watcher keeps the drain waiting.
+    let _watcher = watcher;
+    let ended = if h2 {
         // Boxed: every connection's task would otherwise be its size.
-        Opening::Http2 => {
-            let _watcher = watcher;
-            Box::pin(http2::serve(io, &builders.http2, proxy, client, shutdown)).await
+        Box::pin(http2::serve(io, &builders.http2, proxy, client, shutdown)).await
+    } else {
+        let (io, service) = (TokioIo::new(io), service(proxy, client));
+        let mut conn = std::pin::pin!(builders.http1.serve_connection(io, service).with_upgrades());
+        tokio::select! {
+            biased;
+            ended = conn.as_mut() => ended.map_err(Into::into),
+            _ = shutdown.as_mut() => {
+                conn.as_mut().graceful_shutdown();
+                conn.await.map_err(Into::into)
+            }
         }
     };
     if let Err(e) = ended {
@@ -294,6 +342,7 @@ fn bind(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener> {
 
 async fn serve(
     listener: TcpListener,
+    tls: Option<Arc<tls::Tls>>,
     proxy: Arc<Proxy>,
     shutdown: CancellationToken,
     server: ServerConfig,
@@ -324,6 +373,7 @@ async fn serve(
         tokio::spawn(connection(
             stream,
             peer,
+            tls.clone(),
             proxy.clone(),
             builders.clone(),
             graceful.watcher(),

@@ -15,8 +15,8 @@ const MAX_HEADERS: usize = 128;
 
 /// `X-Forwarded-For`, `-Proto` and `-Host`.
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
 /// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1, plus the
 /// non-standard ones peers still send).
@@ -64,16 +64,22 @@ pub struct Forwarded {
     pub chain: HeaderValue,
     /// Whether the client sent `X-Forwarded-For` lines, which are then left out.
     pub replaces_chain: bool,
-    /// `X-Forwarded-Proto`, when the client (a load balancer in front) did not say.
+    /// `X-Forwarded-Proto`, unless a trusted proxy in front said it.
     pub proto: Option<HeaderValue>,
-    /// `X-Forwarded-Host`: the host the client asked for, when it did not say.
+    /// `X-Forwarded-Host`: the host the client asked for, unless a trusted proxy in
+    /// front said it.
     pub original_host: Option<HeaderValue>,
+    /// Whether the client's own `X-Forwarded-Proto` and `-Host` are left out (it is
+    /// not a trusted proxy).
+    pub replaces_claims: bool,
 }
 
 impl Forwarded {
     /// Whether the client's header `name` is left out: the proxy writes its own.
     pub fn leaves_out(&self, name: &HeaderName) -> bool {
-        name == header::HOST || self.replaces_chain && name == X_FORWARDED_FOR
+        name == header::HOST
+            || self.replaces_chain && name == X_FORWARDED_FOR
+            || self.replaces_claims && (name == X_FORWARDED_PROTO || name == X_FORWARDED_HOST)
     }
 
     /// The `Host` line's value, written first.
@@ -406,6 +412,7 @@ mod tests {
             replaces_chain: true,
             proto: Some(HeaderValue::from_static("http")),
             original_host: Some(HeaderValue::from_static("client.example")),
+            replaces_claims: true,
         };
         let head = encode_head(&p, &fwd);
         let expected = "GET /rest/v1/items?id=eq.1 HTTP/1.1\r\nhost: v2.example\r\nx-a: 1\r\n\

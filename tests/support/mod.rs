@@ -2,6 +2,7 @@
 //! switchyard started in-process or as a child process, and a real HTTP client.
 #![allow(dead_code)]
 
+pub mod ca;
 pub mod fake;
 pub mod load;
 pub mod postgres;

@@ -8,6 +8,7 @@ mod recv;
 mod stream;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -46,6 +47,15 @@ const MAX_CONCURRENT_STREAMS: u32 = 200;
 const WINDOW: u32 = 1 << 20;
 /// How much of one stream's answer h2 may hold unsent.
 const SEND_BUFFER: usize = 400 * 1024;
+/// Streams a client may reset before their answer, in all, before its resets are
+/// judged (CVE-2023-44487, "rapid reset": each costs the proxy a request upstream).
+const RESETS_ALLOWED: u32 = 100;
+
+/// Whether a client's resets make the connection an attack: over the allowance, and
+/// most of its streams.
+fn rapid_reset(resets: u32, streams: u32) -> bool {
+    resets > RESETS_ALLOWED && resets.saturating_mul(2) > streams
+}
 
 /// Serves one HTTP/2 connection until it closes, or until `shutdown` resolves (then
 /// with a GOAWAY: open streams finish, no new one is taken).
@@ -64,6 +74,9 @@ where
     let mut shutdown = std::pin::pin!(shutdown);
     // Each stream's task holds a clone: one left means no stream is open.
     let open = Arc::new(());
+    // Streams the client reset before their answer, and streams in all.
+    let resets = Arc::new(AtomicU32::new(0));
+    let mut streams = 0u32;
     let mut idle_since = Instant::now();
     // When the GOAWAY went: a client that does not answer its PING is let go.
     let mut closing: Option<Instant> = None;
@@ -72,14 +85,29 @@ where
         tokio::select! {
             accepted = conn.accept() => match accepted {
                 Some(Ok((req, respond))) => {
-                    let (proxy, client, open) = (proxy.clone(), client.clone(), open.clone());
+                    streams = streams.saturating_add(1);
+                    if closing.is_none() && rapid_reset(resets.load(Ordering::Relaxed), streams) {
+                        proxy.metrics.client_error("rapid_reset");
+                        closing = Some(Instant::now());
+                        conn.abrupt_shutdown(h2::Reason::ENHANCE_YOUR_CALM);
+                        continue;
+                    }
+                    let (proxy, client, open, resets) = (proxy.clone(), client.clone(), open.clone(), resets.clone());
                     let send_timeout = settings.send_timeout;
                     tokio::spawn(async move {
-                        stream::answer(proxy, client, req, respond, send_timeout).await;
+                        if stream::answer(proxy, client, req, respond, send_timeout).await == stream::Ended::Reset {
+                            resets.fetch_add(1, Ordering::Relaxed);
+                        }
                         drop(open);
                     });
                 }
-                Some(Err(e)) => return Err(e.into()),
+                Some(Err(e)) => {
+                    // h2 itself sends the GOAWAY when resets outpace accepting.
+                    if e.reason() == Some(h2::Reason::ENHANCE_YOUR_CALM) && !e.is_remote() {
+                        proxy.metrics.client_error("rapid_reset");
+                    }
+                    return Err(e.into());
+                }
                 None => return Ok(()),
             },
             _ = shutdown.as_mut(), if closing.is_none() => {
@@ -103,5 +131,15 @@ where
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn many_resets_of_most_streams_are_an_attack_and_a_few_are_not() {
+        assert!(!super::rapid_reset(100, 100), "within the allowance");
+        assert!(super::rapid_reset(101, 150));
+        assert!(!super::rapid_reset(150, 1000), "a busy client cancelling some");
     }
 }

@@ -31,6 +31,15 @@ enum Stop {
     BodyFailed,
 }
 
+/// How a stream ended, as the connection weighs its client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// Answered (or given up by the proxy).
+    Answered,
+    /// The client reset it before its answer began.
+    Reset,
+}
+
 /// Answers one stream.
 pub async fn answer(
     proxy: Arc<Proxy>,
@@ -38,22 +47,22 @@ pub async fn answer(
     req: Request<RecvStream>,
     mut respond: SendResponse<Bytes>,
     send_timeout: Duration,
-) {
+) -> Ended {
     let length = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse().ok());
     let req = req.map(|stream| Either::Right(BoxBody::new(Recv::new(stream, length).map_err(Into::into))));
     let metrics = proxy.metrics.clone();
     // A client that resets the stream while the upstream works cancels the exchange.
     let handled = tokio::select! {
         handled = proxy.handle(req, &client) => handled,
-        _ = poll_fn(|cx| respond.poll_reset(cx)) => return,
+        _ = poll_fn(|cx| respond.poll_reset(cx)) => return Ended::Reset,
     };
     let Ok(resp) = handled;
     let (mut head, body) = resp.into_parts();
     strip_connection_headers(&mut head.headers);
     let end = body.is_end_stream();
-    let Ok(mut send) = respond.send_response(Response::from_parts(head, ()), end) else { return };
+    let Ok(mut send) = respond.send_response(Response::from_parts(head, ()), end) else { return Ended::Reset };
     if end {
-        return;
+        return Ended::Answered;
     }
     match pipe(body, &mut send, send_timeout).await {
         Ok(()) | Err(Stop::Gone) => {}
@@ -63,6 +72,7 @@ pub async fn answer(
         }
         Err(Stop::BodyFailed) => send.send_reset(Reason::INTERNAL_ERROR),
     }
+    Ended::Answered
 }
 
 /// Sends `body` on `send`, each chunk as the client's window allows.
