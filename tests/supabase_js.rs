@@ -14,6 +14,17 @@ use support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn supabase_js_works_unchanged_for_both_cohorts() {
+    run(false).await;
+}
+
+/// The same over HTTPS (both listeners at once): Node trusts the test's CA through
+/// NODE_EXTRA_CA_CERTS, as an operator's private CA would be.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn supabase_js_works_unchanged_over_https() {
+    run(true).await;
+}
+
+async fn run(https: bool) {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/node");
     if !dir.join("node_modules/@supabase/supabase-js").exists() {
         assert!(
@@ -26,7 +37,21 @@ async fn supabase_js_works_unchanged_for_both_cohorts() {
     let (s1, s2, _) = fake::migration_specs();
     let (u1, v1) = fake::spawn(s1.clone()).await;
     let (u2, v2) = fake::spawn(s2.clone()).await;
-    let sy = start(&fake::config(&u1, &u2, &s1, &s2, 50, "")).await;
+    let tls_dir = support::process::test_dir(if https { "js-https" } else { "js-http" });
+    let ca = support::ca::Ca::new();
+    let ca_file = tls_dir.join("ca.pem");
+    std::fs::write(&ca_file, &ca.pem).unwrap();
+    let (cert, key) = ca.server(&rcgen::PKCS_ECDSA_P256_SHA256, false).write(&tls_dir, "server");
+    let mut text = fake::config(&u1, &u2, &s1, &s2, 50, "");
+    if https {
+        let tls = format!(
+            "[server.tls]\nlisten = \"127.0.0.1:0\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n[rollout]",
+            cert.display(),
+            key.display()
+        );
+        text = text.replace("[rollout]", &tls);
+    }
+    let sy = start(&text).await;
     let users: Vec<String> = ["v1", "v2", "v1", "v2"]
         .iter()
         .enumerate()
@@ -34,11 +59,18 @@ async fn supabase_js_works_unchanged_for_both_cohorts() {
             (0..).map(|k| format!("js-{n}-{k}")).find(|u| (percentile(u) < 50) == (*cohort == "v2")).unwrap()
         })
         .collect();
-    let url = format!("http://{}", sy.addr);
+    let url = match sy.tls_addr {
+        Some(a) => format!("https://localhost:{}", a.port()),
+        None => format!("http://{}", sy.addr),
+    };
     let anon = s1.anon.clone();
     let list = serde_json::to_string(&users).unwrap();
     let out = tokio::task::spawn_blocking(move || {
-        Command::new("node").arg("e2e.mjs").arg(url).arg(anon).arg(list).current_dir(dir).output().expect("node runs")
+        let mut node = Command::new("node");
+        if https {
+            node.env("NODE_EXTRA_CA_CERTS", &ca_file);
+        }
+        node.arg("e2e.mjs").arg(url).arg(anon).arg(list).current_dir(dir).output().expect("node runs")
     })
     .await
     .unwrap();
