@@ -367,3 +367,89 @@ fn dir_ca(dir: &Path, ca: &Ca) -> PathBuf {
     std::fs::write(&path, &ca.pem).unwrap();
     path
 }
+
+/// An HTTP/2 frame: length, type, flags, stream, payload.
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len() as u32;
+    let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// A TLS connection speaking raw HTTP/2: the preface and empty SETTINGS sent.
+async fn raw_h2(addr: SocketAddr, ca: &Ca) -> TlsStream<TcpStream> {
+    use tokio::io::AsyncWriteExt;
+    let mut s = tls(addr, &connector(&ca.pem, None, &[b"h2"])).await.unwrap();
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await.unwrap();
+    s.write_all(&frame(0x4, 0, 0, &[])).await.unwrap();
+    s
+}
+
+/// Whether the server ends the connection (GOAWAY, or closes it) while `flood` keeps
+/// writing, within 10 s.
+async fn cut_off(stream: TlsStream<TcpStream>, flood: Vec<u8>, times: usize) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut rd, mut wr) = tokio::io::split(stream);
+    let writer = tokio::spawn(async move {
+        for _ in 0..times {
+            if wr.write_all(&flood).await.is_err() {
+                break;
+            }
+        }
+    });
+    let read = async {
+        let mut buf = vec![0u8; 65_536];
+        let mut seen = Vec::new();
+        loop {
+            match rd.read(&mut buf).await {
+                Ok(0) | Err(_) => return true,
+                Ok(n) => seen.extend_from_slice(&buf[..n]),
+            }
+            // A GOAWAY frame (type 7) among what came back.
+            let mut at = 0;
+            while at + 9 <= seen.len() {
+                let len = (usize::from(seen[at]) << 16) | (usize::from(seen[at + 1]) << 8) | usize::from(seen[at + 2]);
+                if seen[at + 3] == 0x7 {
+                    return true;
+                }
+                at += 9 + len;
+            }
+        }
+    };
+    let ended = tokio::time::timeout(Duration::from_secs(10), read).await.unwrap_or(false);
+    writer.abort();
+    ended
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn continuation_and_settings_floods_are_bounded_and_others_are_served() {
+    let ca = Ca::new();
+    let dir = test_dir("https-floods");
+    let (cert, key) = ca.server(&rcgen::PKCS_ECDSA_P256_SHA256, false).write(&dir, "server");
+    let (v1, v2) = (echo("v1").await, echo("v2").await);
+    let sy = start(&https_config(&v1, &v2, 0, &cert, &key, "")).await;
+    let ca_file = dir_ca(&dir, &ca);
+
+    // A header block that never ends: HEADERS without END_HEADERS, then CONTINUATION
+    // frames of small literal fields, up to 160 MB.
+    let mut s = raw_h2(sy.addr, &ca).await;
+    {
+        use tokio::io::AsyncWriteExt;
+        s.write_all(&frame(0x1, 0, 1, &[0x82, 0x87, 0x84])).await.unwrap();
+    }
+    let fields: Vec<u8> = std::iter::repeat_n([0x00u8, 0x01, b'a', 0x01, b'b'], 3_200).flatten().collect();
+    assert!(cut_off(s, frame(0x9, 0, 1, &fields), 10_000).await, "an endless header block was not cut off");
+    assert_eq!(curl(sy.addr, &ca_file, "--http2", "someone").0, "2");
+
+    // SETTINGS frames without end: bounded (the connection ends, or is throttled by
+    // its own unread acknowledgements) while others are served.
+    let s = raw_h2(sy.addr, &ca).await;
+    let settings: Vec<u8> =
+        std::iter::repeat_n(frame(0x4, 0, 0, &[0x00, 0x03, 0, 0, 0, 100]), 1_000).flatten().collect();
+    let flood = tokio::spawn(cut_off(s, settings, 1_000));
+    let asked = Instant::now();
+    assert_eq!(curl(sy.addr, &ca_file, "--http2", "someone").0, "2");
+    assert!(asked.elapsed() < Duration::from_secs(5), "others were kept waiting");
+    let _ = flood.await;
+}
