@@ -169,3 +169,45 @@ async fn shutdown_drains_websocket_tunnels_then_closes_them_at_the_deadline() {
     let code = tokio::task::spawn_blocking(move || serving.wait_exit(Duration::from_secs(5))).await.unwrap();
     assert_eq!(code, Some(0));
 }
+
+/// A port free on loopback now (bound, then released).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+#[test]
+fn the_demo_with_tls_prints_curl_commands_that_work() {
+    use std::io::{BufRead, BufReader};
+    let (plain, admin, https) = (free_port(), free_port(), free_port());
+    let mut child = std::process::Command::new(support::process::BIN)
+        .args(["demo", "--tls", "--listen", &format!("127.0.0.1:{plain}"), "--admin-listen"])
+        .arg(format!("127.0.0.1:{admin}"))
+        .args(["--tls-listen", &format!("127.0.0.1:{https}")])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let command = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .take(40)
+        .find(|l| l.contains("--cacert") && l.contains("--http2"))
+        .expect("a curl command over HTTPS");
+    // Run what it printed, as printed, by a shell (the demo is up once it answers).
+    let command = command.split('#').next().unwrap().trim().to_string();
+    let started = std::time::Instant::now();
+    let out = loop {
+        let out = std::process::Command::new("sh").args(["-c", &format!("{command} --max-time 5")]).output().unwrap();
+        if out.status.success() || started.elapsed() > Duration::from_secs(15) {
+            break out;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{command}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(said.starts_with("HTTP/2 200"), "{said}");
+    assert!(said.contains("x-switchyard-backend"), "{said}");
+}
