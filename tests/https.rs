@@ -87,6 +87,15 @@ fn curl(addr: SocketAddr, ca: &Path, version: &str, user: &str) -> (String, Stri
     (version.to_string(), body.to_string())
 }
 
+/// A new CA, a test directory `name`, and a P-256 certificate for `localhost` the CA
+/// signed, written there.
+fn served_by_new_ca(name: &str) -> (Ca, PathBuf, PathBuf, PathBuf) {
+    let ca = Ca::new();
+    let dir = test_dir(name);
+    let (cert, key) = ca.server(&rcgen::PKCS_ECDSA_P256_SHA256, false).write(&dir, "server");
+    (ca, dir, cert, key)
+}
+
 /// A user on each side of `pct`.
 fn users_around(pct: u8) -> (String, String) {
     let find = |v2: bool| (0..).map(|i| format!("user-{i}")).find(|u| (percentile(u) < pct) == v2).unwrap();
@@ -133,9 +142,7 @@ async fn curl_speaks_http2_and_http1_over_tls_with_each_key_type() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_of_many_users_on_one_http2_connection_each_go_to_their_cohort() {
-    let ca = Ca::new();
-    let dir = test_dir("https-streams");
-    let (cert, key) = ca.server(&rcgen::PKCS_ECDSA_P256_SHA256, false).write(&dir, "server");
+    let (ca, _, cert, key) = served_by_new_ca("https-streams");
     let (v1, v2) = (echo("v1").await, echo("v2").await);
     let sy = start(&https_config(&v1, &v2, 40, &cert, &key, "")).await;
     let stream = tls(sy.addr, &connector(&ca.pem, None, &[b"h2"])).await.unwrap();
@@ -170,9 +177,7 @@ async fn streams_of_many_users_on_one_http2_connection_each_go_to_their_cohort()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_websocket_goes_through_tls() {
     use futures_util::{SinkExt, StreamExt};
-    let ca = Ca::new();
-    let dir = test_dir("https-ws");
-    let (cert, key) = ca.server(&rcgen::PKCS_ECDSA_P256_SHA256, false).write(&dir, "server");
+    let (ca, _, cert, key) = served_by_new_ca("https-ws");
     let (ws, _) = ws_echo().await;
     let ws_url = format!("http://{ws}");
     let sy = start(&https_config_to(&ws_url, &ws_url, 0, &cert, &key, "")).await;
@@ -326,9 +331,7 @@ async fn client_certificates_are_required_when_configured_and_silent_clients_are
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rapid_reset_flood_is_cut_off_and_others_are_served() {
-    let ca = Ca::new();
-    let dir = test_dir("https-reset");
-    let (cert, key) = ca.server(&rcgen::PKCS_ECDSA_P256_SHA256, false).write(&dir, "server");
+    let (ca, dir, cert, key) = served_by_new_ca("https-reset");
     let v1 = slow(Duration::from_millis(200), "{}").await;
     let sy = start(&https_config(&v1, &v1, 0, &cert, &key, "")).await;
     let client = connector(&ca.pem, None, &[b"h2"]);
@@ -424,9 +427,7 @@ async fn cut_off(stream: TlsStream<TcpStream>, flood: Vec<u8>, times: usize) -> 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn continuation_and_settings_floods_are_bounded_and_others_are_served() {
-    let ca = Ca::new();
-    let dir = test_dir("https-floods");
-    let (cert, key) = ca.server(&rcgen::PKCS_ECDSA_P256_SHA256, false).write(&dir, "server");
+    let (ca, dir, cert, key) = served_by_new_ca("https-floods");
     let (v1, v2) = (echo("v1").await, echo("v2").await);
     let sy = start(&https_config(&v1, &v2, 0, &cert, &key, "")).await;
     let ca_file = dir_ca(&dir, &ca);
