@@ -93,6 +93,7 @@ async fn switchyard(upstream: &Upstream, bytes: Vec<u8>) -> Outcome {
         replaces_chain: false,
         proto: None,
         original_host: None,
+        replaces_claims: false,
     };
     let out = Outbound { req, forwarded };
     let now = tokio::time::Instant::now();
