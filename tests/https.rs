@@ -454,3 +454,27 @@ async fn continuation_and_settings_floods_are_bounded_and_others_are_served() {
     assert!(asked.elapsed() < Duration::from_secs(5), "others were kept waiting");
     let _ = flood.await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_rereads_the_certificate() {
+    // The configured paths are links into a directory the watcher does not see, so
+    // only the signal can bring the change in.
+    let (ca, dir, _, _) = served_by_new_ca("https-hup");
+    let elsewhere = test_dir("https-hup-real");
+    let first = ca.server(&rcgen::PKCS_ECDSA_P256_SHA256, false);
+    let (real_cert, real_key) = first.write(&elsewhere, "server");
+    let (cert, key) = (dir.join("linked.pem"), dir.join("linked.key"));
+    std::os::unix::fs::symlink(&real_cert, &cert).unwrap();
+    std::os::unix::fs::symlink(&real_key, &key).unwrap();
+    let v1 = echo("v1").await;
+    let path = support::process::write_config("https-hup", &https_config(&v1, &v1, 0, &cert, &key, ""));
+    let sy = support::process::Serving::start(&path);
+    let client = connector(&ca.pem, None, &[b"http/1.1"]);
+    assert_eq!(served(&tls(sy.addr, &client).await.unwrap()), first.der);
+    let second = ca.server(&rcgen::PKCS_ECDSA_P256_SHA256, false);
+    second.write(&elsewhere, "server");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(served(&tls(sy.addr, &client).await.unwrap()), first.der, "not seen without the signal");
+    sy.signal("HUP");
+    served_within(sy.addr, &client, &second.der).await;
+}
