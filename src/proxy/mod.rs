@@ -166,7 +166,7 @@ impl Proxy {
             }
             if fenced {
                 // A handoff's fence; or, in a fleet, this replica's lease run out.
-                let fence = snap.fence.clone().filter(|f| f.holds(w)).or_else(|| self.lease.holding());
+                let fence = snap.fence.as_ref().filter(|f| f.holds(w)).cloned().or_else(|| self.lease.holding());
                 if let Some(fence) = fence {
                     self.writes.end(w);
                     return Start::Held(fence, req);
