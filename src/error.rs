@@ -39,6 +39,9 @@ pub enum Kind {
     /// A write held at a handoff's fence past `handoff.max_hold_seconds`: 503 with
     /// `Retry-After`, never forwarded.
     HeldTooLong,
+    /// The bearer token must be re-signed for the target project, but its issuer's
+    /// signing keys could not be fetched to verify it: 503 with `Retry-After`.
+    KeysUnavailable,
     /// The request body is over `limits.max_body_bytes`.
     PayloadTooLarge,
     /// The client's own failure, never the backend's (not judged by the guard).
@@ -130,6 +133,12 @@ impl Error {
     /// A write held at a handoff's fence too long.
     pub fn held_too_long(backend: BackendId) -> Error {
         Error::new(Kind::HeldTooLong, backend, "")
+    }
+
+    /// A token of `issuer` that cannot be verified (its keys not fetched) going to
+    /// `backend`, which would need it re-signed.
+    pub fn keys_unavailable(backend: BackendId, issuer: BackendId) -> Error {
+        Error::new(Kind::KeysUnavailable, backend, format!("the signing keys of {issuer} cannot be fetched"))
     }
 
     /// A body over the limit.
@@ -225,6 +234,7 @@ impl Error {
             | Kind::CrossSchemaEmbed
             | Kind::Overloaded
             | Kind::HeldTooLong
+            | Kind::KeysUnavailable
             | Kind::PayloadTooLarge
             | Kind::Client(_) => "none",
         }
@@ -243,7 +253,7 @@ impl Error {
             Kind::BadRequest | Kind::CrossSchemaEmbed => StatusCode::BAD_REQUEST,
             Kind::Client(ClientFault::MalformedBody | ClientFault::AbortedBody) => StatusCode::BAD_REQUEST,
             Kind::Client(ClientFault::SlowUpload) => StatusCode::REQUEST_TIMEOUT,
-            Kind::Overloaded | Kind::HeldTooLong => StatusCode::SERVICE_UNAVAILABLE,
+            Kind::Overloaded | Kind::HeldTooLong | Kind::KeysUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Kind::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Kind::Connect | Kind::Reset | Kind::Tls | Kind::Protocol => StatusCode::BAD_GATEWAY,
         }
@@ -266,6 +276,11 @@ impl Error {
                 "SWY503",
                 "request_timeout",
                 "this user's data is moving between projects; the write was not made, retry shortly".into(),
+            ),
+            Kind::KeysUnavailable => (
+                "SWY503",
+                "unexpected_failure",
+                "the token cannot be verified for this project yet; retry shortly".into(),
             ),
             Kind::PayloadTooLarge => ("SWY413", "request_too_large", "request body too large".into()),
             Kind::Client(ClientFault::MalformedBody) => {
@@ -306,7 +321,7 @@ impl Error {
             let v = format!("Bearer error=\"invalid_token\", error_description=\"{desc}\"");
             h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_str(&v).expect("ascii"));
         }
-        if matches!(self.kind, Kind::Overloaded | Kind::HeldTooLong) {
+        if matches!(self.kind, Kind::Overloaded | Kind::HeldTooLong | Kind::KeysUnavailable) {
             // supabase-js retries GET/HEAD on 503, honouring Retry-After.
             h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }

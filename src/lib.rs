@@ -18,6 +18,7 @@ pub mod forward;
 pub mod guard;
 pub mod handoff;
 pub mod identity;
+pub mod jwk;
 pub mod metrics;
 pub mod pg;
 pub mod proxy;

@@ -229,6 +229,9 @@ fn run(command: Command) -> Result<(), ExitCode> {
                     }
                 }
             }
+            for line in runtime().block_on(switchyard::identity::fetch::report(&cfg)) {
+                println!("{line}");
+            }
             println!(
                 "{}: ok (rollout {}% from {:?}, v1 {}, v2 {})",
                 config.display(),

@@ -68,6 +68,8 @@ pub struct Metrics {
     tls_warning: IntGauge,
     tls_reloads: IntCounterVec,
     tls_handshake_failures: IntCounterVec,
+    jwks_fetches: IntCounterVec,
+    jwks_keys: IntGaugeVec,
 }
 
 /// The `kind` labels of `switchyard_client_errors_total`.
@@ -294,6 +296,26 @@ impl Metrics {
         reg(Box::new(tls_warning.clone()));
         reg(Box::new(tls_reloads.clone()));
         reg(Box::new(tls_handshake_failures.clone()));
+        let jwks_fetches = IntCounterVec::new(
+            Opts::new(
+                "switchyard_jwks_fetches_total",
+                "Fetches of a project's published signing keys, by backend and result: success, failure.",
+            ),
+            &["backend", "result"],
+        )
+        .expect("valid");
+        let jwks_keys = IntGaugeVec::new(
+            Opts::new("switchyard_jwks_keys", "Signing keys (ES256, RS256) a project publishes, as last fetched."),
+            &["backend"],
+        )
+        .expect("valid");
+        for b in BackendId::ALL {
+            for result in ["success", "failure"] {
+                jwks_fetches.with_label_values(&[b.as_str(), result]);
+            }
+        }
+        reg(Box::new(jwks_fetches.clone()));
+        reg(Box::new(jwks_keys.clone()));
         let client_errors = IntCounterVec::new(
             Opts::new(
                 "switchyard_client_errors_total",
@@ -361,6 +383,16 @@ impl Metrics {
             tls_warning,
             tls_reloads,
             tls_handshake_failures,
+            jwks_fetches,
+            jwks_keys,
+        }
+    }
+
+    /// Counts a fetch of `backend`'s signing keys; `keys` when it succeeded.
+    pub fn jwks_fetched(&self, backend: BackendId, result: &str, keys: Option<usize>) {
+        self.jwks_fetches.with_label_values(&[backend.as_str(), result]).inc();
+        if let Some(n) = keys {
+            self.jwks_keys.with_label_values(&[backend.as_str()]).set(n as i64);
         }
     }
 

@@ -9,7 +9,7 @@ use arc_swap::ArcSwap;
 
 use crate::config::Config;
 use crate::handoff::fence::Fence;
-use crate::identity::Verifier;
+use crate::identity::{Keyring, Verifier};
 use crate::translate::Translator;
 
 /// Everything a request needs to be routed, prepared once per configuration.
@@ -25,28 +25,46 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// Prepares a snapshot (keys parsed once here, not per request).
+    /// Prepares a snapshot on its own (no keys fetched for it: a command's, a test's).
     pub fn new(config: Config) -> Snapshot {
-        let verifier = Verifier::new(&config.backends, config.identity.jwt_leeway);
-        let translator = Translator::new(&config);
-        Snapshot { config, verifier, translator, fence: None }
+        Snapshot::with_keys(config, Keyring::new())
     }
 
-    /// A snapshot of `config` with `fence` standing.
-    pub fn fenced(config: Config, fence: Arc<Fence>) -> Snapshot {
-        Snapshot { fence: Some(fence), ..Snapshot::new(config) }
+    /// Prepares a snapshot that reads the projects' published keys from `keyring`
+    /// (secrets and keys parsed once here, not per request).
+    pub fn with_keys(config: Config, keyring: Arc<Keyring>) -> Snapshot {
+        let verifier = Verifier::new(&config.backends, config.identity.jwt_leeway, keyring.clone());
+        let translator = Translator::new(&config, keyring);
+        Snapshot { config, verifier, translator, fence: None }
     }
 }
 
-/// The current snapshot.
+/// The current snapshot, and the published keys every snapshot reads.
 pub struct State {
     current: ArcSwap<Snapshot>,
+    keyring: Arc<Keyring>,
 }
 
 impl State {
     /// Starts with `config`.
     pub fn new(config: Config) -> State {
-        State { current: ArcSwap::from_pointee(Snapshot::new(config)) }
+        let keyring = Keyring::new();
+        State { current: ArcSwap::from_pointee(Snapshot::with_keys(config, keyring.clone())), keyring }
+    }
+
+    /// The projects' published keys, as fetched for this process.
+    pub fn keyring(&self) -> &Arc<Keyring> {
+        &self.keyring
+    }
+
+    /// A snapshot of `config` for this process (reading its published keys).
+    pub fn snapshot(&self, config: Config) -> Snapshot {
+        Snapshot::with_keys(config, self.keyring.clone())
+    }
+
+    /// A snapshot of `config` with a handoff's `fence` standing.
+    pub fn fenced(&self, config: Config, fence: Arc<Fence>) -> Snapshot {
+        Snapshot { fence: Some(fence), ..self.snapshot(config) }
     }
 
     /// The snapshot in force now.

@@ -14,17 +14,74 @@ use support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn supabase_js_works_unchanged_for_both_cohorts() {
-    run(false).await;
+    run(Setup { name: "js-http", ..Setup::default() }).await;
 }
 
 /// The same over HTTPS (both listeners at once): Node trusts the test's CA through
 /// NODE_EXTRA_CA_CERTS, as an operator's private CA would be.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn supabase_js_works_unchanged_over_https() {
-    run(true).await;
+    run(Setup { name: "js-https", https: true, ..Setup::default() }).await;
 }
 
-async fn run(https: bool) {
+/// v2 is a new project on signing keys (ES256): v1's HS256 tokens are re-signed for
+/// it with the key imported into it; the clients' API key is the publishable one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn supabase_js_with_v2_on_es256_signing_keys() {
+    run(Setup { name: "js-v2-es256", v2: Some(Alg::Es256), ..Setup::default() }).await;
+}
+
+/// The reverse: v1 on ES256 (its tokens verified against its key set), v2 on HS256.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn supabase_js_with_v1_on_es256_signing_keys() {
+    run(Setup { name: "js-v1-es256", v1: Some(Alg::Es256), ..Setup::default() }).await;
+}
+
+/// Both on signing keys of their own, v1's RS256 and v2's ES256.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn supabase_js_with_an_rs256_project_and_an_es256_one() {
+    run(Setup { name: "js-rs-es", v1: Some(Alg::Rs256), v2: Some(Alg::Es256), ..Setup::default() }).await;
+}
+
+/// Both on ES256 keys of their own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn supabase_js_with_both_projects_on_es256_keys_of_their_own() {
+    run(Setup { name: "js-es-es", v1: Some(Alg::Es256), v2: Some(Alg::Es256), ..Setup::default() }).await;
+}
+
+/// Both list the same ES256 key: nothing is re-signed, and no private key is given.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn supabase_js_with_both_projects_trusting_one_key() {
+    run(Setup { name: "js-shared", v1: Some(Alg::Es256), shared: true, ..Setup::default() }).await;
+}
+
+#[derive(Clone, Copy)]
+enum Alg {
+    Es256,
+    Rs256,
+}
+
+/// How the two projects are set up for one run.
+#[derive(Default)]
+struct Setup {
+    name: &'static str,
+    https: bool,
+    /// The signing keys v1 and v2 are on (none: HS256 with their secret).
+    v1: Option<Alg>,
+    v2: Option<Alg>,
+    /// v2 lists (and signs with) v1's key.
+    shared: bool,
+}
+
+fn key(dir: &Path, alg: Alg, kid: &str) -> fake::TestKey {
+    match alg {
+        Alg::Es256 => fake::TestKey::es256(dir, kid),
+        Alg::Rs256 => fake::TestKey::rs256(dir, kid),
+    }
+}
+
+async fn run(setup: Setup) {
+    let https = setup.https;
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/node");
     if !dir.join("node_modules/@supabase/supabase-js").exists() {
         assert!(
@@ -34,15 +91,26 @@ async fn run(https: bool) {
         eprintln!("skipping: run `npm ci` in tests/node (scripts/test.sh does)");
         return;
     }
-    let (s1, s2, _) = fake::migration_specs();
+    let tls_dir = support::process::test_dir(setup.name);
+    let (mut s1, mut s2, _) = fake::migration_specs();
+    let k1 = setup.v1.map(|alg| key(&tls_dir, alg, "v1-key"));
+    let k2 = match (setup.shared, setup.v2) {
+        (true, _) => None,
+        (false, alg) => alg.map(|alg| key(&tls_dir, alg, "v2-key")),
+    };
+    s1.signing = k1.as_ref().map(|k| k.key.clone());
+    s2.signing = if setup.shared { s1.signing.clone() } else { k2.as_ref().map(|k| k.key.clone()) };
     let (u1, v1) = fake::spawn(s1.clone()).await;
     let (u2, v2) = fake::spawn(s2.clone()).await;
-    let tls_dir = support::process::test_dir(if https { "js-https" } else { "js-http" });
     let ca = support::ca::Ca::new();
     let ca_file = tls_dir.join("ca.pem");
     std::fs::write(&ca_file, &ca.pem).unwrap();
     let (cert, key) = ca.server(&rcgen::PKCS_ECDSA_P256_SHA256, false).write(&tls_dir, "server");
     let mut text = fake::config(&u1, &u2, &s1, &s2, 50, "");
+    if let Some(k2) = &k2 {
+        // The private key imported into v2, for tokens re-signed for it.
+        text = text.replace("[backends.v2]\n", &format!("[backends.v2]\n{}", k2.config_lines()));
+    }
     if https {
         let tls = format!(
             "[server.tls]\nlisten = \"127.0.0.1:0\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n[rollout]",
@@ -63,7 +131,9 @@ async fn run(https: bool) {
         Some(a) => format!("https://localhost:{}", a.port()),
         None => format!("http://{}", sy.addr),
     };
-    let anon = s1.anon.clone();
+    // Projects on signing keys are new ones: their clients hold publishable keys.
+    let signing = setup.v1.is_some() || setup.v2.is_some();
+    let anon = if signing { s1.publishable.clone() } else { s1.anon.clone() };
     let list = serde_json::to_string(&users).unwrap();
     let out = tokio::task::spawn_blocking(move || {
         let mut node = Command::new("node");
@@ -103,6 +173,27 @@ async fn run(https: bool) {
             .filter(|r| r["owner"] == user.as_str())
             .count();
         assert_eq!(elsewhere, 0, "{user} wrote to the other project");
+    }
+    if signing {
+        // Each v2-cohort request reached v2 with a token v2 verifies itself: re-signed
+        // with v2's key, or (one key for both) v1's own token untouched.
+        let want_kid = if setup.shared || setup.v2.is_none() { None } else { Some("v2-key") };
+        let seen = v2.seen.lock().unwrap().clone();
+        let tokens: Vec<_> = seen
+            .iter()
+            .filter_map(|s| s.headers.get("authorization")?.to_str().ok()?.strip_prefix("Bearer ").map(str::to_string))
+            .filter(|t| t.starts_with("ey") && t.matches('.').count() == 2)
+            .collect();
+        assert!(!tokens.is_empty());
+        for t in &tokens {
+            let header = jsonwebtoken::decode_header(t).unwrap();
+            match (want_kid, setup.shared) {
+                (Some(kid), _) => assert_eq!(header.kid.as_deref(), Some(kid)),
+                (None, true) => assert_eq!(header.kid.as_deref(), Some("v1-key"), "v1's token, untouched"),
+                (None, false) => assert_eq!(header.alg, jsonwebtoken::Algorithm::HS256),
+            }
+        }
+        assert!(v2.saw("sb_publishable_v2") && !v2.saw("sb_publishable_v1"), "publishable key translated");
     }
     // Sign-ins went to the auth home.
     assert_eq!(v1.seen.lock().unwrap().iter().filter(|s| s.path == "/auth/v1/token").count(), users.len());

@@ -131,6 +131,20 @@ async fn merged_and_renamed_tables() {
     assert_eq!(seen.query.as_deref(), Some("select=id%2Ckeys%3Aapi_keys%28*%29"));
     assert_eq!(seen.headers["accept-profile"], "vendors");
     assert_eq!(seen.headers["authorization"], format!("Bearer {}", "v2-service-role-key"));
+    // Filters and modifiers on an embed without an alias follow its rename; an
+    // alias's stay, as do the parent's own.
+    let q = "select=id,vendor_api_keys_v2(id,status)&vendor_api_keys_v2.status=eq.live\
+             &vendor_api_keys_v2.order=id.desc&vendor_api_keys_v2.limit=2&vendor_api_keys_v2.offset=1&id=eq.7";
+    let got = call(&s, "GET", &format!("/rest/v1/vendor_organizations?{q}"), &service, "").await;
+    assert_eq!(got.status, 200, "{:?}", got.body);
+    let seen = s.v2.seen.lock().unwrap().last().cloned().unwrap();
+    assert_eq!(
+        seen.query.as_deref(),
+        Some(
+            "select=id%2Capi_keys%28id%2Cstatus%29&api_keys.status=eq.live&api_keys.order=id.desc\
+             &api_keys.limit=2&api_keys.offset=1&id=eq.7"
+        )
+    );
 }
 
 #[tokio::test]

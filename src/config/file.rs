@@ -208,4 +208,15 @@ pub struct BackendFile {
     pub issuer: Option<String>,
     /// The project's database (for `switchyard cohort count` and the handoff's sync).
     pub database_url: Option<String>,
+    /// Whether its published signing keys are fetched at all (default true).
+    pub jwks_enabled: Option<bool>,
+    /// Its JWKS, when not `<url>/auth/v1/.well-known/jwks.json`.
+    pub jwks_url: Option<String>,
+    /// Its JWKS from a file instead (air-gapped setups).
+    pub jwks_file: Option<String>,
+    pub jwks_refresh_seconds: Option<f64>,
+    /// A private key imported into this project as a signing key (JWK or PEM).
+    pub signing_key_file: Option<String>,
+    /// The kid of a PEM signing key.
+    pub signing_key_id: Option<String>,
 }

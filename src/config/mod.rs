@@ -6,6 +6,7 @@ pub mod cluster;
 pub mod env;
 pub mod file;
 pub mod handoff;
+pub mod keys;
 pub mod limits;
 pub mod safety;
 pub mod schema_map;
@@ -189,6 +190,8 @@ pub struct BackendConfig {
     pub issuer: String,
     /// The project's database URL (a secret: it carries a password).
     pub database_url: Option<Secret>,
+    /// Its public signing keys and the private key that signs for it.
+    pub keys: keys::KeysConfig,
 }
 
 impl Config {
@@ -212,7 +215,7 @@ impl Config {
         let seen = env::apply(&mut raw, env)?;
         let translation = translation(&mut raw.translation, dir)?;
         let tls = tls::tls(raw.server.tls.take(), dir)?;
-        let mut config = validate(raw, seen)?;
+        let mut config = validate(raw, seen, dir)?;
         config.translation = translation;
         if tls.is_none() && config.server.listen.is_none() {
             config.server.listen = Some(SocketAddr::from(([127, 0, 0, 1], 8080)));
@@ -308,7 +311,7 @@ fn socket_addr(key: &str, v: &str) -> Result<SocketAddr, ConfigError> {
     v.parse().map_err(|_| ConfigError::new(key, format!("expected IP:PORT (e.g. 127.0.0.1:8080), got {v:?}")))
 }
 
-fn validate(raw: file::FileConfig, seen: env::Overridden) -> Result<Config, ConfigError> {
+fn validate(raw: file::FileConfig, seen: env::Overridden, dir: &Path) -> Result<Config, ConfigError> {
     let pct_key = if seen.percentage { "V2_ROLLOUT_PERCENTAGE" } else { "rollout.percentage" };
     let percentage = u8::try_from(raw.rollout.percentage)
         .ok()
@@ -412,8 +415,8 @@ fn validate(raw: file::FileConfig, seen: env::Overridden) -> Result<Config, Conf
         services,
         upstream,
         backends: PerBackend {
-            v1: backend(BackendId::V1, raw.backends.v1)?,
-            v2: backend(BackendId::V2, raw.backends.v2)?,
+            v1: backend(BackendId::V1, raw.backends.v1, dir)?,
+            v2: backend(BackendId::V2, raw.backends.v2, dir)?,
         },
         translation: TranslationConfig::default(),
         guard: safety::guard(raw.guard)?,
@@ -425,7 +428,7 @@ fn validate(raw: file::FileConfig, seen: env::Overridden) -> Result<Config, Conf
     })
 }
 
-fn backend(id: BackendId, raw: Option<file::BackendFile>) -> Result<BackendConfig, ConfigError> {
+fn backend(id: BackendId, raw: Option<file::BackendFile>, dir: &Path) -> Result<BackendConfig, ConfigError> {
     let key = format!("backends.{id}");
     let raw = raw.ok_or_else(|| {
         ConfigError::new(
@@ -441,7 +444,16 @@ fn backend(id: BackendId, raw: Option<file::BackendFile>) -> Result<BackendConfi
         }
     };
     let issuer = raw.issuer.unwrap_or_else(|| format!("{url}/auth/v1"));
+    let keys_file = keys::KeysFile {
+        jwks_enabled: raw.jwks_enabled.unwrap_or(true),
+        jwks_url: raw.jwks_url,
+        jwks_file: raw.jwks_file,
+        jwks_refresh_seconds: raw.jwks_refresh_seconds,
+        signing_key_file: raw.signing_key_file,
+        signing_key_id: raw.signing_key_id,
+    };
     Ok(BackendConfig {
+        keys: keys::keys(&key, keys_file, &url, dir)?,
         anon_key: secret("anon_key", raw.anon_key)?,
         service_role_key: secret("service_role_key", raw.service_role_key)?,
         publishable_key: secret("publishable_key", raw.publishable_key)?,

@@ -70,7 +70,7 @@ impl Control {
             config.rollout.percentage_source = ledger.rollout.source;
             // A handoff's fence stands through a reload.
             let fence = current.fence.clone();
-            self.state.store(Snapshot { fence, ..Snapshot::new(config) });
+            self.state.store(Snapshot { fence, ..self.state.snapshot(config) });
             ledger.last_error = None;
             // A reload is a change here; in fleet mode the generation is the fleet's.
             if ledger.fleet.is_none() {
@@ -87,7 +87,7 @@ impl Control {
                 for u in users.iter() {
                     repin(&mut config.overrides.users, &new_pins, u);
                 }
-                self.state.store(Snapshot::new(config));
+                self.state.store(self.state.snapshot(config));
             };
             if let Some(h) = self.handoffs.get()
                 && let Err(e) = h.run(&self.state, band, false, flip).await

@@ -28,7 +28,7 @@ use crate::handoff::fence::{Fence, Release};
 use crate::handoff::{Handoffs, Progress};
 use crate::metrics::Metrics;
 use crate::routing::band::Band;
-use crate::state::{Snapshot, State};
+use crate::state::State;
 pub use commit::{Cas, ChangeError, Commit, Store, StoreFuture};
 pub use rollout::{Advance, Refused, Rollout, Tripped};
 pub use status::{RolloutStatus, ScheduleStatus};
@@ -154,7 +154,7 @@ impl Control {
             config.rollout.percentage = next.percentage;
             config.rollout.percentage_source = next.source;
             self.metrics.rollout_percentage.set(next.percentage.into());
-            self.state.store(Snapshot::new(config));
+            self.state.store(self.state.snapshot(config));
             // A handoff's fence falls with the percentage it held for: its writes go on
             // to the new side.
             if let Some(f) = &current.fence {
@@ -318,7 +318,7 @@ impl Control {
             (Some(p), other) => {
                 let max_hold = std::time::Duration::from_millis(p.max_hold_ms);
                 let fence = Arc::new(Fence::fleet(p.id.clone(), p.band.clone(), max_hold));
-                self.state.store(Snapshot::fenced(snap.config.clone(), fence.clone()));
+                self.state.store(self.state.fenced(snap.config.clone(), fence.clone()));
                 tracing::info!(id = %p.id, leader = %p.leader, low = p.band.low, high = p.band.high, "fleet handoff: band fenced");
                 if let Some(o) = other {
                     o.open(Release::Old);
@@ -326,7 +326,7 @@ impl Control {
                 Some(fence)
             }
             (None, Some(f)) => {
-                self.state.store(Snapshot::new(snap.config.clone()));
+                self.state.store(self.state.snapshot(snap.config.clone()));
                 f.open(Release::Old);
                 None
             }

@@ -23,7 +23,7 @@ use crate::config::Config;
 use crate::config::handoff::{HandoffConfig, Sync};
 use crate::metrics::Metrics;
 use crate::routing::band::Band;
-use crate::state::{Snapshot, State};
+use crate::state::State;
 use fence::{Fence, Release, Writes};
 use stranded::{Stranded, Writers};
 pub use sync::Synced;
@@ -156,7 +156,7 @@ impl Handoffs {
         };
         let fence = Arc::new(Fence::new(band.clone(), cfg.max_hold));
         let started = Instant::now();
-        state.store(Snapshot::fenced(snap.config.clone(), fence.clone()));
+        state.store(state.fenced(snap.config.clone(), fence.clone()));
         tracing::info!(low = band.low, high = band.high, from = %band.from, to = %band.to, "handoff: band fenced");
         let deadline = started + cfg.timeout;
         let work = async {
@@ -175,7 +175,7 @@ impl Handoffs {
         match release {
             Release::New => flip(),
             // The percentage stays: the same config, without the fence.
-            Release::Old => state.store(Snapshot::new(state.load().config.clone())),
+            Release::Old => state.store(state.snapshot(state.load().config.clone())),
         }
         fence.open(release);
         let result = self.end(&band, outcome, result, started.elapsed());

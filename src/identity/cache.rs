@@ -147,7 +147,7 @@ mod tests {
     use super::*;
 
     fn user(sub: &str) -> Token {
-        Token::Jwt { sub: Some(sub.into()), issuer: None, verified: true }
+        Token::Jwt { sub: Some(sub.into()), issuer: None, signature: super::super::jwt::Signature::Secret }
     }
 
     #[test]

@@ -9,6 +9,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::cache::{self, Window};
+use super::keyed;
+use super::keyring::Keyring;
 
 use crate::backend::{BackendId, PerBackend};
 use crate::config::BackendConfig;
@@ -18,12 +20,17 @@ use crate::config::BackendConfig;
 pub enum AuthReason {
     /// Not a JWT at all (wrong shape, bad base64 or JSON, unknown `alg` such as `none`).
     Malformed,
-    /// A well-formed JWT signed with something other than HS256.
+    /// An algorithm the issuer's keys do not sign with (HS256 where the issuer
+    /// publishes asymmetric keys and no secret is configured, ES256 under an RSA key,
+    /// HS512...).
     Algorithm,
-    /// No configured secret verifies the signature.
+    /// No configured secret or published key verifies the signature.
     Signature,
     /// Signature valid, but `exp` is past (beyond the leeway) or `nbf` in the future.
     Expired,
+    /// A `kid` the issuer does not publish, while its keys may be fetched again: the
+    /// request waits for that fetch and is checked once more.
+    UnknownKey(BackendId),
 }
 
 impl AuthReason {
@@ -34,8 +41,23 @@ impl AuthReason {
             AuthReason::Algorithm => "algorithm",
             AuthReason::Signature => "signature",
             AuthReason::Expired => "expired",
+            AuthReason::UnknownKey(_) => "unknown_key",
         }
     }
+}
+
+/// How a user JWT's signature was checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Signature {
+    /// Not checked: nothing here could (forwarded untouched; its project checks it).
+    Unchecked,
+    /// Verified with the issuer's HS256 secret.
+    Secret,
+    /// Verified with the key of this `kid` that the issuer publishes.
+    Key(Option<Arc<str>>),
+    /// Signed with an asymmetric key of an issuer whose keys could not be fetched
+    /// yet: not verified, so never re-signed.
+    KeysUnavailable,
 }
 
 /// What a bearer token turned out to be.
@@ -50,9 +72,16 @@ pub enum Token {
         sub: Option<Arc<str>>,
         /// The project that signed it, when known.
         issuer: Option<BackendId>,
-        /// Whether the signature was checked with that project's secret.
-        verified: bool,
+        /// How its signature was checked.
+        signature: Signature,
     },
+}
+
+impl Token {
+    /// Whether a user JWT's signature was verified here.
+    pub fn verified(&self) -> bool {
+        matches!(self, Token::Jwt { signature: Signature::Secret | Signature::Key(_), .. })
+    }
 }
 
 #[derive(Deserialize)]
@@ -105,6 +134,7 @@ struct Project {
 /// Checks bearer tokens against the configured projects; built once per config.
 pub struct Verifier {
     projects: PerBackend<Project>,
+    keyring: Arc<Keyring>,
     validation: Validation,
     signature_only: Validation,
     any_secret: bool,
@@ -113,8 +143,9 @@ pub struct Verifier {
 }
 
 impl Verifier {
-    /// Prepares keys and validation rules from the backends' configuration.
-    pub fn new(backends: &PerBackend<BackendConfig>, leeway_seconds: u64) -> Verifier {
+    /// Prepares secrets and validation rules from the backends' configuration; the
+    /// projects' published keys are read from `keyring` as they are fetched.
+    pub fn new(backends: &PerBackend<BackendConfig>, leeway_seconds: u64, keyring: Arc<Keyring>) -> Verifier {
         let project = |b: &BackendConfig| Project {
             issuer: b.issuer.clone(),
             key: b.jwt_secret.as_ref().map(|s| DecodingKey::from_secret(s.expose().as_bytes())),
@@ -136,7 +167,12 @@ impl Verifier {
         signature_only.validate_exp = false;
         signature_only.validate_nbf = false;
         let id = VERIFIERS.fetch_add(1, Ordering::Relaxed);
-        Verifier { projects, validation, signature_only, any_secret, id }
+        Verifier { projects, keyring, validation, signature_only, any_secret, id }
+    }
+
+    /// The published keys this verifier reads.
+    pub fn keyring(&self) -> &Arc<Keyring> {
+        &self.keyring
     }
 
     /// The project whose secret signed `token` (expiry not checked: the service that
@@ -148,9 +184,9 @@ impl Verifier {
         })
     }
 
-    /// Classifies and, where a secret is configured, verifies `token`. A JWT this
-    /// verifier accepted before on this thread is answered from the token cache while
-    /// its `exp`/`nbf` still allow it.
+    /// Classifies and, where a secret or published key can, verifies `token`. A JWT
+    /// this verifier accepted before on this thread is answered from the token cache
+    /// while its `exp`/`nbf` still allow it and the projects' keys have not changed.
     pub fn check(&self, token: &str) -> Result<Token, AuthReason> {
         self.known(token.as_bytes()).map_or_else(|| self.check_new(token), Ok)
     }
@@ -166,45 +202,69 @@ impl Verifier {
         Some(self.check_new(token))
     }
 
+    /// The token cache's tag for answers given now: this verifier under the keys
+    /// published now.
+    fn tag(&self) -> u64 {
+        (self.id << 32) ^ (self.keyring.epoch() & 0xffff_ffff)
+    }
+
     /// What `token` is, if it is an API key or a token this verifier accepted before on
     /// this thread (and still valid).
     fn known(&self, token: &[u8]) -> Option<Token> {
         if let Some((id, _)) = self.projects.iter().find(|(_, p)| p.api_keys.iter().any(|k| k.as_bytes() == token)) {
             return Some(Token::ApiKey(id));
         }
-        cache::get(self.id, token, jsonwebtoken::get_current_timestamp())
+        cache::get(self.tag(), token, jsonwebtoken::get_current_timestamp())
     }
 
-    /// The full check of a token met for the first time, its answer kept if accepted.
+    /// The full check of a token met for the first time, its answer kept if accepted
+    /// (unless it waits for its issuer's keys: then it is checked again next time).
     fn check_new(&self, token: &str) -> Result<Token, AuthReason> {
+        let tag = self.tag();
         let (checked, window) = self.check_jwt(token)?;
-        cache::put(self.id, token, &checked, window);
+        if !matches!(checked, Token::Jwt { signature: Signature::KeysUnavailable, .. }) {
+            cache::put(tag, token, &checked, window);
+        }
         Ok(checked)
     }
 
     /// The full check of a token that is not an API key, and when its answer holds.
     fn check_jwt(&self, token: &str) -> Result<(Token, Window), AuthReason> {
-        let unverified = |sub, issuer| Ok((Token::Jwt { sub, issuer, verified: false }, Window::ALWAYS));
-        // Without secrets only the routing claims matter: skip the header.
-        let decoded = if self.any_secret {
-            jsonwebtoken::decode_header(token).ok().and_then(|_| claims(token))
+        let unverified =
+            |sub, issuer| Ok((Token::Jwt { sub, issuer, signature: Signature::Unchecked }, Window::ALWAYS));
+        let checkable = self.any_secret || self.keyring.epoch() != 0;
+        // With nothing to verify with, only the routing claims matter: skip the header.
+        let decoded = if checkable {
+            jsonwebtoken::decode_header(token).ok().and_then(|h| Some((Some(h), claims(token)?)))
         } else {
-            claims(token)
+            claims(token).map(|c| (None, c))
         };
-        let claims = match decoded.ok_or(()) {
+        let (header, claims) = match decoded.ok_or(()) {
             Ok(c) => c,
             // Nothing here could verify it anyway: let the backend answer.
-            Err(_) if !self.any_secret => return unverified(None, None),
+            Err(_) if !checkable => return unverified(None, None),
             Err(_) => return Err(AuthReason::Malformed),
         };
         let Routing { sub, iss, times } = claims;
         let sub = sub.filter(|s| !s.is_empty());
         let named =
             iss.as_deref().and_then(|iss| self.projects.iter().find(|(_, p)| p.issuer == iss).map(|(id, _)| id));
+        let Some(header) = header else { return unverified(sub, named) };
+        if header.alg != Algorithm::HS256 {
+            let (issuer, signature) = keyed::check(&self.keyring, named, &header, token, &self.validation)?;
+            let window = if matches!(signature, Signature::Key(_)) { self.window(times) } else { Window::ALWAYS };
+            return Ok((Token::Jwt { sub, issuer, signature }, window));
+        }
         // The issuer's own secret if the token names a known issuer, else any secret.
         let mut candidates =
             self.projects.iter().filter(|(id, p)| p.key.is_some() && named.is_none_or(|n| n == *id)).peekable();
         if candidates.peek().is_none() {
+            // An HS256 token of a project that signs with published keys, and whose
+            // secret is not configured, cannot be told from one signed with a public
+            // key as its secret: refused.
+            if named.is_some_and(|n| self.keyring.signs_with_keys(n)) {
+                return Err(AuthReason::Algorithm);
+            }
             return unverified(sub, named);
         }
         for (id, project) in candidates {
@@ -212,7 +272,7 @@ impl Verifier {
             match jsonwebtoken::decode::<serde::de::IgnoredAny>(token, key, &self.validation) {
                 Ok(_) => {
                     let window = self.window(times);
-                    return Ok((Token::Jwt { sub, issuer: Some(id), verified: true }, window));
+                    return Ok((Token::Jwt { sub, issuer: Some(id), signature: Signature::Secret }, window));
                 }
                 Err(e) => match e.kind() {
                     ErrorKind::InvalidSignature => continue,
@@ -251,7 +311,7 @@ pub(crate) mod tests {
         jsonwebtoken::get_current_timestamp()
     }
 
-    fn backend(n: u8, secret: Option<&str>) -> BackendConfig {
+    pub(crate) fn backend(n: u8, secret: Option<&str>) -> BackendConfig {
         BackendConfig {
             url: BaseUrl::parse(&format!("http://127.0.0.1:1800{n}")).unwrap(),
             anon_key: Some(Secret::new(format!("anon-{n}"))),
@@ -261,11 +321,12 @@ pub(crate) mod tests {
             jwt_secret: secret.map(Secret::new),
             issuer: format!("https://ref{n}.supabase.co/auth/v1"),
             database_url: None,
+            keys: crate::config::keys::KeysConfig::well_known(&BaseUrl::parse("http://127.0.0.1:1").unwrap()),
         }
     }
 
     fn verifier(s1: Option<&str>, s2: Option<&str>) -> Verifier {
-        Verifier::new(&PerBackend { v1: backend(1, s1), v2: backend(2, s2) }, 30)
+        Verifier::new(&PerBackend { v1: backend(1, s1), v2: backend(2, s2) }, 30, Keyring::new())
     }
 
     fn user(secret: &str, iss: &str, exp: u64) -> String {
@@ -287,7 +348,7 @@ pub(crate) mod tests {
         let t = user("s1", ISS1, now() + 600);
         assert_eq!(
             v.check(&t),
-            Ok(Token::Jwt { sub: Some("u-1".into()), issuer: Some(BackendId::V1), verified: true })
+            Ok(Token::Jwt { sub: Some("u-1".into()), issuer: Some(BackendId::V1), signature: Signature::Secret })
         );
         assert_eq!(v.check(&user("s2", ISS1, now() + 600)), Err(AuthReason::Signature));
         assert_eq!(v.check(&user("s1", ISS1, now() - 600)), Err(AuthReason::Expired));
@@ -301,7 +362,7 @@ pub(crate) mod tests {
         let t = sign("s2", json!({"sub": "u-2", "iss": "supabase", "exp": now() + 60}));
         assert_eq!(
             v.check(&t).unwrap(),
-            Token::Jwt { sub: Some("u-2".into()), issuer: Some(BackendId::V2), verified: true }
+            Token::Jwt { sub: Some("u-2".into()), issuer: Some(BackendId::V2), signature: Signature::Secret }
         );
         let forged = sign("nope", json!({"sub": "u-2", "exp": now() + 60}));
         assert_eq!(v.check(&forged), Err(AuthReason::Signature));
@@ -330,9 +391,9 @@ pub(crate) mod tests {
         let t = user("whatever", ISS1, now() - 6000);
         assert_eq!(
             v.check(&t),
-            Ok(Token::Jwt { sub: Some("u-1".into()), issuer: Some(BackendId::V1), verified: false })
+            Ok(Token::Jwt { sub: Some("u-1".into()), issuer: Some(BackendId::V1), signature: Signature::Unchecked })
         );
-        assert_eq!(v.check("garbage"), Ok(Token::Jwt { sub: None, issuer: None, verified: false }));
+        assert_eq!(v.check("garbage"), Ok(Token::Jwt { sub: None, issuer: None, signature: Signature::Unchecked }));
     }
 
     #[test]
@@ -341,7 +402,7 @@ pub(crate) mod tests {
         let t = user("v2-secret", "https://ref2.supabase.co/auth/v1", now() + 60);
         assert_eq!(
             v.check(&t),
-            Ok(Token::Jwt { sub: Some("u-1".into()), issuer: Some(BackendId::V2), verified: false })
+            Ok(Token::Jwt { sub: Some("u-1".into()), issuer: Some(BackendId::V2), signature: Signature::Unchecked })
         );
     }
 

@@ -3,11 +3,15 @@
 //! cookie of anonymous browsers. Pure functions over request parts.
 
 mod cache;
+pub mod fetch;
 pub mod jwt;
+mod keyed;
+pub mod keyring;
 
 use http::{HeaderMap, HeaderName, header};
 
-pub use jwt::{AuthReason, Token, Verifier};
+pub use jwt::{AuthReason, Signature, Token, Verifier};
+pub use keyring::Keyring;
 
 pub use crate::config::IdentitySource;
 
@@ -106,8 +110,8 @@ impl<'a> Identity<'a> {
 
     /// The project that signed the bearer token, when it is a verified user JWT.
     pub fn verified_issuer(&self) -> Option<BackendId> {
-        match self.token {
-            Some(Token::Jwt { issuer, verified: true, .. }) => issuer,
+        match &self.token {
+            Some(t @ Token::Jwt { issuer, .. }) if t.verified() => *issuer,
             _ => None,
         }
     }
@@ -146,8 +150,9 @@ mod tests {
             jwt_secret: if n == 1 { secret.map(Secret::new) } else { None },
             issuer: format!("iss-{n}"),
             database_url: None,
+            keys: crate::config::keys::KeysConfig::well_known(&BaseUrl::parse("http://127.0.0.1:1").unwrap()),
         };
-        Verifier::new(&PerBackend { v1: b(1), v2: b(2) }, 0)
+        Verifier::new(&PerBackend { v1: b(1), v2: b(2) }, 0, Keyring::new())
     }
 
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {

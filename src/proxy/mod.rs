@@ -27,6 +27,7 @@ use crate::guard::{Guard, Outcome};
 use crate::handoff::fence::{Fence, Write, Writes};
 use crate::handoff::lease::Lease;
 use crate::handoff::stranded::Writers;
+use crate::identity::{AuthReason, Signature, Token};
 use crate::metrics::Metrics;
 use crate::routing::{self, service::Service};
 use crate::shadow::{self, Shadow, tap::Tapped};
@@ -125,19 +126,42 @@ impl Proxy {
         req: Request<ClientBody>,
         client: &Client,
     ) -> impl Future<Output = Result<Response<Body>, Infallible>> + Send + 'static + use<> {
-        match self.clone().start_handling(req, client, true) {
+        match self.clone().start_handling(req, client, true, true) {
             Start::Now(handling) => future::Either::Left(handling),
-            Start::Held(fence, req) => future::Either::Right(Box::pin(self.held(fence, req, client.addr.clone()))),
+            Start::Wait(wait, req) => future::Either::Right(Box::pin(self.waiting(wait, req, client.addr.clone()))),
+        }
+    }
+
+    /// A request that waits before it is started: for a handoff's fence to open, or
+    /// for its token's issuer's keys to be fetched again (once).
+    async fn waiting(
+        self: Arc<Self>,
+        mut wait: Wait,
+        mut req: Request<ClientBody>,
+        addr: ClientAddr,
+    ) -> Result<Response<Body>, Infallible> {
+        loop {
+            match wait {
+                Wait::Fence(fence) => return self.held(fence, req, addr).await,
+                Wait::Keys(project) => self.state.keyring().refetch(project).await,
+            }
+            // Checked again, without waiting for keys a second time.
+            match self.clone().start_handling(req, &Client { addr: addr.clone() }, true, false) {
+                Start::Now(handling) => return handling.await,
+                Start::Wait(w, r) => (wait, req) = (w, r),
+            }
         }
     }
 
     /// Routes the request and starts it, unless a handoff's fence holds it (when
-    /// `fenced`: a write from a user whose data is moving).
+    /// `fenced`: a write from a user whose data is moving), or (when `keys_wait`) its
+    /// token names a key its issuer may publish by now.
     fn start_handling(
         self: Arc<Self>,
         req: Request<ClientBody>,
         client: &Client,
         fenced: bool,
+        keys_wait: bool,
     ) -> Start<impl Future<Output = Result<Response<UpstreamBody>, Error>> + Send + 'static + use<>> {
         let started = Instant::now();
         let mut snap = self.state.load();
@@ -148,6 +172,9 @@ impl Proxy {
 
         let (route, write) = loop {
             let route = route::route(&snap, service, req.headers(), req.uri());
+            if let (true, Some(AuthReason::UnknownKey(project))) = (keys_wait, route.refused) {
+                return Start::Wait(Wait::Keys(project), req);
+            }
             // A write of a user (or routed by a percentile): counted while in flight
             // (a handoff's drain waits for its band's), or held while its band moves.
             let w = Write { percentile: route.decision.percentile, who: route.who };
@@ -169,7 +196,7 @@ impl Proxy {
                 let fence = snap.fence.as_ref().filter(|f| f.holds(w)).cloned().or_else(|| self.lease.holding());
                 if let Some(fence) = fence {
                     self.writes.end(w);
-                    return Start::Held(fence, req);
+                    return Start::Wait(Wait::Fence(fence), req);
                 }
             }
             break (route, Some(w));
@@ -210,9 +237,10 @@ impl Proxy {
         let versioned = headers::Survey::of(req.headers()).versioned();
         let client = Client { addr };
         while fence.hold().released(deadline).await.is_some() {
-            match self.clone().start_handling(req, &client, true) {
+            match self.clone().start_handling(req, &client, true, false) {
                 Start::Now(handling) => return handling.await,
-                Start::Held(again, r) => (fence, req) = (again, r),
+                Start::Wait(Wait::Fence(again), r) => (fence, req) = (again, r),
+                Start::Wait(Wait::Keys(_), r) => req = r,
             }
         }
         let backend = fence.band.from;
@@ -237,6 +265,13 @@ impl Proxy {
         if let Some(reason) = route.refused {
             self.metrics.auth_rejected(reason);
             return Err(Error::unauthorized(backend, reason));
+        }
+        // A token that would have to be re-signed for `backend`, but could not be
+        // verified for want of its issuer's keys: never re-signed unverified.
+        if let Some(Token::Jwt { issuer: Some(from), signature: Signature::KeysUnavailable, .. }) = &route.token
+            && *from != backend
+        {
+            return Err(Error::keys_unavailable(backend, *from));
         }
         Ok(())
     }
@@ -450,8 +485,16 @@ impl Drop for InFlight {
 enum Start<F> {
     /// Started: the future answers it.
     Now(Handling<F>),
-    /// Held at a handoff's fence.
-    Held(Arc<Fence>, Request<ClientBody>),
+    /// To be started after a wait.
+    Wait(Wait, Request<ClientBody>),
+}
+
+/// What a request waits for before it starts.
+enum Wait {
+    /// A handoff's fence to open.
+    Fence(Arc<Fence>),
+    /// A fetch of this project's signing keys.
+    Keys(BackendId),
 }
 
 /// How long a write may be held at a fence.

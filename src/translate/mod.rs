@@ -95,9 +95,9 @@ pub struct Applied {
 
 impl Translator {
     /// Prepares key pairs, signers and name maps.
-    pub fn new(config: &Config) -> Translator {
+    pub fn new(config: &Config, keyring: std::sync::Arc<crate::identity::Keyring>) -> Translator {
         Translator {
-            keys: keys::KeyMap::new(&config.backends),
+            keys: keys::KeyMap::new(&config.backends, keyring),
             schema: config.translation.schema.clone(),
             edge: config.translation.edge_functions.clone(),
             reject_embeds: config.translation.reject_cross_schema_embeds,
@@ -144,8 +144,8 @@ impl Translator {
         let translated = match token {
             Some(Token::ApiKey(from)) if *from != to => identity::bearer(h)
                 .map(|bearer| (self.keys.counterpart(bearer, to).map(str::to_string), Kind::BearerKey)),
-            Some(Token::Jwt { issuer: Some(from), verified: true, .. }) if *from != to => {
-                identity::bearer(h).map(|bearer| (self.keys.resign(bearer, to), Kind::JwtResign))
+            Some(t @ Token::Jwt { issuer: Some(from), signature, .. }) if *from != to && t.verified() => {
+                identity::bearer(h).map(|bearer| (self.keys.resign(bearer, signature, to), Kind::JwtResign))
             }
             _ => None,
         };
@@ -250,7 +250,7 @@ impl Translator {
         applied: &mut Applied,
     ) -> Result<(), CrossSchemaEmbed> {
         let Some(query) = parts.uri.query() else { return Ok(()) };
-        let mut changed = false;
+        let mut rewrite = None;
         let mut pairs = Vec::new();
         for pair in query.split('&') {
             let rewritten = match pair.split_once('=') {
@@ -258,8 +258,9 @@ impl Translator {
                     let decoded = percent_decode(raw);
                     match schema::rewrite_select(&self.schema, root, &decoded) {
                         Ok(Some(new)) => {
-                            changed = true;
-                            Some(format!("select={}", percent_encode(&new)))
+                            let pair = format!("select={}", percent_encode(&new.select));
+                            rewrite = Some(new);
+                            Some(pair)
                         }
                         Ok(None) => None,
                         Err(e) if self.reject_embeds => return Err(e),
@@ -270,7 +271,18 @@ impl Translator {
             };
             pairs.push(rewritten.unwrap_or_else(|| pair.to_string()));
         }
-        if changed && let Ok(uri) = with_path_and_query(&parts.uri, parts.uri.path(), Some(&pairs.join("&"))) {
+        let Some(rewrite) = rewrite else { return Ok(()) };
+        // Filters and modifiers of a renamed embed name it as the select did.
+        for pair in &mut pairs {
+            let (key, value) = pair.split_once('=').map_or((pair.as_str(), None), |(k, v)| (k, Some(v)));
+            if let Some(new) = rewrite.key(key) {
+                *pair = match value {
+                    Some(v) => format!("{new}={v}"),
+                    None => new,
+                };
+            }
+        }
+        if let Ok(uri) = with_path_and_query(&parts.uri, parts.uri.path(), Some(&pairs.join("&"))) {
             parts.uri = uri;
             applied.kinds.push(Kind::Embed);
         }
@@ -365,7 +377,7 @@ memory-create = "memory/create"
 "#;
 
     fn translator() -> Translator {
-        Translator::new(&Config::parse(CONFIG, &|_| None).unwrap())
+        Translator::new(&Config::parse(CONFIG, &|_| None).unwrap(), crate::identity::Keyring::new())
     }
 
     fn head(method: &str, uri: &str, headers: &[(&str, &str)]) -> request::Parts {

@@ -39,6 +39,8 @@ pub struct CrossSchemaEmbed {
 struct Embed {
     /// Byte range of the name within the select string.
     name: std::ops::Range<usize>,
+    /// Its alias (`alias:name(...)`), which filters on it name instead of the table.
+    alias: Option<std::ops::Range<usize>>,
     /// Byte range of the parenthesised body (without the parentheses).
     body: std::ops::Range<usize>,
 }
@@ -64,11 +66,18 @@ fn embeds(s: &str, range: std::ops::Range<usize>) -> Vec<Embed> {
                     j += 1;
                 }
                 let head = &s[item_start..i];
-                let head_start = item_start + head.rfind(':').map_or(0, |p| p + 1);
+                let colon = head.rfind(':');
+                let head_start = item_start + colon.map_or(0, |p| p + 1);
+                let alias = colon.map(|c| {
+                    let a = &s[item_start..item_start + c];
+                    let trimmed = a.trim_start();
+                    item_start + c - trimmed.len()..item_start + c
+                });
                 let head = &s[head_start..i];
                 let lead = head.len() - head.trim_start_matches('.').len();
                 let name_end = head_start + head.find('!').unwrap_or(head.len());
-                out.push(Embed { name: head_start + lead..name_end, body: i + 1..j.saturating_sub(1).max(i + 1) });
+                let body = i + 1..j.saturating_sub(1).max(i + 1);
+                out.push(Embed { name: head_start + lead..name_end, alias, body });
                 i = j;
                 continue;
             }
@@ -80,12 +89,38 @@ fn embeds(s: &str, range: std::ops::Range<usize>) -> Vec<Embed> {
     out
 }
 
+/// A `select=` with its embedded tables renamed for v2.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rewrite {
+    /// The select to send.
+    pub select: String,
+    /// Embed paths as filters and modifiers name them (`orders.items`), before and
+    /// after: an embed without an alias is named by its table, renamed with it.
+    pub paths: Vec<(String, String)>,
+}
+
+impl Rewrite {
+    /// A query key (`orders.status`, `orders.order`, `a.b.limit`) renamed like the
+    /// embed it belongs to, if it belongs to a renamed one.
+    pub fn key(&self, key: &str) -> Option<String> {
+        self.paths
+            .iter()
+            .filter(|(old, _)| {
+                key.len() > old.len() && key.starts_with(old.as_str()) && key.as_bytes()[old.len()] == b'.'
+            })
+            .max_by_key(|(old, _)| old.len())
+            .map(|(old, new)| format!("{new}{}", &key[old.len()..]))
+    }
+}
+
 /// Checks every embed of `select` (decoded) under `root` (a v1 table name) and renames
 /// embedded tables that v2 renamed. Returns the select to send (`None`: unchanged).
-pub fn rewrite_select(map: &SchemaMap, root: &str, select: &str) -> Result<Option<String>, CrossSchemaEmbed> {
+pub fn rewrite_select(map: &SchemaMap, root: &str, select: &str) -> Result<Option<Rewrite>, CrossSchemaEmbed> {
     let mut renames: Vec<(std::ops::Range<usize>, String)> = Vec::new();
-    let mut stack = vec![(root.to_string(), 0..select.len())];
-    while let Some((parent, range)) = stack.pop() {
+    let mut paths = Vec::new();
+    // (parent table, its select's range, its path before and after renaming)
+    let mut stack = vec![(root.to_string(), 0..select.len(), String::new(), String::new())];
+    while let Some((parent, range, old_path, new_path)) = stack.pop() {
         let parent_schema = map.schema_of(&parent);
         for e in embeds(select, range) {
             let name = &select[e.name.clone()];
@@ -99,12 +134,21 @@ pub fn rewrite_select(map: &SchemaMap, root: &str, select: &str) -> Result<Optio
                     child: (name.to_string(), child_schema),
                 });
             }
-            if let Some(t) = map.table(name)
-                && t.name != name
-            {
-                renames.push((e.name.clone(), t.name));
+            let renamed = map.table(name).map(|t| t.name).filter(|n| n != name);
+            let (old_seg, new_seg) = match (&e.alias, &renamed) {
+                (Some(a), _) => (&select[a.clone()], &select[a.clone()]),
+                (None, Some(new)) => (name, new.as_str()),
+                (None, None) => (name, name),
+            };
+            let join = |path: &str, seg: &str| if path.is_empty() { seg.to_string() } else { format!("{path}.{seg}") };
+            let (old, new) = (join(&old_path, old_seg), join(&new_path, new_seg));
+            if old != new {
+                paths.push((old.clone(), new.clone()));
             }
-            stack.push((name.to_string(), e.body));
+            if let Some(new) = renamed {
+                renames.push((e.name.clone(), new));
+            }
+            stack.push((name.to_string(), e.body, old, new));
         }
     }
     if renames.is_empty() {
@@ -115,7 +159,7 @@ pub fn rewrite_select(map: &SchemaMap, root: &str, select: &str) -> Result<Optio
     for (range, name) in renames {
         out.replace_range(range, &name);
     }
-    Ok(Some(out))
+    Ok(Some(Rewrite { select: out, paths }))
 }
 
 #[cfg(test)]
@@ -169,10 +213,8 @@ mod tests {
         let m = map();
         assert_eq!(rewrite_select(&m, "orders", "*,order_items(*)"), Ok(None));
         assert_eq!(rewrite_select(&m, "orders", "id,items:order_items!inner(id,qty)"), Ok(None));
-        assert_eq!(
-            rewrite_select(&m, "vendor_organizations", "id,keys:vendor_api_keys_v2(id),vendor_api_keys_v2!fk(*)"),
-            Ok(Some("id,keys:api_keys(id),api_keys!fk(*)".to_string()))
-        );
+        let r = rewrite_select(&m, "vendor_organizations", "id,keys:vendor_api_keys_v2(id),vendor_api_keys_v2!fk(*)");
+        assert_eq!(r.unwrap().unwrap().select, "id,keys:api_keys(id),api_keys!fk(*)");
         assert_eq!(rewrite_select(&m, "profiles", "id,name"), Ok(None));
         assert_eq!(rewrite_select(&m, "profiles", "...settings(theme)"), Ok(None));
     }
@@ -188,5 +230,24 @@ mod tests {
         assert_eq!(deep.child.0, "profiles");
         // An unmapped table stays in public on v2.
         assert_eq!(rewrite_select(&m, "orders", "*,unmapped(*)").unwrap_err().child.1, "public");
+    }
+
+    #[test]
+    fn filters_on_embeds_follow_their_renames() {
+        let m = map();
+        let r = rewrite_select(
+            &m,
+            "vendor_organizations",
+            "id,vendor_api_keys_v2(id,vendor_organizations(id)),k:vendor_api_keys_v2(id)",
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(r.key("vendor_api_keys_v2.status"), Some("api_keys.status".into()));
+        assert_eq!(r.key("vendor_api_keys_v2.order"), Some("api_keys.order".into()));
+        assert_eq!(r.key("vendor_api_keys_v2.vendor_organizations.limit"), Some("api_keys.organizations.limit".into()));
+        assert_eq!(r.key("k.status"), None, "an alias is the filter's name, unchanged");
+        assert_eq!(r.key("vendor_api_keys_v2"), None, "a column, not an embed's filter");
+        assert_eq!(r.key("vendor_api_keys_v2x.a"), None);
+        assert_eq!(r.key("id"), None);
     }
 }

@@ -6,6 +6,7 @@
 //! it sees.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -35,6 +36,9 @@ pub struct Spec {
     pub rpc: Vec<(String, String)>,
     /// Edge Function paths that exist (`memory/create`).
     pub edge_functions: Vec<String>,
+    /// Signing-keys mode: user tokens are signed with this key, and only tokens its
+    /// published key set verifies are accepted (the HS256 secret no longer is).
+    pub signing: Option<Arc<switchyard::jwk::SigningKey>>,
 }
 
 /// One request as the fake saw it.
@@ -52,6 +56,12 @@ pub struct Fake {
     pub rows: Mutex<HashMap<(String, String), Vec<Value>>>,
     pub seen: Mutex<Vec<Seen>>,
     next_id: Mutex<u64>,
+    /// The public keys it publishes at `/auth/v1/.well-known/jwks.json`.
+    pub jwks: Mutex<Vec<Value>>,
+    /// How often its key set was fetched.
+    pub jwks_fetches: AtomicUsize,
+    /// While set, its key set endpoint answers 503.
+    pub jwks_down: AtomicBool,
 }
 
 impl Fake {
@@ -110,14 +120,42 @@ impl Fake {
         }
     }
 
+    /// Publishes `keys` (public JWKs) as its key set from now on.
+    pub fn publish(&self, keys: Vec<Value>) {
+        *self.jwks.lock().unwrap() = keys;
+    }
+
     fn verify(&self, token: &str, check_exp: bool) -> Option<Value> {
-        let mut v = Validation::new(Algorithm::HS256);
-        v.validate_aud = false;
-        v.validate_exp = check_exp;
-        v.required_spec_claims.clear();
-        jsonwebtoken::decode::<Value>(token, &DecodingKey::from_secret(self.spec.jwt_secret.as_bytes()), &v)
-            .ok()
-            .map(|d| d.claims)
+        let validation = |alg| {
+            let mut v = Validation::new(alg);
+            v.validate_aud = false;
+            v.validate_exp = check_exp;
+            v.required_spec_claims.clear();
+            v
+        };
+        if self.spec.signing.is_some() {
+            // Its own published keys only, the algorithm the key's.
+            let kid = jsonwebtoken::decode_header(token).ok()?.kid?;
+            let set = json!({ "keys": *self.jwks.lock().unwrap() }).to_string();
+            let keys = switchyard::jwk::key_set(set.as_bytes()).ok()?.keys;
+            let key = keys.iter().find(|k| k.kid.as_deref() == Some(kid.as_str()))?;
+            return jsonwebtoken::decode::<Value>(token, &key.key, &validation(key.alg)).ok().map(|d| d.claims);
+        }
+        let key = DecodingKey::from_secret(self.spec.jwt_secret.as_bytes());
+        jsonwebtoken::decode::<Value>(token, &key, &validation(Algorithm::HS256)).ok().map(|d| d.claims)
+    }
+
+    /// A user token as this project's Auth issues it.
+    pub fn issue(&self, claims: Value) -> String {
+        match &self.spec.signing {
+            Some(key) => {
+                use base64::Engine;
+                let b64 = |v: String| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v);
+                let message = format!("{}.{}", key.header(), b64(claims.to_string()));
+                format!("{message}.{}", key.sign(message.as_bytes()).unwrap())
+            }
+            None => super::jwt(&self.spec.jwt_secret, claims),
+        }
     }
 
     /// Kong's API-key gate, then the JWT check PostgREST/GoTrue do.
@@ -155,6 +193,14 @@ impl Fake {
 
     async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
         let (parts, body) = req.into_parts();
+        // The key set is public (no API key), and its fetches are counted apart.
+        if parts.uri.path() == "/auth/v1/.well-known/jwks.json" {
+            self.jwks_fetches.fetch_add(1, Ordering::SeqCst);
+            if self.jwks_down.load(Ordering::SeqCst) {
+                return reply(StatusCode::SERVICE_UNAVAILABLE, json!({"message": "down"}));
+            }
+            return reply(StatusCode::OK, json!({ "keys": *self.jwks.lock().unwrap() }));
+        }
         self.seen.lock().unwrap().push(Seen {
             method: parts.method.to_string(),
             path: parts.uri.path().to_string(),
@@ -256,7 +302,7 @@ impl Fake {
         let now = super::now();
         let claims = json!({"sub": sub, "email": email, "aud": "authenticated", "role": "authenticated",
             "exp": now + 3600, "iat": now, "iss": format!("{}-issuer", self.spec.label), "session_id": "s-1"});
-        let token = super::jwt(&self.spec.jwt_secret, claims);
+        let token = self.issue(claims);
         reply(
             StatusCode::OK,
             json!({
@@ -396,8 +442,16 @@ pub fn decode(s: &str) -> String {
 /// Starts a fake project on 127.0.0.1:0. WebSocket upgrades on
 /// `/realtime/v1/websocket` are accepted (after the API-key check) and echo.
 pub async fn spawn(spec: Spec) -> (Upstream, Arc<Fake>) {
-    let fake =
-        Arc::new(Fake { spec, rows: Mutex::new(HashMap::new()), seen: Mutex::new(Vec::new()), next_id: Mutex::new(0) });
+    let published = spec.signing.iter().map(|k| switchyard::jwk::public_jwk(k)).collect();
+    let fake = Arc::new(Fake {
+        spec,
+        rows: Mutex::new(HashMap::new()),
+        seen: Mutex::new(Vec::new()),
+        next_id: Mutex::new(0),
+        jwks: Mutex::new(published),
+        jwks_fetches: AtomicUsize::new(0),
+        jwks_down: AtomicBool::new(false),
+    });
     for t in &fake.spec.tables {
         fake.rows.lock().unwrap().insert(t.clone(), Vec::new());
     }
@@ -507,6 +561,7 @@ pub fn migration_specs() -> (Spec, Spec, BTreeMap<String, String>) {
             .collect(),
         rpc: v1_rpc,
         edge_functions: edge_v1_names(&map),
+        signing: None,
     };
     let v2 = Spec {
         label: "v2",
@@ -518,6 +573,7 @@ pub fn migration_specs() -> (Spec, Spec, BTreeMap<String, String>) {
         tables: v2_tables.into_iter().chain([("public".into(), "unmapped_notes".into())]).collect(),
         rpc: v2_rpc,
         edge_functions: edge_v2.into_iter().chain(["hello".to_string()]).collect(),
+        signing: None,
     };
     (v1, v2, tables)
 }
@@ -553,4 +609,60 @@ pub fn config(v1: &Upstream, v2: &Upstream, s1: &Spec, s2: &Spec, percentage: u8
         backend(v1, s1),
         backend(v2, s2)
     )
+}
+
+/// A signing key made in the test, and its private half as a file switchyard can be
+/// given (`signing_key_file`, mode 600): ES256 as a private JWK the way
+/// `supabase gen signing-key` writes one, RS256 as PEM (with `signing_key_id`).
+#[derive(Clone)]
+pub struct TestKey {
+    pub key: Arc<switchyard::jwk::SigningKey>,
+    pub file: std::path::PathBuf,
+    /// The `signing_key_id` line switchyard needs with it (PEM only).
+    pub id_line: String,
+}
+
+impl TestKey {
+    /// A fresh P-256 key.
+    pub fn es256(dir: &std::path::Path, kid: &str) -> TestKey {
+        use base64::Engine;
+        use p256::elliptic_curve::sec1::ToEncodedPoint;
+        let b64 = |v: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v);
+        let secret = loop {
+            let bytes: Vec<u8> = (0..32).map(|_| fastrand::u8(..)).collect();
+            if let Ok(k) = p256::SecretKey::from_slice(&bytes) {
+                break k;
+            }
+        };
+        let p = secret.public_key().to_encoded_point(false);
+        let jwk = json!([{"kty": "EC", "kid": kid, "use": "sig", "key_ops": ["sign", "verify"], "alg": "ES256",
+            "ext": true, "crv": "P-256", "d": b64(&secret.to_bytes()), "x": b64(p.x().unwrap()), "y": b64(p.y().unwrap())}]);
+        TestKey::write(dir, kid, jwk.to_string().as_bytes(), None)
+    }
+
+    /// The repository's RSA test key under `kid`.
+    pub fn rs256(dir: &std::path::Path, kid: &str) -> TestKey {
+        let pem = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/rsa-2048.pem")).unwrap();
+        TestKey::write(dir, kid, &pem, Some(kid))
+    }
+
+    fn write(dir: &std::path::Path, kid: &str, text: &[u8], id: Option<&str>) -> TestKey {
+        use std::os::unix::fs::PermissionsExt;
+        let file = dir.join(format!("{kid}.key"));
+        std::fs::write(&file, text).unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let key = Arc::new(switchyard::jwk::signing_key(text, id).unwrap());
+        let id_line = id.map(|i| format!("signing_key_id = \"{i}\"\n")).unwrap_or_default();
+        TestKey { key, file, id_line }
+    }
+
+    /// Its public half as a project publishes it.
+    pub fn public(&self) -> Value {
+        switchyard::jwk::public_jwk(&self.key)
+    }
+
+    /// The config lines that give it to switchyard as a backend's signing key.
+    pub fn config_lines(&self) -> String {
+        format!("signing_key_file = \"{}\"\n{}", self.file.display(), self.id_line)
+    }
 }

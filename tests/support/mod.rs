@@ -170,6 +170,10 @@ pub async fn ws_echo() -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<(Str
     (addr, rx)
 }
 
+/// The test upstreams here are not Supabase projects: no key set is fetched from them
+/// (the strict fakes of `fake.rs` publish one, and are fetched from).
+pub const JWKS_OFF: &str = "jwks_enabled = false\n";
+
 /// Config text for two backends plus `extra` TOML (appended, so it may add tables).
 /// The canary guard is off unless `extra` configures it: a rollback in the middle of
 /// a test about something else would only make it flaky.
@@ -177,7 +181,7 @@ pub fn config_text(v1: &str, v2: &str, percentage: u8, extra: &str) -> String {
     let guard = if extra.contains("[guard]") { "" } else { "[guard]\nenabled = false\n" };
     format!(
         "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nshutdown_grace_seconds = 5\n\
-         [rollout]\npercentage = {percentage}\n[backends.v1]\nurl = \"{v1}\"\n[backends.v2]\nurl = \"{v2}\"\n{guard}{extra}"
+         [rollout]\npercentage = {percentage}\n[backends.v1]\nurl = \"{v1}\"\n{JWKS_OFF}[backends.v2]\nurl = \"{v2}\"\n{JWKS_OFF}{guard}{extra}"
     )
 }
 

@@ -1,0 +1,233 @@
+//! The public keys each project signs user tokens with, as last fetched from its JWKS
+//! (`identity::fetch` keeps them fresh; docs/identity.md). Shared by every snapshot
+//! of a process and read on the request path without locks. A change of a project's
+//! keys moves the epoch, so the token cache forgets every answer given under the old
+//! keys: a key that leaves the set stops verifying at once.
+//!
+//! A token that names a `kid` nobody publishes may ask for a fetch out of turn; such
+//! fetches are at most one per project per [`MIN_REFETCH`], whatever clients send.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use arc_swap::ArcSwapOption;
+use tokio::sync::{Notify, watch};
+
+use crate::backend::{BackendId, PerBackend};
+use crate::jwk::PublicKey;
+
+/// The least time between two fetches of one project's keys asked for by tokens.
+pub const MIN_REFETCH: Duration = Duration::from_secs(5);
+/// How long a request whose token names an unknown `kid` waits for that fetch.
+pub const REFETCH_WAIT: Duration = Duration::from_secs(3);
+
+/// A project's keys as last fetched.
+#[derive(Debug)]
+pub struct Published {
+    /// The usable keys (ES256 and RS256).
+    pub keys: Vec<PublicKey>,
+    /// When they were fetched.
+    pub at: SystemTime,
+}
+
+impl Published {
+    /// The keys that may have signed a token with this header: those of its `kid`,
+    /// or without one, every key.
+    pub fn candidates<'a>(&'a self, kid: Option<&'a str>) -> impl Iterator<Item = &'a PublicKey> + 'a {
+        self.keys.iter().filter(move |k| kid.is_none_or(|kid| k.kid.as_deref() == Some(kid)))
+    }
+
+    /// Whether a key of this `kid` is listed.
+    pub fn lists(&self, kid: &str) -> bool {
+        self.candidates(Some(kid)).next().is_some()
+    }
+}
+
+/// How the last fetch of a project's keys went, for `check` and the admin status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fetched {
+    /// Not tried yet.
+    Never,
+    /// Fetched: this many usable keys.
+    Keys(usize),
+    /// Failed, and why (the keys of an earlier fetch, if any, stay in force).
+    Failed(String),
+}
+
+struct Project {
+    keys: ArcSwapOption<Published>,
+    status: ArcSwapOption<Fetched>,
+    /// Milliseconds from `Keyring::started` of the last fetch a token asked for, plus
+    /// one (0: none).
+    last_asked: AtomicU64,
+    wanted: Notify,
+    done: watch::Sender<u64>,
+}
+
+impl Project {
+    fn new() -> Project {
+        Project {
+            keys: ArcSwapOption::empty(),
+            status: ArcSwapOption::empty(),
+            last_asked: AtomicU64::new(0),
+            wanted: Notify::new(),
+            done: watch::Sender::new(0),
+        }
+    }
+}
+
+/// Both projects' published keys.
+pub struct Keyring {
+    projects: PerBackend<Project>,
+    epoch: AtomicU64,
+    started: Instant,
+}
+
+impl Default for Keyring {
+    fn default() -> Self {
+        Keyring {
+            projects: PerBackend { v1: Project::new(), v2: Project::new() },
+            epoch: AtomicU64::new(0),
+            started: Instant::now(),
+        }
+    }
+}
+
+impl Keyring {
+    /// No keys known yet.
+    pub fn new() -> Arc<Keyring> {
+        Arc::new(Keyring::default())
+    }
+
+    /// `id`'s keys, if a fetch ever succeeded.
+    pub fn keys(&self, id: BackendId) -> Option<Arc<Published>> {
+        self.projects.get(id).keys.load_full()
+    }
+
+    /// Whether `id` publishes asymmetric keys (is on signing keys).
+    pub fn signs_with_keys(&self, id: BackendId) -> bool {
+        self.keys(id).is_some_and(|p| !p.keys.is_empty())
+    }
+
+    /// Moves whenever any project's keys change.
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    /// How the last fetch of `id`'s keys went.
+    pub fn status(&self, id: BackendId) -> Fetched {
+        self.projects.get(id).status.load_full().map_or(Fetched::Never, |s| (*s).clone())
+    }
+
+    /// Puts `keys` in force for `id`; the token cache forgets if they differ from the
+    /// keys before.
+    pub fn publish(&self, id: BackendId, keys: Vec<PublicKey>) {
+        let project = self.projects.get(id);
+        let fingerprint = |ks: &[PublicKey]| {
+            let mut v: Vec<(Option<String>, String)> = ks.iter().map(|k| (k.kid.clone(), k.material.clone())).collect();
+            v.sort();
+            v
+        };
+        let changed = project.keys.load().as_ref().is_none_or(|old| fingerprint(&old.keys) != fingerprint(&keys));
+        project.status.store(Some(Arc::new(Fetched::Keys(keys.len()))));
+        project.keys.store(Some(Arc::new(Published { keys, at: SystemTime::now() })));
+        if changed {
+            self.epoch.fetch_add(1, Ordering::AcqRel);
+        }
+        project.done.send_modify(|n| *n += 1);
+    }
+
+    /// Records a failed fetch; the keys in force stay.
+    pub fn failed(&self, id: BackendId, why: String) {
+        let project = self.projects.get(id);
+        project.status.store(Some(Arc::new(Fetched::Failed(why))));
+        project.done.send_modify(|n| *n += 1);
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64 + 1
+    }
+
+    /// How long until a token may ask for a fetch of `id`'s keys again.
+    pub fn until_refetch(&self, id: BackendId) -> Duration {
+        let last = self.projects.get(id).last_asked.load(Ordering::Acquire);
+        let since = Duration::from_millis(self.now_ms().saturating_sub(last));
+        if last == 0 { Duration::ZERO } else { MIN_REFETCH.saturating_sub(since) }
+    }
+
+    /// Whether a token naming an unknown key may still ask for a fetch of `id`'s keys
+    /// (the regular refreshes do not count: a key published since the last one is
+    /// found on first sight).
+    pub fn may_refetch(&self, id: BackendId) -> bool {
+        self.until_refetch(id).is_zero()
+    }
+
+    /// Takes this window's one fetch asked for by a token, if it is still free.
+    pub fn ask(&self, id: BackendId) -> bool {
+        let last = &self.projects.get(id).last_asked;
+        let seen = last.load(Ordering::Acquire);
+        self.may_refetch(id) && last.compare_exchange(seen, self.now_ms(), Ordering::AcqRel, Ordering::Acquire).is_ok()
+    }
+
+    /// Asks for a fetch of `id`'s keys out of turn (unless another request just did)
+    /// and waits, up to [`REFETCH_WAIT`], until a fetch ends.
+    pub async fn refetch(&self, id: BackendId) {
+        let project = self.projects.get(id);
+        let mut done = project.done.subscribe();
+        done.mark_unchanged();
+        if self.ask(id) {
+            project.wanted.notify_one();
+        }
+        let _ = tokio::time::timeout(REFETCH_WAIT, done.changed()).await;
+    }
+
+    /// Resolves when a token asked for a fetch of `id`'s keys.
+    pub async fn wanted(&self, id: BackendId) {
+        self.projects.get(id).wanted.notified().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::jwk;
+
+    fn keys(seeds: &[u8]) -> Vec<PublicKey> {
+        let set = seeds.iter().map(|s| {
+            use p256::elliptic_curve::sec1::ToEncodedPoint;
+            let p = p256::SecretKey::from_slice(&[*s; 32]).unwrap().public_key().to_encoded_point(false);
+            let b = |v: &[u8]| base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, v);
+            serde_json::json!({"kty": "EC", "crv": "P-256", "kid": format!("k{s}"), "x": b(p.x().unwrap()), "y": b(p.y().unwrap())})
+        });
+        jwk::key_set(serde_json::json!({ "keys": set.collect::<Vec<_>>() }).to_string().as_bytes()).unwrap().keys
+    }
+
+    #[test]
+    fn the_epoch_moves_only_when_keys_change() {
+        let ring = Keyring::new();
+        assert_eq!(ring.status(BackendId::V2), Fetched::Never);
+        ring.publish(BackendId::V2, keys(&[1, 2]));
+        let first = ring.epoch();
+        ring.publish(BackendId::V2, keys(&[2, 1]));
+        assert_eq!(ring.epoch(), first, "same keys, another order");
+        ring.failed(BackendId::V2, "down".into());
+        assert_eq!(ring.epoch(), first);
+        assert!(ring.keys(BackendId::V2).unwrap().lists("k1"), "kept through a failed fetch");
+        ring.publish(BackendId::V2, keys(&[2]));
+        assert_ne!(ring.epoch(), first, "a key left");
+        assert!(!ring.keys(BackendId::V2).unwrap().lists("k1"));
+        assert!(ring.signs_with_keys(BackendId::V2) && !ring.signs_with_keys(BackendId::V1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn refetches_asked_by_tokens_are_spaced() {
+        let ring = Keyring::new();
+        assert!(ring.may_refetch(BackendId::V1));
+        // A wait for a fetch that never comes ends.
+        ring.refetch(BackendId::V1).await;
+        assert!(!ring.may_refetch(BackendId::V1) && !ring.ask(BackendId::V1), "right after one was asked for");
+        assert!(ring.may_refetch(BackendId::V2), "per project");
+        assert!(ring.ask(BackendId::V2) && !ring.ask(BackendId::V2), "one asker per window");
+    }
+}
