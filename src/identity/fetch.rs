@@ -96,6 +96,8 @@ impl Keeper {
     async fn run(self, first: tokio::sync::oneshot::Sender<()>, shutdown: CancellationToken) {
         let keyring: &Keyring = self.state.keyring();
         let (id, mut first, mut backoff) = (self.id, Some(first), Duration::from_secs(1));
+        // Failures are logged as a warning when they start, and the recovery once.
+        let mut failing = false;
         loop {
             let config = self.state.load().config.clone();
             let refresh = config.backends.get(id).keys.refresh;
@@ -111,6 +113,9 @@ impl Keeper {
             }
             let wait = match fetch(&self.client, &config, id).await {
                 Ok(set) => {
+                    if std::mem::take(&mut failing) {
+                        tracing::info!(backend = %id, keys = set.keys.len(), "the project's signing keys are fetched again");
+                    }
                     if !set.skipped.is_empty() {
                         tracing::debug!(backend = %id, skipped = ?set.skipped, "signing keys not used");
                     }
@@ -120,7 +125,11 @@ impl Keeper {
                     refresh
                 }
                 Err(why) => {
-                    tracing::warn!(backend = %id, error = %why, "cannot fetch the project's signing keys");
+                    if !std::mem::replace(&mut failing, true) {
+                        tracing::warn!(backend = %id, error = %why, "cannot fetch the project's signing keys");
+                    } else {
+                        tracing::debug!(backend = %id, error = %why, "cannot fetch the project's signing keys");
+                    }
                     self.metrics.jwks_fetched(id, "failure", None);
                     keyring.failed(id, why);
                     let wait = backoff.min(refresh);
