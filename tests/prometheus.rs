@@ -180,7 +180,16 @@ async fn dashboard_and_alert_queries_work_on_real_prometheus() {
     // The guard would roll both replicas back: this test wants the failures visible.
     let no_guard = "[guard]\nenabled = false\n";
     let a = start_with(&config_text(&v1.url(), &slow_v2.url(), 30, no_guard), &token, None).await;
-    let b_text = config_text(&v1.url(), &closed, 60, no_guard);
+    // B serves HTTPS too, with a certificate that has expired: its expiry alert holds,
+    // A's (no TLS) stays silent.
+    let tls_dir = test_dir("prom-replica-b-tls");
+    let (cert, key) = support::ca::Ca::new().server(&rcgen::PKCS_ECDSA_P256_SHA256, true).write(&tls_dir, "b");
+    let b_tls = format!(
+        "[server.tls]\nlisten = \"127.0.0.1:0\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+        cert.display(),
+        key.display()
+    );
+    let b_text = config_text(&v1.url(), &closed, 60, &format!("{no_guard}{b_tls}"));
     let b_path = write_config("prom-replica-b", &b_text);
     let b = start_with(&b_text, &[], Some(b_path.clone())).await;
     let Some(mut prom) = start_prometheus(&[a.admin_addr.unwrap(), b.admin_addr.unwrap()]).await else {
@@ -234,7 +243,7 @@ async fn dashboard_and_alert_queries_work_on_real_prometheus() {
     let rules = send(prom.addr, "GET", "/api/v1/rules", &[], "").await.json();
     let mut alerts = 0;
     let mut fleet_alerts = Vec::new();
-    let mut silent = Vec::new();
+    let mut certificate = Vec::new();
     for group in rules["data"]["groups"].as_array().expect("rules loaded") {
         for rule in group["rules"].as_array().unwrap() {
             let is_alert = rule["type"] == "alerting";
@@ -247,8 +256,7 @@ async fn dashboard_and_alert_queries_work_on_real_prometheus() {
                 continue;
             }
             if rule["labels"]["scope"] == "tls" {
-                // No [server.tls] here: no certificate, so nothing is expiring.
-                silent.push(query);
+                certificate.push(query);
                 continue;
             }
             // Recording rules must cover both backends; an alert's condition must hold.
@@ -285,9 +293,12 @@ async fn dashboard_and_alert_queries_work_on_real_prometheus() {
     for expr in fleet_alerts {
         assert_eq!(query(prom.addr, &expr).await, serde_json::json!([]), "{expr} fired without a fleet");
     }
-    assert_eq!(silent.len(), 1, "the certificate alert is loaded");
-    for expr in silent {
-        assert_eq!(query(prom.addr, &expr).await, serde_json::json!([]), "{expr} fired without TLS");
+    assert_eq!(certificate.len(), 1, "the certificate alert is loaded");
+    for expr in certificate {
+        let holds = query(prom.addr, &expr).await;
+        let instances: Vec<&str> =
+            holds.as_array().unwrap().iter().filter_map(|s| s["metric"]["instance"].as_str()).collect();
+        assert_eq!(instances, [b.admin_addr.unwrap().to_string()], "{expr}: only B's expired certificate");
     }
 }
 

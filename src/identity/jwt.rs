@@ -1,7 +1,8 @@
 //! Bearer-token checks. A token is one of: a project's own API key (not a user), a
-//! user JWT whose issuing project's secret is configured (verified, HS256 only), or a
-//! user JWT nobody here can verify (decoded for routing only, forwarded untouched, and
-//! still verified by the backend).
+//! user JWT verified with its issuing project's HS256 secret or published key
+//! (ES256/RS256, `keyed.rs`), or a user JWT nobody here can verify (decoded for
+//! routing only, forwarded untouched, and still verified by the backend)
+//! (docs/identity.md).
 
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, errors::ErrorKind};
 use serde::Deserialize;
