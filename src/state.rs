@@ -33,6 +33,9 @@ impl Snapshot {
     /// Prepares a snapshot that reads the projects' published keys from `keyring`
     /// (secrets and keys parsed once here, not per request).
     pub fn with_keys(config: Config, keyring: Arc<Keyring>) -> Snapshot {
+        for (id, backend) in config.backends.iter() {
+            keyring.configure(id, &format!("{:?}", backend.keys.jwks));
+        }
         let verifier = Verifier::new(&config.backends, config.identity.jwt_leeway, keyring.clone());
         let translator = Translator::new(&config, keyring);
         Snapshot { config, verifier, translator, fence: None }

@@ -233,6 +233,37 @@ async fn a_key_set_from_a_file_verifies_without_fetching() {
     assert_eq!(s.v2.jwks_fetches.load(Ordering::SeqCst), 0, "the project's own key set never fetched");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_from_a_place_a_reload_left_stop_verifying_at_once() {
+    let dir = process::test_dir("sk-reload");
+    let (a, b) = (TestKey::es256(&dir, "a"), TestKey::es256(&dir, "b"));
+    let (file_a, file_b) = (dir.join("a.json"), dir.join("b.json"));
+    std::fs::write(&file_a, json!({ "keys": [a.public()] }).to_string()).unwrap();
+    std::fs::write(&file_b, json!({ "keys": [b.public()] }).to_string()).unwrap();
+    let (s1, mut s2, _) = fake::migration_specs();
+    s2.signing = Some(a.key.clone());
+    let (u1, _v1) = fake::spawn(s1.clone()).await;
+    let (u2, v2) = fake::spawn(s2.clone()).await;
+    let text = |file: &std::path::Path| {
+        fake::config(&u1, &u2, &s1, &s2, 100, "")
+            .replace("[backends.v2]\n", &format!("[backends.v2]\njwks_file = \"{}\"\n", file.display()))
+    };
+    let path = process::write_config("sk-reload", &text(&file_a));
+    let sy = start_with(&text(&file_a), &[], Some(path.clone())).await;
+    let token = v2.issue(claims("sk-reloaded-user", "v2-issuer"));
+    let auth = format!("Bearer {token}");
+    let headers = [("apikey", s2.anon.as_str()), ("authorization", auth.as_str())];
+    assert_eq!(send(sy.addr, "GET", "/rest/v1/profiles", &headers, "").await.status, 200);
+    // The config now points at a set without key `a`: the token, accepted (and
+    // cached) a moment ago, is refused by switchyard itself from the reload on.
+    std::fs::write(&path, text(&file_b)).unwrap();
+    sy.control.reload("test").await.unwrap();
+    let seen_before = v2.seen.lock().unwrap().len();
+    let got = send(sy.addr, "GET", "/rest/v1/profiles", &headers, "").await;
+    assert_eq!(got.status, 401, "{:?}", got.body);
+    assert_eq!(v2.seen.lock().unwrap().len(), seen_before);
+}
+
 #[test]
 fn check_reports_each_projects_verification() {
     let rt = tokio::runtime::Runtime::new().unwrap();

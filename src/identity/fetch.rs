@@ -120,7 +120,7 @@ impl Keeper {
                         tracing::debug!(backend = %id, skipped = ?set.skipped, "signing keys not used");
                     }
                     self.metrics.jwks_fetched(id, "success", Some(set.keys.len()));
-                    keyring.publish(id, set.keys);
+                    keyring.publish(id, &format!("{:?}", config.backends.get(id).keys.jwks), set.keys);
                     backoff = Duration::from_secs(1);
                     refresh
                 }

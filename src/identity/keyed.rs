@@ -114,7 +114,7 @@ mod tests {
 
     fn publish(ring: &Keyring, id: BackendId, keys: &[&SigningKey]) {
         let set = serde_json::json!({ "keys": keys.iter().map(|k| jwk::public_jwk(k)).collect::<Vec<_>>() });
-        ring.publish(id, jwk::key_set(set.to_string().as_bytes()).unwrap().keys);
+        ring.publish(id, "test", jwk::key_set(set.to_string().as_bytes()).unwrap().keys);
     }
 
     fn signature(t: Result<crate::identity::Token, AuthReason>) -> Result<(Option<BackendId>, Signature), AuthReason> {

@@ -56,6 +56,9 @@ pub enum Fetched {
 }
 
 struct Project {
+    /// Where the configuration says its keys are: keys fetched from anywhere else
+    /// are not taken.
+    source: ArcSwapOption<String>,
     keys: ArcSwapOption<Published>,
     status: ArcSwapOption<Fetched>,
     /// Milliseconds from `Keyring::started` of the last fetch a token asked for, plus
@@ -68,6 +71,7 @@ struct Project {
 impl Project {
     fn new() -> Project {
         Project {
+            source: ArcSwapOption::empty(),
             keys: ArcSwapOption::empty(),
             status: ArcSwapOption::empty(),
             last_asked: AtomicU64::new(0),
@@ -120,10 +124,28 @@ impl Keyring {
         self.projects.get(id).status.load_full().map_or(Fetched::Never, |s| (*s).clone())
     }
 
-    /// Puts `keys` in force for `id`; the token cache forgets if they differ from the
-    /// keys before.
-    pub fn publish(&self, id: BackendId, keys: Vec<PublicKey>) {
+    /// Where `id`'s keys are now (a reload may move them): when that changes, the
+    /// keys fetched from the old place stop being accepted at once and a fetch from
+    /// the new one is asked for.
+    pub fn configure(&self, id: BackendId, source: &str) {
         let project = self.projects.get(id);
+        let old = project.source.swap(Some(Arc::new(source.to_string())));
+        if old.is_some_and(|old| *old != source) {
+            project.keys.store(None);
+            project.status.store(None);
+            self.epoch.fetch_add(1, Ordering::AcqRel);
+            project.wanted.notify_one();
+        }
+    }
+
+    /// Puts `keys`, fetched from `source`, in force for `id` (unless the configuration
+    /// has moved its keys elsewhere meanwhile); the token cache forgets if they differ
+    /// from the keys before.
+    pub fn publish(&self, id: BackendId, source: &str, keys: Vec<PublicKey>) {
+        let project = self.projects.get(id);
+        if project.source.load().as_ref().is_some_and(|s| **s != source) {
+            return;
+        }
         let fingerprint = |ks: &[PublicKey]| {
             let mut v: Vec<(Option<String>, String)> = ks.iter().map(|k| (k.kid.clone(), k.material.clone())).collect();
             v.sort();
@@ -207,17 +229,33 @@ mod tests {
     fn the_epoch_moves_only_when_keys_change() {
         let ring = Keyring::new();
         assert_eq!(ring.status(BackendId::V2), Fetched::Never);
-        ring.publish(BackendId::V2, keys(&[1, 2]));
+        ring.publish(BackendId::V2, "s", keys(&[1, 2]));
         let first = ring.epoch();
-        ring.publish(BackendId::V2, keys(&[2, 1]));
+        ring.publish(BackendId::V2, "s", keys(&[2, 1]));
         assert_eq!(ring.epoch(), first, "same keys, another order");
         ring.failed(BackendId::V2, "down".into());
         assert_eq!(ring.epoch(), first);
         assert!(ring.keys(BackendId::V2).unwrap().lists("k1"), "kept through a failed fetch");
-        ring.publish(BackendId::V2, keys(&[2]));
+        ring.publish(BackendId::V2, "s", keys(&[2]));
         assert_ne!(ring.epoch(), first, "a key left");
         assert!(!ring.keys(BackendId::V2).unwrap().lists("k1"));
         assert!(ring.signs_with_keys(BackendId::V2) && !ring.signs_with_keys(BackendId::V1));
+    }
+
+    #[test]
+    fn keys_from_a_place_the_config_left_are_dropped() {
+        let ring = Keyring::new();
+        ring.configure(BackendId::V1, "https://old/jwks.json");
+        ring.publish(BackendId::V1, "https://old/jwks.json", keys(&[1]));
+        let epoch = ring.epoch();
+        ring.configure(BackendId::V1, "https://old/jwks.json");
+        assert!(ring.keys(BackendId::V1).is_some() && ring.epoch() == epoch, "same place: kept");
+        ring.configure(BackendId::V1, "https://new/jwks.json");
+        assert!(ring.keys(BackendId::V1).is_none() && ring.epoch() != epoch, "moved: dropped at once");
+        ring.publish(BackendId::V1, "https://old/jwks.json", keys(&[1]));
+        assert!(ring.keys(BackendId::V1).is_none(), "a late fetch from the old place is not taken");
+        ring.publish(BackendId::V1, "https://new/jwks.json", keys(&[2]));
+        assert!(ring.keys(BackendId::V1).unwrap().lists("k2"));
     }
 
     #[tokio::test(start_paused = true)]

@@ -171,7 +171,7 @@ mod tests {
         assert!(jsonwebtoken::decode::<serde_json::Value>(&resigned, &key.public.key, &v).is_ok());
         // v2 lists the key a v1 token was signed with: it goes as it is.
         let set = serde_json::json!({ "keys": [crate::jwk::public_jwk(&key)] }).to_string();
-        ring.publish(BackendId::V2, crate::jwk::key_set(set.as_bytes()).unwrap().keys);
+        ring.publish(BackendId::V2, "test", crate::jwk::key_set(set.as_bytes()).unwrap().keys);
         let shared = Signature::Key(Some("v2-imported".into()));
         assert_eq!(m.resign(&token, &shared, BackendId::V2), None);
         assert!(m.resign(&token, &Signature::Key(Some("other".into())), BackendId::V2).is_some());
