@@ -219,13 +219,12 @@ impl Verifier {
     }
 
     /// The full check of a token met for the first time, its answer kept if accepted
-    /// (unless it waits for its issuer's keys: then it is checked again next time).
+    /// (one given while its issuer's keys were missing is forgotten when they come:
+    /// they move the tag).
     fn check_new(&self, token: &str) -> Result<Token, AuthReason> {
         let tag = self.tag();
         let (checked, window) = self.check_jwt(token)?;
-        if !matches!(checked, Token::Jwt { signature: Signature::KeysUnavailable, .. }) {
-            cache::put(tag, token, &checked, window);
-        }
+        cache::put(tag, token, &checked, window);
         Ok(checked)
     }
 

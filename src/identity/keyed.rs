@@ -185,7 +185,8 @@ mod tests {
         let v = verifier(None, ring.clone());
         let t = token(&key, Some(ISS1));
         assert_eq!(signature(v.check(&t)), Ok((Some(BackendId::V1), Signature::KeysUnavailable)));
-        // Not cached: once the keys come, the token is verified.
+        assert_eq!(signature(v.check(&t)), Ok((Some(BackendId::V1), Signature::KeysUnavailable)), "cached");
+        // Once the keys come, the token is verified.
         publish(&ring, BackendId::V1, &[&key]);
         assert_eq!(signature(v.check(&t)), Ok((Some(BackendId::V1), Signature::Key(Some("v1-a".into())))));
     }
