@@ -54,6 +54,8 @@ pub struct SigningKey {
     key: EncodingKey,
     /// Its public half.
     pub public: PublicKey,
+    /// That half as a public JWK.
+    jwk: serde_json::Value,
 }
 
 impl fmt::Debug for SigningKey {
@@ -282,50 +284,31 @@ impl Private {
         use p256::elliptic_curve::sec1::ToEncodedPoint;
         use p256::pkcs8::EncodePrivateKey;
         use rsa::pkcs1::EncodeRsaPrivateKey;
-        let (alg, key, shape) = match self {
+        let (alg, key, jwk) = match self {
             Private::Ec(secret) => {
                 let der = secret.to_pkcs8_der().map_err(|e| format!("cannot encode the key: {e}"))?;
                 let point = secret.public_key().to_encoded_point(false);
                 let (x, y) = (point.x().expect("uncompressed"), point.y().expect("uncompressed"));
-                let raw = Raw {
-                    kty: "EC".into(),
-                    crv: Some("P-256".into()),
-                    x: Some(B64.encode(x)),
-                    y: Some(B64.encode(y)),
-                    ..Raw::default()
-                };
-                (Algorithm::ES256, EncodingKey::from_ec_der(der.as_bytes()), raw)
+                let jwk = serde_json::json!({ "kty": "EC", "crv": "P-256", "alg": "ES256", "use": "sig", "kid": kid,
+                    "x": B64.encode(x), "y": B64.encode(y) });
+                (Algorithm::ES256, EncodingKey::from_ec_der(der.as_bytes()), jwk)
             }
             Private::Rsa(key) => {
                 rsa_size(key.n().bits())?;
                 let der = key.to_pkcs1_der().map_err(|e| format!("cannot encode the key: {e}"))?;
-                let raw = Raw {
-                    kty: "RSA".into(),
-                    n: Some(B64.encode(key.n().to_bytes_be())),
-                    e: Some(B64.encode(key.e().to_bytes_be())),
-                    ..Raw::default()
-                };
-                (Algorithm::RS256, EncodingKey::from_rsa_der(der.as_bytes()), raw)
+                let jwk = serde_json::json!({ "kty": "RSA", "alg": "RS256", "use": "sig", "kid": kid,
+                    "n": B64.encode(key.n().to_bytes_be()), "e": B64.encode(key.e().to_bytes_be()) });
+                (Algorithm::RS256, EncodingKey::from_rsa_der(der.as_bytes()), jwk)
             }
         };
-        let public = PublicKey { kid: Some(kid.to_string()), ..public(&shape)? };
-        Ok(SigningKey { kid: kid.to_string(), alg, key, public })
+        let raw = serde_json::from_value::<Raw>(jwk.clone()).map_err(|e| e.to_string())?;
+        Ok(SigningKey { kid: kid.to_string(), alg, key, public: public(&raw)?, jwk })
     }
 }
 
 /// The public JWK (as a project would publish it) of a signing key's public half.
 pub fn public_jwk(key: &SigningKey) -> serde_json::Value {
-    let mut parts = key.public.material.split('.');
-    match key.alg {
-        Algorithm::ES256 => {
-            let point = B64.decode(parts.next().unwrap_or_default()).unwrap_or_default();
-            let (x, y) = point.get(1..).unwrap_or_default().split_at(point.len().saturating_sub(1) / 2);
-            serde_json::json!({ "kty": "EC", "crv": "P-256", "alg": "ES256", "use": "sig", "kid": key.kid,
-                "x": B64.encode(x), "y": B64.encode(y) })
-        }
-        _ => serde_json::json!({ "kty": "RSA", "alg": "RS256", "use": "sig", "kid": key.kid,
-            "n": parts.next(), "e": parts.next() }),
-    }
+    key.jwk.clone()
 }
 
 #[cfg(test)]

@@ -131,7 +131,7 @@ impl Keeper {
                         tracing::debug!(backend = %id, error = %why, "cannot fetch the project's signing keys");
                     }
                     self.metrics.jwks_fetched(id, "failure", None);
-                    keyring.failed(id, why);
+                    keyring.failed(id);
                     let wait = backoff.min(refresh);
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                     wait

@@ -9,7 +9,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
 use tokio::sync::{Notify, watch};
@@ -27,8 +27,6 @@ pub const REFETCH_WAIT: Duration = Duration::from_secs(3);
 pub struct Published {
     /// The usable keys (ES256 and RS256).
     pub keys: Vec<PublicKey>,
-    /// When they were fetched.
-    pub at: SystemTime,
 }
 
 impl Published {
@@ -44,23 +42,11 @@ impl Published {
     }
 }
 
-/// How the last fetch of a project's keys went, for `check` and the admin status.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Fetched {
-    /// Not tried yet.
-    Never,
-    /// Fetched: this many usable keys.
-    Keys(usize),
-    /// Failed, and why (the keys of an earlier fetch, if any, stay in force).
-    Failed(String),
-}
-
 struct Project {
     /// Where the configuration says its keys are: keys fetched from anywhere else
     /// are not taken.
     source: ArcSwapOption<String>,
     keys: ArcSwapOption<Published>,
-    status: ArcSwapOption<Fetched>,
     /// Milliseconds from `Keyring::started` of the last fetch a token asked for, plus
     /// one (0: none).
     last_asked: AtomicU64,
@@ -73,7 +59,6 @@ impl Project {
         Project {
             source: ArcSwapOption::empty(),
             keys: ArcSwapOption::empty(),
-            status: ArcSwapOption::empty(),
             last_asked: AtomicU64::new(0),
             wanted: Notify::new(),
             done: watch::Sender::new(0),
@@ -119,11 +104,6 @@ impl Keyring {
         self.epoch.load(Ordering::Acquire)
     }
 
-    /// How the last fetch of `id`'s keys went.
-    pub fn status(&self, id: BackendId) -> Fetched {
-        self.projects.get(id).status.load_full().map_or(Fetched::Never, |s| (*s).clone())
-    }
-
     /// Where `id`'s keys are now (a reload may move them): when that changes, the
     /// keys fetched from the old place stop being accepted at once and a fetch from
     /// the new one is asked for.
@@ -132,7 +112,6 @@ impl Keyring {
         let old = project.source.swap(Some(Arc::new(source.to_string())));
         if old.is_some_and(|old| *old != source) {
             project.keys.store(None);
-            project.status.store(None);
             self.epoch.fetch_add(1, Ordering::AcqRel);
             project.wanted.notify_one();
         }
@@ -152,19 +131,16 @@ impl Keyring {
             v
         };
         let changed = project.keys.load().as_ref().is_none_or(|old| fingerprint(&old.keys) != fingerprint(&keys));
-        project.status.store(Some(Arc::new(Fetched::Keys(keys.len()))));
-        project.keys.store(Some(Arc::new(Published { keys, at: SystemTime::now() })));
+        project.keys.store(Some(Arc::new(Published { keys })));
         if changed {
             self.epoch.fetch_add(1, Ordering::AcqRel);
         }
         project.done.send_modify(|n| *n += 1);
     }
 
-    /// Records a failed fetch; the keys in force stay.
-    pub fn failed(&self, id: BackendId, why: String) {
-        let project = self.projects.get(id);
-        project.status.store(Some(Arc::new(Fetched::Failed(why))));
-        project.done.send_modify(|n| *n += 1);
+    /// Records a failed fetch (ending the waits for it); the keys in force stay.
+    pub fn failed(&self, id: BackendId) {
+        self.projects.get(id).done.send_modify(|n| *n += 1);
     }
 
     fn now_ms(&self) -> u64 {
@@ -228,12 +204,12 @@ mod tests {
     #[test]
     fn the_epoch_moves_only_when_keys_change() {
         let ring = Keyring::new();
-        assert_eq!(ring.status(BackendId::V2), Fetched::Never);
+        assert!(ring.keys(BackendId::V2).is_none());
         ring.publish(BackendId::V2, "s", keys(&[1, 2]));
         let first = ring.epoch();
         ring.publish(BackendId::V2, "s", keys(&[2, 1]));
         assert_eq!(ring.epoch(), first, "same keys, another order");
-        ring.failed(BackendId::V2, "down".into());
+        ring.failed(BackendId::V2);
         assert_eq!(ring.epoch(), first);
         assert!(ring.keys(BackendId::V2).unwrap().lists("k1"), "kept through a failed fetch");
         ring.publish(BackendId::V2, "s", keys(&[2]));
