@@ -478,3 +478,30 @@ async fn sighup_rereads_the_certificate() {
     sy.signal("HUP");
     served_within(sy.addr, &client, &second.der).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_log_beside_the_certificate_neither_delays_nor_triggers_a_reload() {
+    let (ca, dir, cert, key) = served_by_new_ca("https-busy-dir");
+    let (v1, v2) = (echo("v1").await, echo("v2").await);
+    let sy = start(&https_config(&v1, &v2, 0, &cert, &key, "")).await;
+    let client = connector(&ca.pem, None, &[b"http/1.1"]);
+    // A log in the certificate's directory, written every 10 ms (well inside the
+    // watcher's quiet time) for the whole test.
+    let log = tokio::spawn({
+        let log = dir.join("access.log");
+        async move {
+            for i in 0..1_000 {
+                std::fs::write(&log, format!("line {i}\n")).unwrap();
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let second = ca.server(&rcgen::PKCS_ECDSA_P256_SHA256, false);
+    second.write(&dir, "server");
+    served_within(sy.addr, &client, &second.der).await;
+    log.abort();
+    let text = metrics_text(sy.admin_addr.unwrap()).await;
+    assert_eq!(metric(&text, "switchyard_tls_reloads_total", "result=\"success\""), 1.0, "{text}");
+    assert_eq!(metric(&text, "switchyard_tls_reloads_total", "result=\"failure\""), 0.0, "{text}");
+}

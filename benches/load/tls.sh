@@ -41,6 +41,10 @@ cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 tck=$(getconf CLK_TCK)
 median() { echo "$1" | tr ' ' '\n' | sed '/^$/d' | sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 
+# h2load's per-request logs go to a directory of their own: the proxy's config and
+# certificate sit in $work, whose changes switchyard watches (each write there would be
+# an event for its watcher to read and set aside, on the proxy's core).
+mkdir -p "$work/runs"
 declare -A RPS P50 P99 CPU
 run() { # name port mode(h2|h1|handshake)
   local name=$1 port=$2 mode=$3 pid; pid=$(pid_of "$port")
@@ -50,7 +54,7 @@ run() { # name port mode(h2|h1|handshake)
     h1) args+=(--h1 -c"$conns" -D"$secs") ;;
     handshake) args+=(-c200 -n200 -m1) ;;
   esac
-  local before after log out; log=$(mktemp -p "$work")
+  local before after log out; log=$(mktemp -p "$work/runs")
   before=$(cpu_ticks "$pid")
   out=$(taskset -c $load_cpu h2load --log-file="$log" "${args[@]}" 2>&1)
   after=$(cpu_ticks "$pid")

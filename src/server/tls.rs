@@ -7,9 +7,8 @@
 //! one file is replaced and not yet the other) is refused and the old one stays.
 
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
@@ -23,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::tls::TlsConfig;
 use crate::metrics::Metrics;
+use crate::watch::files::Changes;
 
 /// The certificate and key in force, handed to each new handshake.
 #[derive(Debug)]
@@ -192,39 +192,20 @@ impl Tls {
         Ok(Accepted { stream, h2 })
     }
 
-    /// Reloads when the files' directories change (debounced) and on SIGHUP, until
+    /// Reloads when either file changes (see [`Changes`]) and on SIGHUP, until
     /// `shutdown`.
     pub fn watch(self: &Arc<Self>, shutdown: CancellationToken) -> io::Result<()> {
-        use notify::Watcher;
-        let dirs: Vec<PathBuf> = [&self.config.cert_file, &self.config.key_file]
-            .iter()
-            .map(|f| f.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf())
-            .collect();
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-            if event.map_or(true, |e| !matches!(e.kind, notify::EventKind::Access(_))) {
-                let _ = tx.send(());
-            }
-        })
-        .map_err(io::Error::other)?;
-        for dir in &dirs {
-            watcher.watch(dir, notify::RecursiveMode::NonRecursive).map_err(io::Error::other)?;
-        }
+        let changes =
+            Changes::watch(&[&self.config.cert_file, &self.config.key_file], None).map_err(io::Error::other)?;
         let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
         let tls = self.clone();
         tokio::spawn(async move {
-            let _watcher = watcher;
             loop {
                 let trigger = tokio::select! {
                     _ = shutdown.cancelled() => break,
                     _ = hup.recv() => "sighup",
-                    event = rx.recv() => match event {
-                        None => break,
-                        Some(()) => "file",
-                    },
+                    _ = changes.settled() => "file",
                 };
-                // One renewal is several events (each file, the symlink swap).
-                while let Ok(Some(())) = tokio::time::timeout(Duration::from_millis(150), rx.recv()).await {}
                 tls.reload(trigger);
             }
         });
