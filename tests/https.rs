@@ -480,7 +480,7 @@ async fn sighup_rereads_the_certificate() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_busy_log_beside_the_certificate_neither_delays_nor_triggers_a_reload() {
+async fn a_busy_log_beside_the_certificate_does_not_put_its_renewal_off() {
     let (ca, dir, cert, key) = served_by_new_ca("https-busy-dir");
     let (v1, v2) = (echo("v1").await, echo("v2").await);
     let sy = start(&https_config(&v1, &v2, 0, &cert, &key, "")).await;

@@ -22,7 +22,7 @@ const QUIET: Duration = Duration::from_millis(150);
 const AT_MOST: Duration = Duration::from_secs(1);
 
 /// Which entries of the watched directories count.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 struct Names {
     files: Vec<OsString>,
     /// Any file with this extension counts too.
