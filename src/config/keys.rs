@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::file::BackendFile;
 use super::url::BaseUrl;
 use super::{ConfigError, seconds};
 use crate::jwk::SigningKey;
@@ -58,22 +59,15 @@ impl KeysConfig {
 /// The default time between fetches of a key set.
 pub const DEFAULT_REFRESH_SECONDS: f64 = 300.0;
 
-/// What a `[backends.*]` table says of keys.
-pub struct KeysFile {
-    pub jwks_enabled: bool,
-    pub jwks_url: Option<String>,
-    pub jwks_file: Option<String>,
-    pub jwks_refresh_seconds: Option<f64>,
-    pub signing_key_file: Option<String>,
-    pub signing_key_id: Option<String>,
-}
-
-pub fn keys(key: &str, raw: KeysFile, url: &BaseUrl, dir: &Path) -> Result<KeysConfig, ConfigError> {
-    let jwks = match (raw.jwks_url.filter(|u| !u.trim().is_empty()), raw.jwks_file.filter(|f| !f.trim().is_empty())) {
-        (Some(_), _) | (_, Some(_)) if !raw.jwks_enabled => {
+/// What the `[backends.*]` table `raw` says of keys.
+pub fn keys(key: &str, raw: &BackendFile, url: &BaseUrl, dir: &Path) -> Result<KeysConfig, ConfigError> {
+    let set = |v: &Option<String>| v.clone().filter(|v| !v.trim().is_empty());
+    let enabled = raw.jwks_enabled.unwrap_or(true);
+    let jwks = match (set(&raw.jwks_url), set(&raw.jwks_file)) {
+        (Some(_), _) | (_, Some(_)) if !enabled => {
             return Err(ConfigError::new(format!("{key}.jwks_enabled"), "is false, yet jwks_url or jwks_file is set"));
         }
-        (None, None) if !raw.jwks_enabled => JwksSource::Disabled,
+        (None, None) if !enabled => JwksSource::Disabled,
         (Some(_), Some(_)) => {
             return Err(ConfigError::new(format!("{key}.jwks_file"), "set jwks_url or jwks_file, not both"));
         }
@@ -86,8 +80,11 @@ pub fn keys(key: &str, raw: KeysFile, url: &BaseUrl, dir: &Path) -> Result<KeysC
     };
     let refresh =
         seconds(&format!("{key}.jwks_refresh_seconds"), raw.jwks_refresh_seconds.unwrap_or(DEFAULT_REFRESH_SECONDS))?;
-    let signing_key = match raw.signing_key_file.filter(|f| !f.trim().is_empty()) {
-        Some(f) => Some(Arc::new(signing_key(&format!("{key}.signing_key_file"), &dir.join(f), raw.signing_key_id)?)),
+    let signing_key = match set(&raw.signing_key_file) {
+        Some(f) => {
+            let kid = raw.signing_key_id.clone();
+            Some(Arc::new(signing_key(&format!("{key}.signing_key_file"), &dir.join(f), kid)?))
+        }
         None if raw.signing_key_id.is_some() => {
             return Err(ConfigError::new(
                 format!("{key}.signing_key_id"),
@@ -129,32 +126,26 @@ mod tests {
         BaseUrl::parse("https://abc.supabase.co").unwrap()
     }
 
-    fn raw() -> KeysFile {
-        KeysFile {
-            jwks_enabled: true,
-            jwks_url: None,
-            jwks_file: None,
-            jwks_refresh_seconds: None,
-            signing_key_file: None,
-            signing_key_id: None,
-        }
+    fn raw() -> BackendFile {
+        BackendFile::default()
     }
 
     #[test]
     fn the_default_is_the_projects_well_known_key_set() {
-        let k = keys("backends.v2", raw(), &url(), Path::new("/etc/sy")).unwrap();
+        let k = keys("backends.v2", &raw(), &url(), Path::new("/etc/sy")).unwrap();
         assert_eq!(k.jwks, JwksSource::Url("https://abc.supabase.co/auth/v1/.well-known/jwks.json".into()));
         assert_eq!(k.refresh, Duration::from_secs(300));
-        let file = keys("b", KeysFile { jwks_file: Some("jwks.json".into()), ..raw() }, &url(), Path::new("/etc/sy"));
+        let file =
+            keys("b", &BackendFile { jwks_file: Some("jwks.json".into()), ..raw() }, &url(), Path::new("/etc/sy"));
         assert_eq!(file.unwrap().jwks, JwksSource::File("/etc/sy/jwks.json".into()));
-        let both = KeysFile { jwks_file: Some("a".into()), jwks_url: Some("https://x".into()), ..raw() };
-        assert!(keys("b", both, &url(), Path::new(".")).unwrap_err().to_string().contains("not both"));
-        let off = keys("b", KeysFile { jwks_enabled: false, ..raw() }, &url(), Path::new("."));
+        let both = BackendFile { jwks_file: Some("a".into()), jwks_url: Some("https://x".into()), ..raw() };
+        assert!(keys("b", &both, &url(), Path::new(".")).unwrap_err().to_string().contains("not both"));
+        let off = keys("b", &BackendFile { jwks_enabled: Some(false), ..raw() }, &url(), Path::new("."));
         assert_eq!(off.unwrap().jwks, JwksSource::Disabled);
-        let contradiction = KeysFile { jwks_enabled: false, jwks_file: Some("a".into()), ..raw() };
-        assert!(keys("b", contradiction, &url(), Path::new(".")).unwrap_err().to_string().contains("jwks_enabled"));
-        let id_alone = KeysFile { signing_key_id: Some("k".into()), ..raw() };
-        assert!(keys("b", id_alone, &url(), Path::new(".")).is_err());
+        let contradiction = BackendFile { jwks_enabled: Some(false), jwks_file: Some("a".into()), ..raw() };
+        assert!(keys("b", &contradiction, &url(), Path::new(".")).unwrap_err().to_string().contains("jwks_enabled"));
+        let id_alone = BackendFile { signing_key_id: Some("k".into()), ..raw() };
+        assert!(keys("b", &id_alone, &url(), Path::new(".")).is_err());
     }
 
     #[test]
@@ -165,8 +156,9 @@ mod tests {
         std::fs::write(&path, include_str!("../../tests/data/rsa-2048.pem")).unwrap();
         let with = |mode| {
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
-            let raw = KeysFile { signing_key_file: Some("key.pem".into()), signing_key_id: Some("k1".into()), ..raw() };
-            keys("backends.v2", raw, &url(), dir.path())
+            let raw =
+                BackendFile { signing_key_file: Some("key.pem".into()), signing_key_id: Some("k1".into()), ..raw() };
+            keys("backends.v2", &raw, &url(), dir.path())
         };
         let open = with(0o644).unwrap_err().to_string();
         assert!(open.contains("backends.v2.signing_key_file") && open.contains("chmod 600"), "{open}");

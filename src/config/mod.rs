@@ -443,17 +443,10 @@ fn backend(id: BackendId, raw: Option<file::BackendFile>, dir: &Path) -> Result<
             other => Ok(other.map(Secret::new)),
         }
     };
+    let keys = keys::keys(&key, &raw, &url, dir)?;
     let issuer = raw.issuer.unwrap_or_else(|| format!("{url}/auth/v1"));
-    let keys_file = keys::KeysFile {
-        jwks_enabled: raw.jwks_enabled.unwrap_or(true),
-        jwks_url: raw.jwks_url,
-        jwks_file: raw.jwks_file,
-        jwks_refresh_seconds: raw.jwks_refresh_seconds,
-        signing_key_file: raw.signing_key_file,
-        signing_key_id: raw.signing_key_id,
-    };
     Ok(BackendConfig {
-        keys: keys::keys(&key, keys_file, &url, dir)?,
+        keys,
         anon_key: secret("anon_key", raw.anon_key)?,
         service_role_key: secret("service_role_key", raw.service_role_key)?,
         publishable_key: secret("publishable_key", raw.publishable_key)?,
