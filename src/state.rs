@@ -33,9 +33,6 @@ impl Snapshot {
     /// Prepares a snapshot that reads the projects' published keys from `keyring`
     /// (secrets and keys parsed once here, not per request).
     pub fn with_keys(config: Config, keyring: Arc<Keyring>) -> Snapshot {
-        for (id, backend) in config.backends.iter() {
-            keyring.configure(id, &format!("{:?}", backend.keys.jwks));
-        }
         let verifier = Verifier::new(&config.backends, config.identity.jwt_leeway, keyring.clone());
         let translator = Translator::new(&config, keyring);
         Snapshot { config, verifier, translator, fence: None }
@@ -52,7 +49,18 @@ impl State {
     /// Starts with `config`.
     pub fn new(config: Config) -> State {
         let keyring = Keyring::new();
-        State { current: ArcSwap::from_pointee(Snapshot::with_keys(config, keyring.clone())), keyring }
+        let state = State { current: ArcSwap::from_pointee(Snapshot::with_keys(config, keyring.clone())), keyring };
+        state.configure_keys();
+        state
+    }
+
+    /// Tells the keyring where each project's keys are in the snapshot in force. Done
+    /// once it is in force, not when a snapshot is built: a key fetch it asks for
+    /// then reads the new place (and a snapshot never stored moves nothing).
+    fn configure_keys(&self) {
+        for (id, backend) in self.current.load().config.backends.iter() {
+            self.keyring.configure(id, &format!("{:?}", backend.keys.jwks));
+        }
     }
 
     /// The projects' published keys, as fetched for this process.
@@ -78,5 +86,6 @@ impl State {
     /// Replaces the snapshot; requests already running keep the one they loaded.
     pub fn store(&self, snapshot: Snapshot) {
         self.current.store(Arc::new(snapshot));
+        self.configure_keys();
     }
 }

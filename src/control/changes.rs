@@ -11,6 +11,7 @@ use crate::backend::BackendId;
 use crate::config::safety::RollbackTo;
 use crate::config::{Config, ConfigError};
 use crate::guard::Trip;
+use crate::identity::keyring::FIRST_WAIT;
 use crate::routing::band::{self, Band};
 use crate::state::Snapshot;
 
@@ -57,6 +58,12 @@ impl Control {
         // Users whose pins change move with a handoff of their own: until it is done
         // their old pins stay.
         let repinned = self.repinned(&current.config, &config);
+        // Projects whose keys the new config reads from elsewhere: the old keys stop
+        // being accepted when it is in force, and the reload ends with the new ones.
+        let keys_moved: Vec<BackendId> = BackendId::ALL
+            .into_iter()
+            .filter(|id| current.config.backends.get(*id).keys.jwks != config.backends.get(*id).keys.jwks)
+            .collect();
         let new_pins = config.overrides.users.clone();
         for band in &repinned {
             for u in band.users.iter() {
@@ -95,6 +102,8 @@ impl Control {
                 tracing::error!(trigger, error = %e, "changed pins not handed off: those users stay where they were");
             }
         }
+        let keyring = self.state.keyring();
+        futures_util::future::join_all(keys_moved.iter().map(|id| keyring.settled(*id, FIRST_WAIT))).await;
         if file_changed {
             let published = self
                 .change(Commit::Retry, |r| {

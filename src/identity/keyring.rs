@@ -21,6 +21,8 @@ use crate::jwk::PublicKey;
 pub const MIN_REFETCH: Duration = Duration::from_secs(5);
 /// How long a request whose token names an unknown `kid` waits for that fetch.
 pub const REFETCH_WAIT: Duration = Duration::from_secs(3);
+/// How long start, and a reload that moves a project's keys, wait for the first fetch.
+pub const FIRST_WAIT: Duration = Duration::from_secs(1);
 
 /// A project's keys as last fetched.
 #[derive(Debug)]
@@ -138,6 +140,15 @@ impl Keyring {
         project.done.send_modify(|n| *n += 1);
     }
 
+    /// Waits, up to `limit`, until `id` has keys or the next fetch of them ends: after
+    /// a reload moved them, so that it returns with the new keys in force.
+    pub async fn settled(&self, id: BackendId, limit: Duration) {
+        let mut done = self.projects.get(id).done.subscribe();
+        if self.keys(id).is_none() {
+            let _ = tokio::time::timeout(limit, done.changed()).await;
+        }
+    }
+
     /// Records a failed fetch (ending the waits for it); the keys in force stay.
     pub fn failed(&self, id: BackendId) {
         self.projects.get(id).done.send_modify(|n| *n += 1);
@@ -243,5 +254,30 @@ mod tests {
         assert!(!ring.may_refetch(BackendId::V1) && !ring.ask(BackendId::V1), "right after one was asked for");
         assert!(ring.may_refetch(BackendId::V2), "per project");
         assert!(ring.ask(BackendId::V2) && !ring.ask(BackendId::V2), "one asker per window");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_wait_for_moved_keys_ends_with_the_next_fetch_or_the_limit() {
+        let ring = Keyring::new();
+        ring.configure(BackendId::V1, "old");
+        ring.publish(BackendId::V1, "old", keys(&[1]));
+        let started = tokio::time::Instant::now();
+        ring.settled(BackendId::V1, FIRST_WAIT).await;
+        assert_eq!(started.elapsed(), Duration::ZERO, "keys in force: no wait");
+        ring.configure(BackendId::V1, "new");
+        let fetch = {
+            let ring = ring.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                ring.publish(BackendId::V1, "new", keys(&[2]));
+            })
+        };
+        ring.settled(BackendId::V1, FIRST_WAIT).await;
+        assert_eq!(started.elapsed(), Duration::from_millis(200), "ended by the fetch");
+        assert!(ring.keys(BackendId::V1).unwrap().lists("k2"));
+        fetch.await.unwrap();
+        ring.configure(BackendId::V1, "gone");
+        ring.settled(BackendId::V1, FIRST_WAIT).await;
+        assert_eq!(started.elapsed(), Duration::from_millis(200) + FIRST_WAIT, "no fetch: the limit");
     }
 }

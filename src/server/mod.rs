@@ -75,9 +75,6 @@ impl Running {
     }
 }
 
-/// How long start waits for the first fetch of the projects' signing keys.
-const KEYS_FIRST_WAIT: Duration = Duration::from_secs(1);
-
 /// Binds the listeners and starts serving `config`, read from `path` if given (which
 /// reloads then re-read, and which is watched when `server.watch_config` is on).
 pub async fn start(config: Config, path: Option<PathBuf>) -> io::Result<Running> {
@@ -102,7 +99,8 @@ pub async fn start(config: Config, path: Option<PathBuf>) -> io::Result<Running>
     let shutdown = CancellationToken::new();
     let proxy = Arc::new(Proxy::new(state.clone(), upstream, metrics.clone()));
     // The projects' signing keys, fetched before the first request where they come soon.
-    crate::identity::fetch::start(state.clone(), metrics.clone(), KEYS_FIRST_WAIT, shutdown.clone()).await;
+    let first_wait = crate::identity::keyring::FIRST_WAIT;
+    crate::identity::fetch::start(state.clone(), metrics.clone(), first_wait, shutdown.clone()).await;
     // In fleet mode the fleet's state is read before the first request is served.
     let fleet = match state.load().config.cluster.clone() {
         Some(cluster) => {
